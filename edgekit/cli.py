@@ -1,0 +1,239 @@
+"""The ``edgekit`` command line.
+
+Every command exits non-zero with one ``error: …`` line on bad input (no traceback); heavy
+libraries (torch, onnx) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError, InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point: run the click group, turning EdgekitError into one line."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="edgekit", standalone_mode=False)
+    except EdgekitError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+def cli() -> None:
+    """Convert PyTorch detectors for edge backends, run them, and measure the drift."""
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _read_names(path: str | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    from edgekit.spec import load_class_names
+
+    return load_class_names(path)
+
+
+def _parse_imgsz(imgsz: int | None) -> tuple[int, int] | None:
+    if imgsz is None:
+        return None
+    if imgsz <= 0 or imgsz % 32:
+        raise InputError(f"--imgsz {imgsz}: expected a positive multiple of 32")
+    return (imgsz, imgsz)
+
+
+def _load_model(checkpoint: str, family: str | None, names: str | None, imgsz: int | None):
+    from edgekit.models.loading import load_checkpoint
+
+    return load_checkpoint(checkpoint, family=family, class_names=_read_names(names), input_size=_parse_imgsz(imgsz))
+
+
+def expand_sources(sources: Sequence[str]) -> list[Path]:
+    """Image files from paths and folders (folders: their images, sorted); errors name the bad path."""
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{path}: no such image file or folder")
+    return files
+
+
+def _open_detector(model: str, backend: str, precision: str | None, threads: int, conf: float | None,
+                   iou: float | None, family: str | None, names: str | None):
+    """A Detector for an artifact/ONNX file, or the PyTorch reference for a checkpoint (or --backend torch)."""
+    from dataclasses import replace
+
+    path = Path(model)
+    if not path.exists():
+        raise InputError(f"{path}: no such checkpoint, ONNX file or artifact folder")
+    is_checkpoint = path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
+    if backend == "torch" or is_checkpoint:
+        if not is_checkpoint:
+            raise InputError(f"{path}: --backend torch needs a PyTorch checkpoint ({', '.join(sorted(CHECKPOINT_SUFFIXES))})")
+        from edgekit.reference.detector import ReferenceDetector
+
+        torch_model = _load_model(model, family, names, None)
+        pp = torch_model.spec.postprocess
+        pp = replace(pp, **{k: v for k, v in (("conf_threshold", conf), ("iou_threshold", iou)) if v is not None})
+        return ReferenceDetector(torch_model, torch_model.spec, pp)
+    from edgekit.runtime.detector import Detector
+
+    return Detector.load(path, backend=backend, precision=precision, threads=threads,
+                         conf_threshold=conf, iou_threshold=iou)
+
+
+def _image_id(path: Path, index: int) -> int:
+    return int(path.stem) if path.stem.isdigit() else index
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Artifact folder to write (default: <checkpoint stem>_edgekit next to the checkpoint).")
+@click.option("--imgsz", type=int, default=None, help="Square export input size (multiple of 32); default from the checkpoint.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
+@click.option("--family", default=None, help="Model family of a plain third-party state_dict (e.g. fastestdet).")
+@click.option("--names", type=click.Path(dir_okay=False), default=None, help="Class names file, one per line (with --family).")
+def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, dynamic_batch: bool,
+           family: str | None, names: str | None) -> None:
+    """Export CHECKPOINT to an ONNX artifact folder (model.onnx + edgekit.json)."""
+    from edgekit.convert.chain import export_artifact
+
+    model = _load_model(checkpoint, family, names, imgsz)
+    out = Path(out_dir) if out_dir else Path(checkpoint).with_name(Path(checkpoint).stem + "_edgekit")
+    click.echo(f"exporting {checkpoint} ({model.spec.family}, {model.spec.input_size[0]}x{model.spec.input_size[1]}, "
+               f"{model.spec.num_classes} classes) at opset {opset}")
+    manifest = export_artifact(model, out, opset=opset, dynamic_batch=dynamic_batch, source=str(checkpoint))
+    parity = manifest.info["parity"]["onnxruntime/fp32"]
+    click.echo(f"parity onnxruntime/fp32 vs torch: max abs {parity['max_abs']:.2e}, max rel {parity['max_rel']:.2e}")
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help="torch (the PyTorch reference, for checkpoints) or a runtime backend: onnxruntime, ….")
+@click.option("--precision", default=None, help="Precision of the artifact model to run (fp32, fp16, int8 …).")
+@click.option("--conf", type=click.FloatRange(0, 1), default=None, help="Score threshold (default from the spec).")
+@click.option("--iou", type=click.FloatRange(0, 1), default=None, help="NMS IoU threshold (default from the spec).")
+@click.option("--threads", type=click.IntRange(0), default=0, help="Backend threads (0 = backend default).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write detections in COCO results format.")
+@click.option("--save-dir", type=click.Path(file_okay=False), default=None, help="Save images with boxes drawn.")
+@click.option("--family", default=None, help="Model family of a plain state_dict checkpoint.")
+@click.option("--names", type=click.Path(dir_okay=False), default=None, help="Class names file (with --family).")
+def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | None, conf: float | None,
+           iou: float | None, threads: int, json_path: str | None, save_dir: str | None, family: str | None,
+           names: str | None) -> None:
+    """Detect objects in SOURCES (images or folders) with MODEL (artifact, ONNX file or checkpoint)."""
+    from tqdm import tqdm
+
+    files = expand_sources(sources)
+    detector = _open_detector(model, backend, precision, threads, conf, iou, family, names)
+    class_names = detector.spec.class_names
+    results = []
+    for index, path in enumerate(tqdm(files, desc="detect", unit="img", disable=len(files) < 8, leave=False)):
+        detections = detector.detect(path)
+        results.append((path, detections))
+        summary = ", ".join(f"{class_names[int(label)]} {score:.2f}"
+                            for score, label in zip(detections.scores[:8], detections.labels[:8]))
+        more = f" (+{len(detections) - 8} more)" if len(detections) > 8 else ""
+        click.echo(f"{path}: {len(detections)} detections{': ' + summary if summary else ''}{more}")
+    if json_path:
+        entries = []
+        for index, (path, detections) in enumerate(results):
+            entries.extend(detections.to_coco(_image_id(path, index), file_name=path.name))
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
+        click.echo(f"wrote {len(entries)} detections to {json_path}")
+    if save_dir:
+        from edgekit.runtime.draw import draw_detections
+
+        out = Path(save_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for path, detections in results:
+            draw_detections(path, detections, class_names).save(out / (path.stem + ".jpg"), quality=92)
+        click.echo(f"saved {len(results)} images with boxes to {out}")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path())
+def inspect(artifact: str) -> None:
+    """Show what an artifact folder (or edgekit ONNX file) contains and verify its file hashes."""
+    from edgekit.runtime.artifact import read_manifest, sha256_file, spec_from_onnx
+
+    path = Path(artifact)
+    if path.is_file():
+        spec = spec_from_onnx(path)
+        _echo_spec(spec)
+        return
+    manifest = read_manifest(path)
+    _echo_spec(manifest.spec)
+    click.echo("models:")
+    for entry in manifest.models:
+        click.echo(f"  {entry.backend:<12} {entry.precision:<6} {entry.file}")
+    click.echo("files:")
+    bad = []
+    for name, digest in manifest.files.items():
+        file_path = path / name
+        status = "missing" if not file_path.is_file() else ("ok" if sha256_file(file_path) == digest else "MODIFIED")
+        size = file_path.stat().st_size if file_path.is_file() else 0
+        click.echo(f"  {name:<32} {size / 1e6:8.2f} MB  sha256 {digest[:16]}…  {status}")
+        if status != "ok":
+            bad.append(name)
+    for key, value in manifest.info.items():
+        click.echo(f"{key}: {json.dumps(value, sort_keys=True)}")
+    if bad:
+        raise EdgekitError(f"{path}: {len(bad)} file(s) do not match the manifest: {', '.join(bad)}")
+
+
+def _echo_spec(spec) -> None:
+    h, w = spec.input_size
+    click.echo(f"family: {spec.family}   input: {spec.input_name} [B, 3, {h}, {w}] {spec.color_order}, "
+               f"{spec.resize.mode}   head: {spec.head.kind} -> {', '.join(spec.head.output_names)}")
+    names = ", ".join(spec.class_names[:10]) + (f", … ({spec.num_classes} in all)" if spec.num_classes > 10 else "")
+    click.echo(f"classes: {names}")
+    pp = spec.postprocess
+    click.echo(f"postprocess: conf {pp.conf_threshold}, iou {pp.iou_threshold}, nms {'on' if pp.nms else 'off'}"
+               f"{' (class-agnostic)' if pp.class_agnostic else ''}, max {pp.max_detections}")
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,147 @@
+"""The Runner interface every backend implements.
+
+Modelled on Polygraphy's runners: ``activate()`` loads/compiles the model, ``infer()`` runs it,
+``deactivate()`` releases it, and the base class checks the feeds (names, dtypes, shapes) once,
+so a backend module only has to move arrays in and out of its library.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from edgekit.errors import BackendUnavailableError, InputError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input: name, numpy dtype, shape (None for a dynamic dimension)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    def check(self, array: np.ndarray) -> None:
+        """Raise InputError naming the tensor if ``array`` does not fit this spec."""
+        if array.dtype != self.dtype:
+            raise InputError(f"input '{self.name}': expected dtype {np.dtype(self.dtype).name}, got {array.dtype.name}")
+        if array.ndim != len(self.shape):
+            raise InputError(f"input '{self.name}': expected rank {len(self.shape)} with shape {_shape_str(self.shape)}, "
+                             f"got rank {array.ndim} with shape {tuple(array.shape)}")
+        for axis, (want, got) in enumerate(zip(self.shape, array.shape)):
+            if want is not None and want != got:
+                raise InputError(f"input '{self.name}': expected shape {_shape_str(self.shape)}, got {tuple(array.shape)} "
+                                 f"(axis {axis} must be {want})")
+
+
+def _shape_str(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+class Runner(ABC):
+    """Runs one model file on one backend.
+
+    Use as a context manager (``with Runner(...) as r: r.infer(feeds)``) or call
+    ``activate()`` / ``deactivate()`` yourself. Subclasses implement ``_activate``,
+    ``_infer``, ``_deactivate`` and ``input_specs``; the feeds are checked here.
+    """
+
+    #: backend name used by Detector.load(backend=...), CLI flags and target profiles
+    name: ClassVar[str] = ""
+    #: Python modules this backend needs; is_available() checks them without importing
+    required_modules: ClassVar[tuple[str, ...]] = ()
+    #: the pip extra that installs them (named in the error when they are missing)
+    pip_extra: ClassVar[str] = ""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.model_path = Path(model_path)
+        self._active = False
+
+    @classmethod
+    def from_artifact(cls, model_path: Path, options: Mapping[str, object], threads: int = 0) -> Runner:
+        """Build the runner for a model file listed in an artifact manifest with its backend options.
+
+        Backends whose files come in pairs or need settings recorded at conversion time override this.
+        """
+        return cls(model_path, threads=threads)  # type: ignore[call-arg]
+
+    # --- availability --------------------------------------------------------------------
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True when the backend's Python library can be imported here: the one source of truth for skips."""
+        return all(importlib.util.find_spec(m) is not None for m in cls.required_modules)
+
+    @classmethod
+    def require(cls) -> None:
+        if not cls.is_available():
+            missing = [m for m in cls.required_modules if importlib.util.find_spec(m) is None]
+            raise BackendUnavailableError(
+                f"backend '{cls.name}' needs the Python module(s) {', '.join(missing)}; "
+                f"install them with: pip install 'edgekit[{cls.pip_extra}]'")
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def activate(self) -> Runner:
+        if not self._active:
+            self.require()
+            self._activate()
+            self._active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self._active:
+            self._deactivate()
+            self._active = False
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.deactivate()
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    # --- inference -----------------------------------------------------------------------
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model. feeds: input name -> array; returns output name -> array (numpy, backend dtype)."""
+        if not self._active:
+            self.activate()
+        specs = {s.name: s for s in self.input_specs()}
+        missing = sorted(set(specs) - set(feeds))
+        extra = sorted(set(feeds) - set(specs))
+        if missing or extra:
+            raise InputError(f"{self.model_path.name}: expected inputs {sorted(specs)}, got {sorted(feeds)}"
+                             + (f" (missing {missing})" if missing else "") + (f" (unknown {extra})" if extra else ""))
+        checked = {}
+        for name, array in feeds.items():
+            array = np.ascontiguousarray(array)
+            specs[name].check(array)
+            checked[name] = array
+        return self._infer(checked)
+
+    @abstractmethod
+    def input_specs(self) -> list[TensorSpec]:
+        """The model's inputs (valid after activate())."""
+
+    @abstractmethod
+    def output_names(self) -> list[str]:
+        """The model's output names in the model's order (valid after activate())."""
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _deactivate(self) -> None:
+        """Drop references to the backend objects; override when there is more to release."""

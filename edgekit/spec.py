@@ -1,0 +1,229 @@
+"""ModelSpec: the single description of a detector that every stage reads.
+
+A spec says how to turn an image into the network's input tensor (size, colour order,
+normalisation, resize mode) and how to turn the network's raw outputs into boxes (head kind and
+its parameters, output tensor names, class names, NMS defaults). It round-trips through JSON
+and is embedded in ONNX ``metadata_props`` (key ``edgekit.spec``) and in ``edgekit.json``.
+
+Pixel normalisation, per channel c, on the colour-ordered uint8 image ``x``::
+
+    input[c] = (x[c] * scale - mean[c]) / std[c]
+
+Raw output contract per head kind (what the exported network returns, in ``output_names``
+order; B = batch). Decoders in ``edgekit.runtime.decode`` and ``edgekit.reference.decode``
+implement exactly this:
+
+- ``yolo_anchor`` params ``strides``, ``anchors`` (per level, list of [w, h] in input pixels):
+  one tensor per level ``[B, na*(5+nc), H, W]`` of raw logits, channel layout
+  ``(anchor, [x, y, w, h, obj, cls...])``. YOLOv5 box encoding: ``xy = (2*sig - 0.5 + grid) * stride``,
+  ``wh = (2*sig)^2 * anchor``, score = sig(obj) * sig(cls).
+- ``yolox`` params ``strides``: one tensor per level ``[B, 4+1+nc, H, W]`` = (reg raw, obj logit,
+  cls logits); ``xy = (reg + grid) * stride``, ``wh = exp(reg) * stride``, score = sig(obj)*sig(cls).
+- ``dfl`` params ``strides``, ``reg_max``: one tensor per level ``[B, 4*reg_max + nc, H, W]``;
+  distances ltrb = sum_i softmax(bins)_i * i * stride from anchor points (grid + 0.5) * stride;
+  score = sig(cls); no objectness.
+- ``centernet`` params ``stride``, ``topk``: three tensors ``heatmap [B, nc, H, W]`` (logits),
+  ``wh [B, 2, H, W]`` and ``offset [B, 2, H, W]`` in output-grid units; peaks by 3x3 max-pool
+  suppression; no NMS.
+- ``ssd`` params ``feature_maps`` ([[H, W] per level]), ``steps``, ``min_sizes``, ``max_sizes``,
+  ``aspect_ratios``, ``variances``, ``clip``: two tensors ``loc [B, P, 4]`` and ``conf [B, P, 1+nc]``
+  (logits, class 0 = background).
+- ``fastestdet``: one tensor ``[B, 5+nc, H, W]`` = (sigmoid objectness, raw reg x4, softmax classes);
+  score = obj^0.6 * max(cls)^0.4.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import SpecError
+
+SPEC_VERSION = 1
+ONNX_METADATA_KEY = "edgekit.spec"
+
+COLOR_ORDERS = ("RGB", "BGR")
+RESIZE_MODES = ("letterbox", "resize")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """input = (pixel * scale - mean) / std, per channel in the spec's colour order."""
+
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ResizeSpec:
+    """``letterbox`` keeps the aspect ratio and pads (centred) with ``pad_value``; ``resize`` stretches."""
+
+    mode: str = "letterbox"
+    pad_value: int = 114
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Head kind (a decoder registry name), its parameters, and the raw output names in order."""
+
+    kind: str
+    output_names: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    """Defaults for score threshold, NMS IoU, class-aware NMS, pre-NMS top-k and max detections."""
+
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    nms: bool = True
+    class_agnostic: bool = False
+    pre_nms_topk: int = 1000
+    max_detections: int = 300
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to run a detector's exported graph on images.
+
+    ``input_size`` is (height, width) of the network input; the input tensor is float32
+    ``[B, 3, H, W]`` named ``input_name``.
+    """
+
+    family: str
+    input_size: tuple[int, int]
+    class_names: tuple[str, ...]
+    head: HeadSpec
+    color_order: str = "RGB"
+    normalization: Normalization = field(default_factory=Normalization)
+    resize: ResizeSpec = field(default_factory=ResizeSpec)
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    input_name: str = "images"
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def validate(self) -> None:
+        """Raise SpecError naming the first field that is out of range."""
+        h, w = self.input_size
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+            raise SpecError(f"spec.input_size must be two positive integers (height, width), got {self.input_size!r}")
+        if self.color_order not in COLOR_ORDERS:
+            raise SpecError(f"spec.color_order must be one of {COLOR_ORDERS}, got {self.color_order!r}")
+        if self.resize.mode not in RESIZE_MODES:
+            raise SpecError(f"spec.resize.mode must be one of {RESIZE_MODES}, got {self.resize.mode!r}")
+        if not 0 <= int(self.resize.pad_value) <= 255:
+            raise SpecError(f"spec.resize.pad_value must be in 0..255, got {self.resize.pad_value!r}")
+        if len(self.normalization.mean) != 3 or len(self.normalization.std) != 3:
+            raise SpecError("spec.normalization.mean and .std must have 3 values each")
+        if any(s == 0 for s in self.normalization.std):
+            raise SpecError(f"spec.normalization.std must be non-zero, got {self.normalization.std!r}")
+        if not self.class_names:
+            raise SpecError("spec.class_names is empty: a detector needs at least one class")
+        if not self.head.kind or not isinstance(self.head.kind, str):
+            raise SpecError(f"spec.head.kind must be a decoder name, got {self.head.kind!r}")
+        if not self.head.output_names:
+            raise SpecError(f"spec.head.output_names is empty for head kind {self.head.kind!r}")
+        pp = self.postprocess
+        if not 0.0 <= pp.conf_threshold <= 1.0 or not 0.0 <= pp.iou_threshold <= 1.0:
+            raise SpecError("spec.postprocess thresholds must be in [0, 1]")
+        if pp.max_detections < 1 or pp.pre_nms_topk < 1:
+            raise SpecError("spec.postprocess.max_detections and pre_nms_topk must be >= 1")
+
+    # --- JSON round trip -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        data["class_names"] = list(self.class_names)
+        data["head"]["output_names"] = list(self.head.output_names)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "spec") -> ModelSpec:
+        """Build and validate a spec from plain JSON data; errors name ``source`` and the field."""
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {"family", "input_size", "class_names", "head", "color_order", "normalization",
+                 "resize", "postprocess", "input_name", "version"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"{source}: unknown field(s) {unknown}; expected only {sorted(known)}")
+        for required in ("family", "input_size", "class_names", "head"):
+            if required not in data:
+                raise SpecError(f"{source}: missing required field {required!r}")
+        version = data.get("version", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise SpecError(f"{source}: spec version {version!r} is not supported (this edgekit reads {SPEC_VERSION})")
+        try:
+            head = data["head"]
+            if not isinstance(head, dict) or "kind" not in head or "output_names" not in head:
+                raise SpecError(f"{source}: head must be an object with 'kind' and 'output_names'")
+            size = data["input_size"]
+            if not isinstance(size, (list, tuple)) or len(size) != 2:
+                raise SpecError(f"{source}: input_size must be [height, width], got {size!r}")
+            return cls(
+                family=str(data["family"]),
+                input_size=(size[0], size[1]),
+                class_names=tuple(str(n) for n in data["class_names"]),
+                head=HeadSpec(kind=head["kind"], output_names=tuple(head["output_names"]),
+                              params=dict(head.get("params", {}))),
+                color_order=data.get("color_order", "RGB"),
+                normalization=Normalization(**_tuple_fields(data.get("normalization", {}), ("mean", "std"))),
+                resize=ResizeSpec(**data.get("resize", {})),
+                postprocess=PostprocessSpec(**data.get("postprocess", {})),
+                input_name=str(data.get("input_name", "images")),
+            )
+        except SpecError:
+            raise
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SpecError(f"{source}: malformed spec ({exc})") from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "spec") -> ModelSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelSpec:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"{path}: spec file not found")
+        return cls.from_json(path.read_text(encoding="utf-8", errors="replace"), source=str(path))
+
+    def with_input_size(self, input_size: tuple[int, int]) -> ModelSpec:
+        from dataclasses import replace
+
+        return replace(self, input_size=(int(input_size[0]), int(input_size[1])))
+
+
+def _tuple_fields(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    return {k: (tuple(v) if k in names else v) for k, v in data.items()}
+
+
+def load_class_names(path: str | Path) -> tuple[str, ...]:
+    """Read class names, one per line (blank lines ignored), e.g. ``coco.names``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: class names file not found (expected one class name per line)")
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+    if not names:
+        raise SpecError(f"{path}: no class names found (expected one class name per line)")
+    return names
