@@ -1,0 +1,393 @@
+"""Detection datasets on disk -> one in-memory form.
+
+Two layouts are read:
+
+- COCO: an instances JSON (``images``, ``annotations`` with ``bbox`` = [x, y, w, h] in pixels,
+  ``categories``) plus an images folder. ``load_dataset`` takes the folder holding
+  ``annotations/*.json`` or the path of the JSON itself. Class index ``k`` is the k-th category
+  in ascending category id; ``Dataset.category_ids[k]`` maps back to the COCO id. Crowd
+  annotations (``iscrowd: 1``) are kept apart, as ignore regions for COCO evaluation.
+- YOLO (ultralytics / darknet): ``images/**/*.jpg|png|...`` and ``labels/**/*.txt`` at the same
+  relative path, one object a line ``class cx cy w h`` (class 0-based, coordinates normalised to
+  [0, 1] by the image width / height); ultralytics polygon lines ``class x1 y1 x2 y2 ...`` are
+  read as the polygon's extent. Class names come from ``classes.txt`` (one a line, in the root
+  or in ``labels/``) or from ``data.yaml`` / ``dataset.yaml`` ``names``. A missing label file
+  means an image with no objects. Image ids are 1..N in sorted relative-path order.
+
+Everything in memory is xyxy float32 pixels with 0-based int64 labels. No torch here.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from edgekit.errors import EdgekitError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+# YOLO coordinates are normalised; allow a hair past [0, 1] for writers that round outward.
+_NORMALISED_SLACK = 1e-3
+
+
+class DatasetError(EdgekitError):
+    """A dataset folder, annotation file or label line is missing or malformed."""
+
+
+def _empty_boxes() -> np.ndarray:
+    return np.zeros((0, 4), np.float32)
+
+
+def _empty_labels() -> np.ndarray:
+    return np.zeros((0,), np.int64)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """Ground truth of one image.
+
+    boxes: float32 [N, 4], xyxy in image pixels. labels: int64 [N], 0-based class indices.
+    crowd_boxes / crowd_labels: COCO ``iscrowd`` regions (float32 [M, 4] xyxy, int64 [M]);
+    COCO evaluation ignores detections on them; they are not objects to count.
+    """
+
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    crowd_boxes: np.ndarray = field(default_factory=_empty_boxes)
+    crowd_labels: np.ndarray = field(default_factory=_empty_labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A detection dataset: class names, and one ``Annotation`` per image in a stable order.
+
+    ``category_ids[k]`` is the COCO category id of class index ``k`` (1..K for YOLO layouts).
+    """
+
+    root: Path
+    image_dir: Path
+    class_names: tuple[str, ...]
+    items: tuple[Annotation, ...]
+    category_ids: tuple[int, ...]
+    layout: str = "coco"
+
+    def image_path(self, item: Annotation) -> Path:
+        return self.image_dir / item.file_name
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Annotation]:
+        return iter(self.items)
+
+    @property
+    def num_objects(self) -> int:
+        return sum(len(item.boxes) for item in self.items)
+
+
+def load_dataset(path: str | Path, layout: Literal["auto", "coco", "yolo"] = "auto") -> Dataset:
+    """Read a COCO or YOLO layout dataset.
+
+    ``path``: a folder with ``annotations/*.json`` (COCO), the COCO JSON itself, or a folder with
+    ``images/`` and ``labels/`` (YOLO). ``layout="auto"`` prefers COCO when a folder has both.
+    Raises ``DatasetError`` with one line naming the file and what was expected.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset {path} does not exist; expected a COCO layout (annotations/*.json + images/), "
+                           "a COCO instances .json, or a YOLO layout (images/ + labels/)")
+    if layout not in ("auto", "coco", "yolo"):
+        raise DatasetError(f"dataset layout {layout!r}: expected 'auto', 'coco' or 'yolo'")
+    if path.is_file():
+        if path.suffix.lower() != ".json" or layout == "yolo":
+            raise DatasetError(f"dataset {path} is a file; expected a COCO instances .json or a dataset folder")
+        return _load_coco(path)
+    coco_json = _find_coco_json(path) if layout in ("auto", "coco") else None
+    if coco_json is not None:
+        return _load_coco(coco_json)
+    if layout in ("auto", "yolo") and (path / "images").is_dir() and (path / "labels").is_dir():
+        return _load_yolo(path)
+    if layout == "coco":
+        raise DatasetError(f"dataset {path}: no annotations/*.json found; expected a COCO layout")
+    if layout == "yolo":
+        raise DatasetError(f"dataset {path}: expected a YOLO layout with images/ and labels/ folders")
+    raise DatasetError(f"dataset {path}: neither annotations/*.json (COCO) nor images/ + labels/ (YOLO) found")
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO
+# ---------------------------------------------------------------------------------------------
+
+def _find_coco_json(folder: Path) -> Path | None:
+    ann_dir = folder / "annotations"
+    if not ann_dir.is_dir():
+        return None
+    candidates = sorted(ann_dir.glob("*.json"))
+    if len(candidates) > 1:
+        # e.g. instances_val2017.json next to captions_* / person_keypoints_*.
+        candidates = [p for p in candidates if p.name.startswith("instances")] or candidates
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise DatasetError(f"dataset {folder}: several annotation files ({names}); pass the path of the one to use")
+    return candidates[0] if candidates else None
+
+
+def _coco_image_dir(json_path: Path, first_file: str) -> Path:
+    """Where the images of a COCO JSON live.
+
+    Tried in order: <root>/images, <root>/<split> for instances_<split>.json (the COCO 2017
+    layout), <root>/images/<split>, the JSON's own folder, where <root> is the parent of an
+    ``annotations`` folder holding the JSON (else the JSON's folder). The first that holds the
+    first listed image wins.
+    """
+    root = json_path.parent.parent if json_path.parent.name == "annotations" else json_path.parent
+    split = json_path.stem.split("_", 1)[1] if "_" in json_path.stem else None
+    candidates = [root / "images"]
+    if split:
+        candidates += [root / split, root / "images" / split]
+    candidates += [json_path.parent]
+    for folder in candidates:
+        if (folder / first_file).is_file():
+            return folder
+    for folder in candidates:
+        if folder.is_dir() and folder != json_path.parent:
+            return folder  # the missing-image check then names the first missing file
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"{json_path}: image {first_file} not found; looked in {tried}")
+
+
+def _require(entry: object, keys: tuple[str, ...], where: str) -> dict:
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object with {', '.join(keys)}")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise DatasetError(f"{where}: missing {', '.join(missing)}")
+    return entry
+
+
+def _load_coco(json_path: Path) -> Dataset:
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{json_path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{json_path}: cannot read: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
+        raise DatasetError(f"{json_path}: expected a COCO instances object with 'images' and 'categories' lists")
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise DatasetError(f"{json_path}: 'annotations' must be a list")
+    if not data["images"]:
+        raise DatasetError(f"{json_path}: no images listed; expected at least one entry in 'images'")
+
+    categories = [_require(c, ("id", "name"), f"{json_path}: categories[{i}]") for i, c in enumerate(data["categories"])]
+    if not categories:
+        raise DatasetError(f"{json_path}: no categories; expected at least one entry in 'categories'")
+    categories.sort(key=lambda c: int(c["id"]))
+    category_ids = tuple(int(c["id"]) for c in categories)
+    if len(set(category_ids)) != len(category_ids):
+        raise DatasetError(f"{json_path}: duplicate category ids in 'categories'")
+    class_index = {cid: k for k, cid in enumerate(category_ids)}
+
+    images = [_require(im, ("id", "file_name", "width", "height"), f"{json_path}: images[{i}]")
+              for i, im in enumerate(data["images"])]
+    image_ids = [int(im["id"]) for im in images]
+    if len(set(image_ids)) != len(image_ids):
+        raise DatasetError(f"{json_path}: duplicate image ids in 'images'")
+
+    per_image: dict[int, tuple[list, list, list, list]] = {iid: ([], [], [], []) for iid in image_ids}
+    for i, ann in enumerate(annotations):
+        where = f"{json_path}: annotations[{i}]"
+        _require(ann, ("image_id", "category_id", "bbox"), where)
+        if ann["image_id"] not in per_image:
+            raise DatasetError(f"{where}: image_id {ann['image_id']} is not in 'images'")
+        if ann["category_id"] not in class_index:
+            raise DatasetError(f"{where}: category_id {ann['category_id']} is not in 'categories'")
+        bbox = ann["bbox"]
+        if (not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+            raise DatasetError(f"{where}: bbox {bbox!r}; expected [x, y, width, height] of 4 finite numbers")
+        x, y, w, h = (float(v) for v in bbox)
+        if w < 0 or h < 0:
+            raise DatasetError(f"{where}: bbox {bbox!r} has a negative width or height")
+        boxes, labels, crowd_boxes, crowd_labels = per_image[ann["image_id"]]
+        target_boxes, target_labels = (crowd_boxes, crowd_labels) if ann.get("iscrowd", 0) else (boxes, labels)
+        target_boxes.append((x, y, x + w, y + h))
+        target_labels.append(class_index[ann["category_id"]])
+
+    image_dir = _coco_image_dir(json_path, str(images[0]["file_name"]))
+    missing = [str(im["file_name"]) for im in images if not (image_dir / str(im["file_name"])).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DatasetError(f"{json_path}: image {image_dir / missing[0]} is listed but missing{more}")
+
+    items = tuple(
+        Annotation(
+            image_id=int(im["id"]), file_name=str(im["file_name"]), width=int(im["width"]), height=int(im["height"]),
+            boxes=np.asarray(b, np.float32).reshape(-1, 4), labels=np.asarray(lb, np.int64).reshape(-1),
+            crowd_boxes=np.asarray(cb, np.float32).reshape(-1, 4), crowd_labels=np.asarray(cl, np.int64).reshape(-1),
+        )
+        for im in images
+        for b, lb, cb, cl in [per_image[int(im["id"])]]
+    )
+    root = json_path.parent.parent if json_path.parent.name == "annotations" else json_path.parent
+    return Dataset(root=root, image_dir=image_dir, class_names=tuple(str(c["name"]) for c in categories),
+                   items=items, category_ids=category_ids, layout="coco")
+
+
+# ---------------------------------------------------------------------------------------------
+# YOLO
+# ---------------------------------------------------------------------------------------------
+
+def _parse_yaml_names(yaml_path: Path) -> list[str] | None:
+    """``names`` from a data.yaml: ``[a, b]``, a block list ``- a`` or a mapping ``0: a``.
+
+    Uses PyYAML when installed; otherwise reads just these three common forms.
+    """
+    text = yaml_path.read_text(encoding="utf-8")
+    try:
+        import yaml  # optional dependency
+    except ImportError:
+        yaml = None
+    if yaml is not None:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise DatasetError(f"{yaml_path}: malformed YAML: {' '.join(str(exc).split())}") from None
+        names = data.get("names") if isinstance(data, dict) else None
+    else:
+        names = _names_without_yaml(text)
+    if names is None:
+        return None
+    if isinstance(names, dict):
+        try:
+            keys = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{yaml_path}: 'names' mapping keys must be class indices 0..K-1") from None
+        if keys != list(range(len(keys))):
+            raise DatasetError(f"{yaml_path}: 'names' mapping keys must be 0..{len(keys) - 1} without gaps")
+        return [str(names[k] if k in names else names[str(k)]) for k in keys]
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    raise DatasetError(f"{yaml_path}: 'names' must be a list or a mapping of class index to name")
+
+
+def _names_without_yaml(text: str) -> list | dict | None:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r"^names\s*:\s*(.*?)\s*(#.*)?$", line)
+        if not match:
+            continue
+        inline = match.group(1)
+        if inline:
+            try:
+                return ast.literal_eval(inline)  # "[a, b]" only parses when quoted; fall back below
+            except (ValueError, SyntaxError):
+                if inline.startswith("[") and inline.endswith("]"):
+                    return [n.strip().strip("'\"") for n in inline[1:-1].split(",") if n.strip()]
+                return None
+        block: dict | list | None = None
+        for item in lines[i + 1:]:
+            if not item.strip() or item.lstrip().startswith("#"):
+                continue
+            if not item.startswith((" ", "\t", "-")):
+                break
+            entry = item.split("#", 1)[0].strip()
+            list_item = re.match(r"^-\s*(.+)$", entry)
+            map_item = re.match(r"^(\d+)\s*:\s*(.+)$", entry)
+            if list_item:
+                block = block if isinstance(block, list) else []
+                block.append(list_item.group(1).strip().strip("'\""))
+            elif map_item:
+                block = block if isinstance(block, dict) else {}
+                block[int(map_item.group(1))] = map_item.group(2).strip().strip("'\"")
+        return block
+    return None
+
+
+def _yolo_class_names(root: Path) -> list[str]:
+    for classes_txt in (root / "classes.txt", root / "labels" / "classes.txt"):
+        if classes_txt.is_file():
+            names = [line.strip() for line in classes_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if not names:
+                raise DatasetError(f"{classes_txt}: no class names; expected one name a line")
+            return names
+    for yaml_name in ("data.yaml", "dataset.yaml"):
+        yaml_path = root / yaml_name
+        if yaml_path.is_file():
+            names = _parse_yaml_names(yaml_path)
+            if names:
+                return names
+            raise DatasetError(f"{yaml_path}: no 'names'; expected names: [class0, class1, ...]")
+    raise DatasetError(f"YOLO dataset {root}: no class names; expected classes.txt (one name a line) "
+                       "or data.yaml with 'names'")
+
+
+def _read_yolo_labels(label_path: Path, num_classes: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one label file -> (boxes float32 [N, 4] xyxy pixels, labels int64 [N])."""
+    boxes, labels = [], []
+    for line_no, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{label_path}:{line_no}"
+        # 5 fields: a box. 1 + 2k fields with k >= 3: an ultralytics polygon, read as its extent.
+        if len(fields) != 5 and not (len(fields) >= 7 and len(fields) % 2 == 1):
+            raise DatasetError(f"{where}: {len(fields)} fields; expected 5 ('class cx cy w h')")
+        try:
+            cls_value = float(fields[0])
+            values = np.array([float(v) for v in fields[1:]], np.float64)
+        except ValueError:
+            raise DatasetError(f"{where}: {line.strip()!r} is not numeric; expected 'class cx cy w h'") from None
+        if not cls_value.is_integer() or not 0 <= cls_value < num_classes:
+            raise DatasetError(f"{where}: class {fields[0]} out of range; expected an integer in 0..{num_classes - 1}")
+        if not np.all(np.isfinite(values)) or values.min() < -_NORMALISED_SLACK or values.max() > 1 + _NORMALISED_SLACK:
+            raise DatasetError(f"{where}: coordinates {fields[1:]} not normalised; expected values in [0, 1]")
+        if len(fields) == 5:
+            cx, cy, w, h = values
+            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        else:
+            xs, ys = values[0::2], values[1::2]
+            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max(), ys.max()
+        boxes.append((x1 * width, y1 * height, x2 * width, y2 * height))
+        labels.append(int(cls_value))
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64).reshape(-1)
+
+
+def _load_yolo(root: Path) -> Dataset:
+    image_dir, label_dir = root / "images", root / "labels"
+    class_names = _yolo_class_names(root)
+    image_paths = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not image_paths:
+        raise DatasetError(f"YOLO dataset {root}: no images in {image_dir}; expected "
+                           f"{', '.join(sorted(IMAGE_SUFFIXES))} files")
+    items = []
+    for image_id, image_path in enumerate(image_paths, start=1):
+        relative = image_path.relative_to(image_dir)
+        try:
+            with Image.open(image_path) as im:  # reads the header only, not the pixels
+                width, height = im.size
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{image_path}: cannot read image header: {exc}") from None
+        label_path = label_dir / relative.with_suffix(".txt")
+        if label_path.is_file():
+            boxes, labels = _read_yolo_labels(label_path, len(class_names), width, height)
+        else:
+            boxes, labels = _empty_boxes(), _empty_labels()
+        items.append(Annotation(image_id=image_id, file_name=relative.as_posix(), width=width, height=height,
+                                boxes=boxes, labels=labels))
+    return Dataset(root=root, image_dir=image_dir, class_names=tuple(class_names), items=tuple(items),
+                   category_ids=tuple(range(1, len(class_names) + 1)), layout="yolo")
