@@ -7,6 +7,7 @@ libraries (torch, onnx) are imported inside the commands that need them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except Exception as exc:  # a bug in edgekit or a backend failure nobody translated: still one line
+        if os.environ.get("EDGEKIT_TRACEBACK"):
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"error: unexpected {type(exc).__name__}: {detail[:300]} "
+                   "(this is a bug; rerun with EDGEKIT_TRACEBACK=1 and report it)", err=True)
+        return 1
     return 0
 
 
@@ -106,8 +117,33 @@ def _open_detector(model: str, backend: str, precision: str | None, threads: int
         return ReferenceDetector(torch_model, torch_model.spec, pp)
     from edgekit.runtime.detector import Detector
 
+    if path.is_file() and family is not None:
+        # a third-party ONNX file: the family (and --names) describe it, the file gives the tensor names
+        from edgekit.models import ModelConfig, build_model
+
+        class_names = _read_names(names)
+        if class_names is None:
+            raise InputError(f"{path}: --family needs --names FILE (one class name per line)")
+        detector = Detector.from_third_party_onnx(
+            path, build_model(ModelConfig(family, len(class_names), _onnx_input_size(path)), class_names).spec,
+            backend=backend, threads=threads)
+        pp = detector.postprocess_spec
+        detector.postprocess_spec = replace(pp, **{k: v for k, v in (("conf_threshold", conf), ("iou_threshold", iou))
+                                                   if v is not None})
+        return detector
     return Detector.load(path, backend=backend, precision=precision, threads=threads,
                          conf_threshold=conf, iou_threshold=iou)
+
+
+def _onnx_input_size(path: Path) -> tuple[int, int]:
+    """(H, W) of a third-party ONNX file's fixed-size image input."""
+    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(path) as runner:
+        shape = runner.input_specs()[0].shape
+    if len(shape) != 4 or not isinstance(shape[2], int) or not isinstance(shape[3], int):
+        raise InputError(f"{path}: image input has shape {shape}; expected a fixed [B, 3, H, W]")
+    return int(shape[2]), int(shape[3])
 
 
 def _image_id(path: Path, index: int) -> int:
@@ -117,6 +153,23 @@ def _image_id(path: Path, index: int) -> int:
 # --- commands ------------------------------------------------------------------------------
 
 
+def _pass_options(function):
+    function = click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
+                            help="Save the model after each pass here (for debugging a pass).")(function)
+    function = click.option("--no-passes", is_flag=True, help="Export the untouched graph (no graph passes).")(function)
+    function = click.option("--skip", "skip_passes", multiple=True, metavar="PASS",
+                            help="Skip a graph pass by name (repeatable).")(function)
+    return function
+
+
+def _model_options(function):
+    function = click.option("--names", type=click.Path(dir_okay=False), default=None,
+                            help="Class names file, one per line (with --family).")(function)
+    function = click.option("--family", default=None,
+                            help="Model family of a plain third-party state_dict (e.g. fastestdet).")(function)
+    return function
+
+
 @cli.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -124,10 +177,11 @@ def _image_id(path: Path, index: int) -> int:
 @click.option("--imgsz", type=int, default=None, help="Square export input size (multiple of 32); default from the checkpoint.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
-@click.option("--family", default=None, help="Model family of a plain third-party state_dict (e.g. fastestdet).")
-@click.option("--names", type=click.Path(dir_okay=False), default=None, help="Class names file, one per line (with --family).")
+@_pass_options
+@_model_options
 def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, dynamic_batch: bool,
-           family: str | None, names: str | None) -> None:
+           skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, family: str | None,
+           names: str | None) -> None:
     """Export CHECKPOINT to an ONNX artifact folder (model.onnx + edgekit.json)."""
     from edgekit.convert.chain import export_artifact
 
@@ -135,9 +189,39 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
     out = Path(out_dir) if out_dir else Path(checkpoint).with_name(Path(checkpoint).stem + "_edgekit")
     click.echo(f"exporting {checkpoint} ({model.spec.family}, {model.spec.input_size[0]}x{model.spec.input_size[1]}, "
                f"{model.spec.num_classes} classes) at opset {opset}")
-    manifest = export_artifact(model, out, opset=opset, dynamic_batch=dynamic_batch, source=str(checkpoint))
-    parity = manifest.info["parity"]["onnxruntime/fp32"]
-    click.echo(f"parity onnxruntime/fp32 vs torch: max abs {parity['max_abs']:.2e}, max rel {parity['max_rel']:.2e}")
+    export_artifact(model, out, opset=opset, dynamic_batch=dynamic_batch, source=str(checkpoint),
+                    skip_passes=skip_passes, no_passes=no_passes, dump_dir=dump_dir, progress=click.echo)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--target", "target_name", required=True, help="Target profile name (see `edgekit targets`) or a .toml path.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
+              help="Precision to build (default: the target's).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Artifact folder (default: <checkpoint stem>_<target> next to the checkpoint).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
+@_pass_options
+@_model_options
+def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: str | None, opset: int,
+            skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, family: str | None,
+            names: str | None) -> None:
+    """Convert CHECKPOINT for a deployment target: export, passes, backend build, artifact."""
+    from edgekit.convert.chain import convert as convert_model
+    from edgekit.targets import load_target
+
+    target = load_target(target_name)
+    model = _load_model(checkpoint, family, names, None)
+    out = Path(out_dir) if out_dir else Path(checkpoint).with_name(f"{Path(checkpoint).stem}_{target.name}")
+    click.echo(f"converting {checkpoint} ({model.spec.family}) for {target.name}: {target.backend} "
+               f"{precision or target.precision} — {target.description}")
+    manifest = convert_model(model, target, out, precision=precision, opset=opset, source=str(checkpoint),
+                             skip_passes=skip_passes, no_passes=no_passes, dump_dir=dump_dir, progress=click.echo)
+    for entry in manifest.models:
+        click.echo(f"  {entry.backend}/{entry.precision}: {entry.file}")
+    if "on_device" in manifest.info:
+        click.echo(manifest.info["on_device"])
     click.echo(f"wrote {out}")
 
 
@@ -187,6 +271,51 @@ def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | 
         for path, detections in results:
             draw_detections(path, detections, class_names).save(out / (path.stem + ".jpg"), quality=92)
         click.echo(f"saved {len(results)} images with boxes to {out}")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--data", "data_path", required=True, type=click.Path(), help="Dataset: COCO layout (images + instances JSON) or YOLO layout.")
+@click.option("--backends", default=None, help="Comma-separated backends to run (default: every model in the artifact).")
+@click.option("--reference", "reference_checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="The PyTorch checkpoint the artifact came from: Δ and agreement are measured against it.")
+@click.option("--threads", type=click.IntRange(0), default=0, help="Backend threads (0 = backend default).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")
+@_model_options
+def validate(artifact: str, data_path: str, backends: str | None, reference_checkpoint: str | None, threads: int,
+             json_path: str | None, family: str | None, names: str | None) -> None:
+    """mAP, drift vs the reference, agreement and latency of every backend in ARTIFACT."""
+    from tqdm import tqdm
+
+    from edgekit.validate.datasets import load_dataset
+    from edgekit.validate.run import format_table, validate_artifact
+
+    dataset = load_dataset(data_path)
+    reference = _load_model(reference_checkpoint, family, names, None) if reference_checkpoint else None
+    report = validate_artifact(artifact, dataset, backends=backends.split(",") if backends else None,
+                               reference_model=reference, threads=threads,
+                               progress=lambda items, name: tqdm(items, desc=f"validate {name}", unit="img", leave=False))
+    click.echo(format_table(report))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path}")
+
+
+@cli.command()
+def targets() -> None:
+    """List the deployment target profiles."""
+    from edgekit.runtime.backends import get_runner_class
+    from edgekit.targets import load_target, target_names
+
+    click.echo(f"{'target':<18} {'backend':<12} {'precision':<9} {'input':<8} here  description")
+    for name in target_names():
+        target = load_target(name)
+        size = f"{target.input_size[0]}" if target.input_size else "ckpt"
+        try:
+            runs_here = "yes" if get_runner_class(target.backend).is_available() else "no"
+        except EdgekitError:
+            runs_here = "no"
+        click.echo(f"{name:<18} {target.backend:<12} {target.precision:<9} {size:<8} {runs_here:<5} {target.description}")
 
 
 @cli.command()

@@ -86,6 +86,24 @@ class Detector:
             pp = replace(pp, iou_threshold=float(iou_threshold))
         return cls(runner, spec, pp)
 
+    @classmethod
+    def from_third_party_onnx(cls, path: str | Path, spec: ModelSpec, backend: str = "onnxruntime",
+                              threads: int = 0) -> Detector:
+        """Run an ONNX file exported by someone else, described by ``spec`` (e.g. a family's spec).
+
+        The spec's input and output names are replaced by the file's own, in the file's order, so
+        the count of outputs must match the head kind's contract.
+        """
+        runner = get_runner_class(backend).from_artifact(Path(path), {}, threads=threads)
+        runner.activate()
+        inputs = [i.name for i in runner.input_specs()]
+        outputs = runner.output_names()
+        if len(inputs) != 1 or len(outputs) != len(spec.head.output_names):
+            raise OutputError(f"{Path(path).name}: has inputs {inputs} and outputs {outputs}; a {spec.head.kind!r} head "
+                              f"needs one image input and {len(spec.head.output_names)} output(s)")
+        spec = replace(spec, input_name=inputs[0], head=replace(spec.head, output_names=tuple(outputs)))
+        return cls(runner, spec)
+
     def _check_model_io(self) -> None:
         inputs = self.runner.input_specs()
         if len(inputs) != 1:
