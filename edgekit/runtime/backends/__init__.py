@@ -12,6 +12,8 @@ from edgekit.runtime.backends.base import Runner, TensorSpec
 
 _RUNNERS: dict[str, str] = {
     "onnxruntime": "edgekit.runtime.backends.onnxruntime:OnnxRuntimeRunner",
+    "openvino": "edgekit.runtime.backends.openvino:OpenVinoRunner",
+    "ncnn": "edgekit.runtime.backends.ncnn:NcnnRunner",
 }
 
 

@@ -116,6 +116,10 @@ class Runner(ABC):
         """Run the model. feeds: input name -> array; returns output name -> array (numpy, backend dtype)."""
         if not self._active:
             self.activate()
+        return self._infer(self.check_feeds(feeds))
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Names, dtypes and shapes against input_specs(); returns contiguous arrays. Raises InputError."""
         specs = {s.name: s for s in self.input_specs()}
         missing = sorted(set(specs) - set(feeds))
         extra = sorted(set(feeds) - set(specs))
@@ -127,7 +131,7 @@ class Runner(ABC):
             array = np.ascontiguousarray(array)
             specs[name].check(array)
             checked[name] = array
-        return self._infer(checked)
+        return checked
 
     @abstractmethod
     def input_specs(self) -> list[TensorSpec]:
