@@ -20,7 +20,7 @@ MIN_OPSET = 17
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, out_path: str | Path, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False) -> Path:
+                dynamic_batch: bool = False, untouched: bool = False) -> Path:
     """Export ``model`` (forward: float32 [B,3,H,W] -> tuple of raw head tensors in
     ``spec.head.output_names`` order) to ONNX at ``out_path``.
 
@@ -28,6 +28,9 @@ def export_onnx(model: nn.Module, spec: ModelSpec, out_path: str | Path, opset: 
     converter has been tested against for years, and it needs no extra packages. The graph's
     input is named ``spec.input_name`` with a fixed batch of 1 unless ``dynamic_batch``.
     The file is written next to its destination and renamed into place.
+
+    ``untouched``: no constant folding and BatchNormalization kept as nodes — the exporter's own
+    folding is itself a graph rewrite, and ``--no-passes`` promises the graph as the model wrote it.
     """
     if opset < MIN_OPSET:
         raise ConversionError(f"--opset {opset}: edgekit exports at opset >= {MIN_OPSET} "
@@ -58,7 +61,8 @@ def export_onnx(model: nn.Module, spec: ModelSpec, out_path: str | Path, opset: 
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (dummy,), str(tmp_path), dynamo=False, opset_version=opset,
                               input_names=[spec.input_name], output_names=list(spec.head.output_names),
-                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+                              dynamic_axes=dynamic_axes, do_constant_folding=not untouched,
+                              training=torch.onnx.TrainingMode.PRESERVE if untouched else torch.onnx.TrainingMode.EVAL)
         onnx_model = onnx.load(str(tmp_path))
         embed_spec(onnx_model, spec)
         onnx.checker.check_model(onnx_model)

@@ -215,14 +215,12 @@ class OpenVinoRunner(Runner):
     def infer_many(self, feeds_list: Sequence[Mapping[str, np.ndarray]], jobs: int = 0) -> list[dict[str, np.ndarray]]:
         """Run many independent feeds asynchronously; results come back in input order.
 
-        Uses OpenVINO's ``AsyncInferQueue`` with ``jobs`` parallel infer requests (0 = the
+        Runs ``jobs`` infer requests in parallel (0 = the
         compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``: 1 under the LATENCY hint, one
         per stream under THROUGHPUT). This is how OpenVINO reaches its best images/s on a
         stream of images; Detector does not use it yet (it runs one batch at a time).
         Each feed is checked exactly like :meth:`infer`'s.
         """
-        from openvino import AsyncInferQueue
-
         if not self._active:
             self.activate()
         checked = [self.check_feeds(feeds) for feeds in feeds_list]
@@ -230,21 +228,20 @@ class OpenVinoRunner(Runner):
             return []
         if jobs <= 0:
             jobs = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        results: list[dict[str, np.ndarray] | None] = [None] * len(checked)
         ports = self._output_ports
-
-        def collect(request: Any, index: int) -> None:
-            # copy: the request's output buffers are reused by the next job on that request
-            results[index] = {name: np.array(request.get_tensor(port).data, copy=True) for name, port in ports}
-
-        queue = AsyncInferQueue(self._compiled, max(1, min(jobs, len(checked))))
-        queue.set_callback(collect)
-        for index, feeds in enumerate(checked):
-            queue.start_async(feeds, userdata=index)
-        queue.wait_all()
-        unfinished = [i for i, r in enumerate(results) if r is None]
-        if unfinished:
-            raise EdgekitError(f"{self.model_path.name}: asynchronous inference returned no result for feeds {unfinished}")
+        # Plain infer requests, started in waves of ``jobs`` and read back in the calling thread.
+        # (AsyncInferQueue with a Python callback crashed the interpreter at exit now and then here:
+        # "Resource deadlock avoided" when its callback threads were torn down.)
+        requests = [self._compiled.create_infer_request() for _ in range(max(1, min(jobs, len(checked))))]
+        results: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(checked), len(requests)):
+            wave = list(zip(requests, checked[start:start + len(requests)]))
+            for request, feeds in wave:
+                request.start_async(feeds)
+            for request, _ in wave:
+                request.wait()
+                # copy: the request's output buffers are reused by its next job
+                results.append({name: np.array(request.get_tensor(port).data, copy=True) for name, port in ports})
         return results  # type: ignore[return-value]
 
     def runtime_precisions(self, layer_type: str | None = None) -> Counter[str]:

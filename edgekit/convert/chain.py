@@ -1,0 +1,207 @@
+"""Checkpoint -> artifact, as explicit ordered stages.
+
+    load -> module passes -> export (ONNX) -> ONNX passes -> backend builds -> artifact
+
+Every stage that changes numbers is measured against the PyTorch model on the same input and
+the error lands in the manifest; an fp32 stage beyond tolerance aborts, naming the stage, and
+(because the artifact is written atomically) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edgekit import __version__
+from edgekit.convert.artifact import ArtifactWriter
+from edgekit.convert.builders import BuildSource, get_builder
+from edgekit.convert.export import DEFAULT_OPSET, embed_spec, export_onnx
+from edgekit.errors import ConversionError, EdgekitError
+from edgekit.runtime.artifact import Manifest, ModelEntry
+from edgekit.runtime.backends import get_runner_class
+from edgekit.spec import ModelSpec
+from edgekit.targets import Target, load_target
+from edgekit.validate.compare import tensor_error
+
+ONNX_FILE = "model.onnx"
+#: raw-tensor tolerance (max error relative to each output's magnitude) per precision. fp32 stages
+#: beyond it abort the conversion; fp16/bf16 are recorded and judged on detections (validate).
+TENSOR_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+#: the ONNX Runtime fp32 model every artifact carries: the portable baseline validate compares with
+BASELINE = ("onnxruntime", "fp32")
+#: ONNX passes are checked in float32 (ONNX Runtime has no float64 Conv): BN folding on a deep
+#: third-party graph lands at ~5e-5 of the output from rounding alone, so 1e-5 would reject correct folds.
+ONNX_PASS_TOLERANCE = 1e-4
+#: largest side of the input used to check each pass (the final graph is checked at full size)
+PASS_CHECK_SIZE = 160
+
+Progress = Callable[[str], None]
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"edgekit": __version__, "python": platform.python_version()}
+    for package in ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "ncnn", "pnnx"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def probe_input(spec: ModelSpec, seed: int = 0, batch: int = 1) -> np.ndarray:
+    """A normalised image-like float32 [B,3,H,W] tensor: uniform random pixels through the spec's normalisation."""
+    height, width = spec.input_size
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(batch, 3, height, width)).astype(np.float32)
+    norm = spec.normalization
+    mean = np.asarray(norm.mean, np.float32)[:, None, None]
+    std = np.asarray(norm.std, np.float32)[:, None, None]
+    return ((pixels * np.float32(norm.scale) - mean) / std).astype(np.float32)
+
+
+def torch_outputs(model: nn.Module, tensor: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        outputs = model.eval()(torch.from_numpy(tensor))
+    if isinstance(outputs, torch.Tensor):
+        outputs = (outputs,)
+    return [o.float().numpy() for o in outputs]
+
+
+def runner_outputs(backend: str, path: Path, entry_options: dict[str, Any], spec: ModelSpec,
+                   tensor: np.ndarray) -> list[np.ndarray]:
+    with get_runner_class(backend).from_artifact(path, entry_options) as runner:
+        outputs = runner.infer({spec.input_name: tensor})
+    return [np.asarray(outputs[name], dtype=np.float32) for name in spec.head.output_names]
+
+
+def check_onnx_parity(model: nn.Module, spec: ModelSpec, onnx_path: Path, seed: int = 0) -> dict[str, float]:
+    """PyTorch vs ONNX Runtime (graph optimisation off: the plain oracle) on the same input."""
+    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    tensor = probe_input(spec, seed)
+    with OnnxRuntimeRunner(onnx_path, graph_optimization=False) as runner:
+        outputs = runner.infer({spec.input_name: tensor})
+    return tensor_error(torch_outputs(model, tensor), [outputs[n] for n in spec.head.output_names]).to_dict()
+
+
+def _export_stage(model: nn.Module, spec: ModelSpec, onnx_path: Path, opset: int, dynamic_batch: bool,
+                  skip_passes: Sequence[str], no_passes: bool, dump_dir: Path | None,
+                  progress: Progress) -> dict[str, Any]:
+    """Module passes, export, ONNX passes; returns the manifest's record of them."""
+    from edgekit.convert.passes import check_skip_names, run_module_passes, run_onnx_passes
+
+    check_skip_names(skip_passes)
+    reference = model.eval()
+    records: list[dict[str, Any]] = []
+    # Pass checks run at a reduced size: the rewrites are resolution-independent, and module passes are
+    # checked in float64, where PyTorch's depthwise convolutions are ~50x slower than in float32.
+    check_size = tuple(min(side, PASS_CHECK_SIZE) // 32 * 32 or 32 for side in spec.input_size)
+    example = torch.from_numpy(probe_input(spec.with_input_size(check_size), seed=1))
+    if not no_passes:
+        model, module_records = run_module_passes(reference, example, skip=skip_passes, dump_dir=dump_dir)
+        records += [r.to_dict() for r in module_records]
+        for r in module_records:
+            progress("pass    " + r.summary())
+    export_onnx(model, spec, onnx_path, opset=opset, dynamic_batch=dynamic_batch, untouched=no_passes)
+    if not no_passes:
+        onnx_model, onnx_records = run_onnx_passes(onnx.load(str(onnx_path)), probe_input(spec, seed=1), skip=skip_passes,
+                                                   tolerance=ONNX_PASS_TOLERANCE, dump_dir=dump_dir)
+        embed_spec(onnx_model, spec)
+        onnx.save(onnx_model, str(onnx_path))
+        records += [r.to_dict() for r in onnx_records]
+        for r in onnx_records:
+            progress("pass    " + r.summary())
+    # End to end: the final graph against the untouched PyTorch model.
+    error = check_onnx_parity(reference, spec, onnx_path)
+    if error["max_rel"] > TENSOR_TOLERANCE["fp32"]:
+        raise ConversionError(f"export: ONNX Runtime output differs from the PyTorch model by {error['max_rel']:.2e} "
+                              f"(relative), above the fp32 tolerance {TENSOR_TOLERANCE['fp32']:.0e}")
+    progress(f"export  onnx opset {opset}: max rel error vs PyTorch {error['max_rel']:.1e}")
+    return {"passes": records, "export_error": error, "model": model}
+
+
+def export_artifact(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+                    source: str | None = None, skip_passes: Sequence[str] = (), no_passes: bool = False,
+                    dump_dir: str | Path | None = None, progress: Progress = lambda line: None) -> Manifest:
+    """``edgekit export``: an artifact folder with the (pass-optimised) ONNX model for ONNX Runtime fp32."""
+    spec: ModelSpec = model.spec
+    with ArtifactWriter(out_dir) as writer:
+        stage = _export_stage(model, spec, writer.path(ONNX_FILE), opset, dynamic_batch, skip_passes, no_passes,
+                              Path(dump_dir) if dump_dir else None, progress)
+        info = {"producer": "edgekit export", "source": source, "opset": opset, "dynamic_batch": dynamic_batch,
+                "tools": tool_versions(), "passes": stage["passes"],
+                "parity": {"onnxruntime/fp32": stage["export_error"]}}
+        return writer.commit(spec, [ModelEntry(*BASELINE, ONNX_FILE)], info)
+
+
+def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precision: str | None = None,
+            opset: int = DEFAULT_OPSET, source: str | None = None, skip_passes: Sequence[str] = (),
+            no_passes: bool = False, dump_dir: str | Path | None = None,
+            progress: Progress = lambda line: None) -> Manifest:
+    """``edgekit convert``: export for ``target`` and build its backend's files.
+
+    The artifact always carries the ONNX Runtime fp32 model too (the baseline validate compares
+    with). Each backend build is run here when its library is installed and compared with the
+    PyTorch model on the same input; the error lands in the manifest.
+    """
+    target = load_target(target) if isinstance(target, str) else target
+    precision = precision or target.precision
+    if precision not in target.precisions:
+        raise ConversionError(f"--precision {precision}: target {target.name!r} supports {', '.join(target.precisions)}")
+    if precision == "int8":
+        raise ConversionError("--precision int8: INT8 calibration is not built yet; convert at fp32/fp16 for now")
+    spec: ModelSpec = model.spec
+    if target.input_size and tuple(target.input_size) != tuple(spec.input_size):
+        spec = spec.with_input_size(target.input_size)
+    started = time.perf_counter()
+    with ArtifactWriter(out_dir) as writer:
+        onnx_path = writer.path(ONNX_FILE)
+        stage = _export_stage(model, spec, onnx_path, opset, target.dynamic_batch, skip_passes, no_passes,
+                              Path(dump_dir) if dump_dir else None, progress)
+        entries = [ModelEntry(*BASELINE, ONNX_FILE)]
+        parity = {"onnxruntime/fp32": stage["export_error"]}
+        extra: dict[str, Any] = {}
+        if (target.backend, precision) != BASELINE:
+            builder = get_builder(target.backend)
+            options = dict(target.backend_options)
+            # the builder gets the pass-optimised module (e.g. Focus already a 6x6 conv) for converters that trace torch
+            entry = builder.build(BuildSource(onnx_path, spec, stage["model"]), precision, writer.path, options)
+            entries.append(entry)
+            parity[f"{entry.backend}/{entry.precision}"] = _check_backend(entry, writer, spec, model, progress)
+            if entry.options.get("built_on_device"):
+                extra["on_device"] = (f"on the device, build the engine with: ./{entry.options['build_script']}  "
+                                      f"({entry.options['build_command']})")
+        info = {**extra, "producer": "edgekit convert", "source": source, "target": asdict(target), "precision": precision,
+                "opset": opset, "tools": tool_versions(), "passes": stage["passes"], "parity": parity,
+                "seconds": round(time.perf_counter() - started, 2)}
+        return writer.commit(spec, entries, info)
+
+
+def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, model: nn.Module,
+                   progress: Progress) -> dict[str, Any]:
+    """Run the freshly built backend model against PyTorch, when the backend runs on this machine."""
+    try:
+        runner_class = get_runner_class(entry.backend)
+    except EdgekitError:  # a backend with a builder but no runner in this edgekit (runs on the device only)
+        runner_class = None
+    if runner_class is None or not runner_class.is_available():
+        progress(f"build   {entry.backend}/{entry.precision}: built; not run here (backend library not installed)")
+        return {"checked": False}
+    tensor = probe_input(spec, seed=2)
+    error = tensor_error(torch_outputs(model, tensor),
+                         runner_outputs(entry.backend, writer.path(entry.file), entry.options, spec, tensor)).to_dict()
+    tolerance = TENSOR_TOLERANCE.get(entry.precision)
+    if entry.precision == "fp32" and error["max_rel"] > tolerance:
+        raise ConversionError(f"build {entry.backend}/fp32: output differs from PyTorch by {error['max_rel']:.2e} "
+                              f"(relative), above the fp32 tolerance {tolerance:.0e}")
+    progress(f"build   {entry.backend}/{entry.precision}: max rel error vs PyTorch {error['max_rel']:.1e}")
+    return {"checked": True, **error, "tolerance": tolerance}

@@ -1,0 +1,194 @@
+"""Validating an artifact: mAP, drift against the reference, agreement and latency per backend.
+
+Every backend x precision model in the artifact runs through the same ``Detector`` on the same
+dataset. mAP uses the COCO convention (score threshold 0.001, at most 100 detections per image);
+agreement with the reference uses the deployment thresholds of the spec, by filtering the same
+detections (greedy NMS visits boxes in score order, so the boxes above the deployment threshold
+are exactly what NMS at that threshold keeps).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime.artifact import read_manifest
+from edgekit.runtime.backends import get_runner_class
+from edgekit.runtime.detections import Detections
+from edgekit.runtime.detector import Detector
+from edgekit.validate.agreement import AgreementResult, agreement
+from edgekit.validate.coco_eval import MapResult, evaluate_detections
+from edgekit.validate.datasets import Dataset
+
+#: COCO evaluation convention: keep low-confidence boxes so the precision/recall curve is complete
+MAP_CONF_THRESHOLD = 0.001
+MAP_MAX_DETECTIONS = 100
+
+
+class DetectorLike(Protocol):
+    spec: Any
+
+    def detect(self, image: Any) -> Detections: ...
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One backend x precision evaluated on a dataset."""
+
+    name: str                               # e.g. "openvino/fp32" or "torch/fp32"
+    detections: dict[int, Detections]       # image id -> detections at the mAP threshold
+    latency_ms: float                       # median end-to-end per image (pre + infer + post)
+    inference_ms: float                     # median backend call per image (nan for torch)
+    size_bytes: int = 0
+    metrics: MapResult | None = None
+    agreement: AgreementResult | None = None  # vs the reference, at deployment thresholds
+
+
+@dataclass
+class ValidationReport:
+    dataset: str
+    reference: str
+    runs: list[ModelRun] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+    def run(self, name: str) -> ModelRun:
+        return next(r for r in self.runs if r.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        reference_map = self.run(self.reference).metrics
+        rows = []
+        for run in self.runs:
+            row: dict[str, Any] = {"name": run.name, "latency_ms": run.latency_ms, "inference_ms": run.inference_ms,
+                                   "size_bytes": run.size_bytes}
+            if run.metrics:
+                row.update(map_50_95=run.metrics.map_50_95, map_50=run.metrics.map_50,
+                           delta_map_50_95=run.metrics.map_50_95 - reference_map.map_50_95,
+                           per_class_ap=run.metrics.per_class_ap)
+            if run.agreement:
+                a = run.agreement
+                row["agreement"] = {"precision": a.precision, "recall": a.recall, "mean_iou": a.mean_iou,
+                                    "mean_abs_score_delta": a.mean_abs_score_delta, "class_flips": a.class_flips}
+            rows.append(row)
+        return {"dataset": self.dataset, "reference": self.reference, "runs": rows,
+                "skipped": [{"name": n, "reason": r} for n, r in self.skipped]}
+
+
+def run_detector(detector: DetectorLike, dataset: Dataset, name: str,
+                 progress: Callable[[Sequence, str], Any] | None = None) -> ModelRun:
+    """Detect on every dataset image; time each image end to end."""
+    import time
+
+    items = list(dataset.items)
+    iterator = progress(items, name) if progress else items
+    detections: dict[int, Detections] = {}
+    totals: list[float] = []
+    times = getattr(detector, "times", None)
+    if times is not None:
+        times.reset()
+    for item in iterator:
+        start = time.perf_counter()
+        detections[item.image_id] = detector.detect(dataset.image_path(item))
+        totals.append(time.perf_counter() - start)
+    inference = [c[1] for c in times.per_call] if times is not None else []
+    return ModelRun(name=name, detections=detections, latency_ms=statistics.median(totals) * 1000 if totals else 0.0,
+                    inference_ms=statistics.median(inference) * 1000 if inference else float("nan"))
+
+
+def above(detections: dict[int, Detections], threshold: float) -> dict[int, Detections]:
+    """Only the detections with score > threshold (the deployment view of the same run)."""
+    return {k: Detections(d.boxes[d.scores > threshold], d.scores[d.scores > threshold], d.labels[d.scores > threshold])
+            for k, d in detections.items()}
+
+
+def _map_postprocess(spec):
+    return replace(spec.postprocess, conf_threshold=MAP_CONF_THRESHOLD,
+                   max_detections=min(spec.postprocess.max_detections, MAP_MAX_DETECTIONS))
+
+
+def validate_artifact(artifact: str | Path, dataset: Dataset, backends: Sequence[str] | None = None,
+                      reference_model: Any | None = None, threads: int = 0,
+                      progress: Callable[[Sequence, str], Any] | None = None) -> ValidationReport:
+    """Evaluate every model in the artifact (or those of ``backends``) on ``dataset``.
+
+    ``reference_model``: the PyTorch nn.Module (with .spec) the artifact was made from; when given,
+    it is run through the reference detector and is what Δ and agreement are measured against.
+    Without it the artifact's ONNX Runtime fp32 model is the reference (the export verified it
+    against PyTorch, and the manifest records that error).
+    """
+    return validate_artifacts([artifact], dataset, backends, reference_model, threads, progress)
+
+
+def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backends: Sequence[str] | None = None,
+                       reference_model: Any | None = None, threads: int = 0,
+                       progress: Callable[[Sequence, str], Any] | None = None) -> ValidationReport:
+    """One report over several artifacts of the same model; a backend/precision seen twice runs once."""
+    if not dataset.items:
+        raise EdgekitError(f"{dataset.root}: the dataset has no images")
+    manifests = [(Path(a), read_manifest(a)) for a in artifacts]
+    spec = manifests[0][1].spec
+    if len(dataset.class_names) != spec.num_classes:
+        raise EdgekitError(f"{dataset.root}: the dataset has {len(dataset.class_names)} classes, the model "
+                           f"{spec.num_classes}; they must be the same classes in the same order")
+    report = ValidationReport(dataset=str(dataset.root), reference="")
+    if reference_model is not None:
+        from edgekit.reference.detector import ReferenceDetector
+
+        reference = ReferenceDetector(reference_model, spec, _map_postprocess(spec))
+        report.runs.append(run_detector(reference, dataset, "torch/fp32", progress))
+        report.reference = "torch/fp32"
+    seen = {run.name for run in report.runs}
+    for artifact, manifest in manifests:
+        for entry in manifest.models:
+            name = f"{entry.backend}/{entry.precision}"
+            if (backends and entry.backend not in backends) or name in seen:
+                continue
+            seen.add(name)
+            try:
+                available = get_runner_class(entry.backend).is_available()
+            except EdgekitError:
+                available = False
+            if not available or entry.options.get("built_on_device"):
+                report.skipped.append((name, "backend not installed here" if not available
+                                       else "engine is built on the device"))
+                continue
+            with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads) as detector:
+                detector.postprocess_spec = _map_postprocess(manifest.spec)
+                run = run_detector(detector, dataset, name, progress)
+            files = [entry.file, *entry.options.get("companion_files", [])]
+            report.runs.append(replace(run, size_bytes=sum((artifact / f).stat().st_size for f in files)))
+            if not report.reference:
+                report.reference = name
+    if not report.runs:
+        raise EdgekitError(f"no model could run here ({'; '.join(f'{n}: {r}' for n, r in report.skipped)})")
+    conf = spec.postprocess.conf_threshold
+    reference_view = above(report.run(report.reference).detections, conf)
+    for index, run in enumerate(report.runs):
+        metrics = evaluate_detections(dataset, run.detections)
+        agree = agreement(above(run.detections, conf), reference_view)
+        report.runs[index] = replace(run, metrics=metrics, agreement=agree)
+    return report
+
+
+def format_table(report: ValidationReport) -> str:
+    """A markdown table: one row per backend/precision."""
+    reference = report.run(report.reference).metrics
+    lines = [f"reference: {report.reference}   dataset: {report.dataset}",
+             "",
+             "| model | mAP@.5:.95 | mAP@.5 | Δ mAP (pts) | precision | recall | mean IoU | class flips | ms/img | infer ms | size MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in report.runs:
+        m, a = run.metrics, run.agreement
+        delta = (m.map_50_95 - reference.map_50_95) * 100
+        infer = "—" if np.isnan(run.inference_ms) else f"{run.inference_ms:.2f}"
+        size = f"{run.size_bytes / 1e6:.2f}" if run.size_bytes else "—"
+        lines.append(f"| {run.name} | {m.map_50_95:.4f} | {m.map_50:.4f} | {delta:+.2f} | {a.precision:.3f} | "
+                     f"{a.recall:.3f} | {a.mean_iou:.4f} | {a.class_flips} | {run.latency_ms:.2f} | {infer} | {size} |")
+    for name, reason in report.skipped:
+        lines.append(f"| {name} | skipped: {reason} | | | | | | | | | |")
+    return "\n".join(lines)
