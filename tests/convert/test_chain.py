@@ -1,0 +1,129 @@
+"""edgekit convert: one artifact per target, self-contained, checked, and never half-written."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.cli import main
+from edgekit.convert.chain import convert
+from edgekit.errors import BackendUnavailableError, ConversionError
+from edgekit.models import ModelConfig, build_model
+from edgekit.runtime.artifact import read_manifest
+from edgekit.runtime.backends import get_runner_class
+from edgekit.runtime.backends.base import Runner
+from edgekit.runtime.detector import Detector
+from edgekit.targets import TargetError, load_target, parse_target
+from edgekit.validate.compare import compare_detections
+
+needs = {name: pytest.mark.skipif(not get_runner_class(name).is_available(), reason=f"{name} not installed")
+         for name in ("openvino", "ncnn")}
+
+
+def small_model(family="yolov8"):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family, 3, (96, 96)), ("a", "b", "c")).eval()
+    return model
+
+
+def images(count=3, size=(80, 120)):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=(*size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def local_target(backend, precision="fp32", **extra):
+    return parse_target(f"test-{backend}", {"description": "test", "backend": backend, "precision": precision,
+                                            "precisions": ["fp32", "fp16"], **extra}, "test.toml")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("openvino", marks=needs["openvino"]),
+                                     pytest.param("ncnn", marks=needs["ncnn"])])
+def test_converted_artifact_is_self_contained_and_matches_onnxruntime(backend, tmp_path):
+    model = small_model()
+    lines = []
+    manifest = convert(model, local_target(backend), tmp_path / "art", progress=lines.append)
+    assert {(m.backend, m.precision) for m in manifest.models} == {("onnxruntime", "fp32"), (backend, "fp32")}
+    assert manifest.info["parity"][f"{backend}/fp32"]["checked"]
+    assert manifest.info["parity"][f"{backend}/fp32"]["max_rel"] <= 1e-4
+    assert any(line.startswith("pass") for line in lines) and any(line.startswith("build") for line in lines)
+    # move it away from everything it was made from
+    moved = shutil.move(str(tmp_path / "art"), str(tmp_path / "elsewhere"))
+    del model
+    with Detector.load(moved, backend="onnxruntime", conf_threshold=0.3) as baseline, \
+            Detector.load(moved, backend=backend, conf_threshold=0.3) as candidate:
+        expected = baseline.detect_batch(images())
+        actual = candidate.detect_batch(images())
+    stats = compare_detections(expected, actual, iou_threshold=0.99)
+    assert stats.matched == stats.reference_count == stats.candidate_count
+    assert stats.max_score_delta <= 1e-3
+
+
+def test_tensorrt_target_writes_the_onnx_and_the_on_device_build_command(tmp_path, capsys):
+    from edgekit.models.loading import save_checkpoint
+
+    checkpoint = save_checkpoint(small_model(), tmp_path / "m.pt")
+    assert main(["convert", str(checkpoint), "--target", "jetson-orin-nano", "-o", str(tmp_path / "jetson")]) == 0
+    out = capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "jetson")
+    entry = manifest.find("tensorrt", "fp16")
+    assert entry.options["build_command"].startswith("trtexec --onnx=model.onnx --saveEngine=model_fp16.engine --fp16")
+    assert (tmp_path / "jetson" / "tensorrt_build.sh").read_text().count("--memPoolSize=workspace:2048") == 1
+    assert "build the engine with" in out
+    assert manifest.spec.input_size == (640, 640)  # the target's input size
+
+
+def test_failed_backend_build_leaves_no_artifact(tmp_path):
+    target = local_target("openvino", backend_options={"device": "NPU"})
+    if not get_runner_class("openvino").is_available():
+        pytest.skip("openvino not installed")
+    with pytest.raises((ConversionError, BackendUnavailableError)):
+        convert(small_model(), target, tmp_path / "art")
+    assert os.listdir(tmp_path) == []
+
+
+def test_precision_outside_the_target_and_int8_are_refused(tmp_path):
+    with pytest.raises(ConversionError, match="supports fp32, fp16"):
+        convert(small_model(), local_target("openvino"), tmp_path / "a", precision="bf16")
+    with pytest.raises(ConversionError, match="INT8 calibration is not built yet"):
+        convert(small_model(), load_target("intel-cpu"), tmp_path / "b", precision="int8")
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_cli_bad_input(tmp_path, capsys):
+    from edgekit.models.loading import save_checkpoint
+
+    checkpoint = save_checkpoint(small_model(), tmp_path / "m.pt")
+    assert main(["convert", str(checkpoint), "--target", "raspbery-pi-5"]) == 2
+    assert "did you mean 'raspberry-pi-5'" in capsys.readouterr().err
+    assert main(["convert", str(checkpoint), "--target", "intel-cpu", "--skip", "fold-bn"]) == 2
+    assert "did you mean 'fold_bn'" in capsys.readouterr().err
+
+
+def test_missing_backend_library_names_the_pip_extra():
+    class FutureRunner(Runner):  # a backend whose library is not installed here
+        name = "future"
+        required_modules = ("edgekit_test_no_such_backend_library",)
+        pip_extra = "future"
+
+        def input_specs(self):
+            return []
+
+        def output_names(self):
+            return []
+
+        def _activate(self):
+            raise AssertionError("never reached")
+
+        def _infer(self, feeds):
+            return {}
+
+    assert not FutureRunner.is_available()
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'edgekit\[future\]'"):
+        FutureRunner("model.bin").activate()
+
+
+def test_target_error_for_unknown_name():
+    with pytest.raises(TargetError):
+        load_target("no-such-board")
