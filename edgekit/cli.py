@@ -302,6 +302,45 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
 
 
 @cli.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
+              help="Image to run (default: a bundled demo image).")
+@click.option("--backends", default=None, help="Comma-separated backends (default: every model in the artifact).")
+@click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs per model.")
+@click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", type=click.IntRange(0), default=0, help="Backend threads (0 = backend default).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for bench.json and bench.png (a bar chart of the stages).")
+def bench(artifact: str, image_path: str | None, backends: str | None, runs: int, warmup: int, threads: int,
+          json_path: str | None, report_dir: str | None) -> None:
+    """Latency of every backend/precision in ARTIFACT: stages vs the raw backend call, in one run."""
+    from dataclasses import asdict
+
+    from edgekit.bench import bench_artifact, format_bench, write_bench_report
+
+    image = image_path or str(_bundled_image())
+    results = bench_artifact(artifact, image, backends=backends.split(",") if backends else None, runs=runs,
+                             warmup=warmup, threads=threads)
+    click.echo(f"image: {image}   runs: {runs} (+{warmup} warm-up)   threads: {threads or 'default'}")
+    click.echo(format_bench(results))
+    if json_path:
+        Path(json_path).write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n", encoding="utf-8")
+    if report_dir:
+        json_file, png_file = write_bench_report(results, report_dir)
+        click.echo(f"wrote {json_file} and {png_file}")
+
+
+def _bundled_image() -> Path:
+    from importlib import resources
+
+    images = sorted(Path(str(resources.files("edgekit") / "zoo" / "images")).glob("*.jpg"))
+    if not images:
+        raise InputError("no bundled images in edgekit/zoo/images; pass --image FILE")
+    return images[0]
+
+
+@cli.command()
 def targets() -> None:
     """List the deployment target profiles."""
     from edgekit.runtime.backends import get_runner_class

@@ -163,3 +163,15 @@ def test_help_for_every_command(capsys):
     for command in ["export", "detect", "inspect"]:
         code, out, _ = run([command, "--help"], capsys)
         assert code == 0 and "Usage" in out
+
+
+def test_bench_reports_stages_and_ratio(artifact, images, tmp_path, capsys):
+    import json as _json
+
+    code, out, err = run(["bench", artifact, "--image", images / "000123.jpg", "--runs", "3", "--warmup", "1",
+                          "--report", tmp_path / "rep", "--json", tmp_path / "b.json"], capsys)
+    assert code == 0, err
+    assert "onnxruntime/fp32" in out and "e2e / raw" in out
+    data = _json.loads((tmp_path / "b.json").read_text())
+    assert data[0]["runs"] == 3 and data[0]["raw"]["median_ms"] > 0
+    assert (tmp_path / "rep" / "bench.png").stat().st_size > 1000
