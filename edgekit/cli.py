@@ -201,10 +201,11 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
               help="Precision to build (default: the target's).")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Artifact folder (default: <checkpoint stem>_<target> next to the checkpoint).")
+@click.option("--imgsz", type=int, default=None, help="Square input size (multiple of 32); default: the target's.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
 @_pass_options
 @_model_options
-def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: str | None, opset: int,
+def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: str | None, imgsz: int | None, opset: int,
             skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, family: str | None,
             names: str | None) -> None:
     """Convert CHECKPOINT for a deployment target: export, passes, backend build, artifact."""
@@ -216,7 +217,8 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
     out = Path(out_dir) if out_dir else Path(checkpoint).with_name(f"{Path(checkpoint).stem}_{target.name}")
     click.echo(f"converting {checkpoint} ({model.spec.family}) for {target.name}: {target.backend} "
                f"{precision or target.precision} — {target.description}")
-    manifest = convert_model(model, target, out, precision=precision, opset=opset, source=str(checkpoint),
+    manifest = convert_model(model, target, out, precision=precision, input_size=_parse_imgsz(imgsz), opset=opset,
+                             source=str(checkpoint),
                              skip_passes=skip_passes, no_passes=no_passes, dump_dir=dump_dir, progress=click.echo)
     for entry in manifest.models:
         click.echo(f"  {entry.backend}/{entry.precision}: {entry.file}")

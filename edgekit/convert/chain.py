@@ -144,12 +144,13 @@ def export_artifact(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_
 
 
 def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precision: str | None = None,
-            opset: int = DEFAULT_OPSET, source: str | None = None, skip_passes: Sequence[str] = (),
+            input_size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET, source: str | None = None,
+            skip_passes: Sequence[str] = (),
             no_passes: bool = False, dump_dir: str | Path | None = None,
             progress: Progress = lambda line: None) -> Manifest:
     """``edgekit convert``: export for ``target`` and build its backend's files.
 
-    The artifact always carries the ONNX Runtime fp32 model too (the baseline validate compares
+    ``input_size`` (H, W) overrides the target's input size. The artifact always carries the ONNX Runtime fp32 model too (the baseline validate compares
     with). Each backend build is run here when its library is installed and compared with the
     PyTorch model on the same input; the error lands in the manifest.
     """
@@ -160,8 +161,10 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
     if precision == "int8":
         raise ConversionError("--precision int8: INT8 calibration is not built yet; convert at fp32/fp16 for now")
     spec: ModelSpec = model.spec
-    if target.input_size and tuple(target.input_size) != tuple(spec.input_size):
-        spec = spec.with_input_size(target.input_size)
+    # input size: explicit argument, else the target's, else the checkpoint's
+    size = input_size or target.input_size
+    if size and tuple(size) != tuple(spec.input_size):
+        spec = spec.with_input_size(tuple(size))
     started = time.perf_counter()
     with ArtifactWriter(out_dir) as writer:
         onnx_path = writer.path(ONNX_FILE)
