@@ -26,8 +26,12 @@ from edgekit.validate.agreement import AgreementResult, agreement
 from edgekit.validate.coco_eval import MapResult, evaluate_detections
 from edgekit.validate.datasets import Dataset
 
-#: COCO evaluation convention: keep low-confidence boxes so the precision/recall curve is complete
+#: mAP protocol (the YOLO-family val convention): keep low-confidence boxes so the precision/recall
+#: curve is complete, NMS at IoU 0.6, at most 100 detections per image (COCOeval's own cap).
+#: Fixture training scores its checkpoints with the same protocol (map_postprocess), so a recorded
+#: mAP can be reproduced by validate.
 MAP_CONF_THRESHOLD = 0.001
+MAP_IOU_THRESHOLD = 0.6
 MAP_MAX_DETECTIONS = 100
 
 
@@ -106,9 +110,11 @@ def above(detections: dict[int, Detections], threshold: float) -> dict[int, Dete
             for k, d in detections.items()}
 
 
-def _map_postprocess(spec):
-    return replace(spec.postprocess, conf_threshold=MAP_CONF_THRESHOLD,
-                   max_detections=min(spec.postprocess.max_detections, MAP_MAX_DETECTIONS))
+def map_postprocess(spec: Any) -> Any:
+    """The spec's post-processing with the mAP protocol's thresholds (NMS on/off, class-agnostic kept)."""
+    return replace(spec.postprocess, conf_threshold=MAP_CONF_THRESHOLD, iou_threshold=MAP_IOU_THRESHOLD,
+                   pre_nms_topk=max(spec.postprocess.pre_nms_topk, MAP_MAX_DETECTIONS),
+                   max_detections=MAP_MAX_DETECTIONS)
 
 
 def validate_artifact(artifact: str | Path, dataset: Dataset, backends: Sequence[str] | None = None,
@@ -139,7 +145,7 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
     if reference_model is not None:
         from edgekit.reference.detector import ReferenceDetector
 
-        reference = ReferenceDetector(reference_model, spec, _map_postprocess(spec))
+        reference = ReferenceDetector(reference_model, spec, map_postprocess(spec))
         report.runs.append(run_detector(reference, dataset, "torch/fp32", progress))
         report.reference = "torch/fp32"
     seen = {run.name for run in report.runs}
@@ -158,7 +164,7 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
                                        else "engine is built on the device"))
                 continue
             with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads) as detector:
-                detector.postprocess_spec = _map_postprocess(manifest.spec)
+                detector.postprocess_spec = map_postprocess(manifest.spec)
                 run = run_detector(detector, dataset, name, progress)
             files = [entry.file, *entry.options.get("companion_files", [])]
             report.runs.append(replace(run, size_bytes=sum((artifact / f).stat().st_size for f in files)))

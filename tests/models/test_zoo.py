@@ -1,0 +1,54 @@
+"""The bundled trained fixtures (edgekit/zoo/*.pt): loadable safely, their recorded mAP reproducible,
+and their ONNX Runtime export detecting what the PyTorch reference detects on real validation images."""
+
+import pytest
+
+from edgekit.convert.chain import export_artifact
+from edgekit.models.loading import load_checkpoint
+from edgekit.reference.detector import ReferenceDetector
+from edgekit.runtime.detector import Detector
+from edgekit.validate import synth
+from edgekit.validate.compare import compare_detections
+from edgekit.validate.datasets import load_dataset
+from edgekit.validate.run import map_postprocess, run_detector
+from edgekit.validate.coco_eval import evaluate_detections
+from tests.conftest import ZOO_DIR
+
+CHECKPOINTS = sorted(ZOO_DIR.glob("*.pt"))
+
+
+@pytest.fixture(scope="session")
+def val_split(tmp_path_factory):
+    """The split every fixture's mAP is recorded on: tools/synth.py --split val --seed 0."""
+    folder = synth.generate(tmp_path_factory.mktemp("synth") / "val", "val", 0, progress=False)
+    return load_dataset(folder)
+
+
+def test_the_zoo_is_not_empty():
+    assert CHECKPOINTS, "edgekit/zoo has no trained fixture (tools/train_fixtures.py writes them)"
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS, ids=lambda p: p.stem)
+def test_recorded_map_matches_a_fresh_evaluation(checkpoint, val_split):
+    model = load_checkpoint(checkpoint)
+    recorded = model.metrics
+    assert recorded["split"] == "val" and recorded["val_seed"] == 0
+    assert recorded["num_val_images"] == len(val_split.items)
+    run = run_detector(ReferenceDetector(model, model.spec, map_postprocess(model.spec)), val_split, "torch")
+    fresh = evaluate_detections(val_split, run.detections)
+    assert fresh.map_50_95 == pytest.approx(recorded["map_50_95"], abs=1e-3)
+    assert fresh.map_50 == pytest.approx(recorded["map_50"], abs=1e-3)
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS, ids=lambda p: p.stem)
+def test_onnxruntime_export_matches_pytorch_on_validation_images(checkpoint, val_split, tmp_path):
+    model = load_checkpoint(checkpoint)
+    export_artifact(model, tmp_path / "art")
+    images = [val_split.image_path(item) for item in val_split.items[:60]]
+    reference = ReferenceDetector(model, model.spec).detect_batch(images)
+    with Detector.load(tmp_path / "art") as detector:
+        candidate = [detector.detect(image) for image in images]
+    stats = compare_detections(reference, candidate, iou_threshold=0.999)
+    assert stats.reference_count >= 60, "a trained fixture finds objects"
+    assert stats.matched == stats.reference_count == stats.candidate_count, stats
+    assert stats.max_score_delta <= 1e-4, stats
