@@ -1,6 +1,8 @@
 """The bundled trained fixtures (edgekit/zoo/*.pt): loadable safely, their recorded mAP reproducible,
 and their ONNX Runtime export detecting what the PyTorch reference detects on real validation images."""
 
+import dataclasses
+
 import pytest
 
 from edgekit.convert.chain import export_artifact
@@ -52,3 +54,41 @@ def test_onnxruntime_export_matches_pytorch_on_validation_images(checkpoint, val
     assert stats.reference_count >= 60, "a trained fixture finds objects"
     assert stats.matched == stats.reference_count == stats.candidate_count, stats
     assert stats.max_score_delta <= 1e-4, stats
+
+
+BACKEND_TARGETS = [("openvino", "intel-cpu", ("fp32", "fp16")), ("ncnn", "raspberry-pi-5", ("fp32", "fp16"))]
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("backend, target, precisions", BACKEND_TARGETS, ids=[b[0] for b in BACKEND_TARGETS])
+def test_backends_match_the_pytorch_reference_on_the_validation_split(checkpoint, backend, target, precisions,
+                                                                      val_split, tmp_path):
+    """fp32: >= 99 % of reference boxes matched at IoU >= 0.99 with |Δscore| <= 1e-3 and mAP within 0.1 point;
+    fp16: mAP within 0.5 point (mmdeploy-style metric-level tolerances per precision)."""
+    from edgekit.convert.chain import convert
+    from edgekit.runtime.backends import get_runner_class
+    from edgekit.targets import load_target
+    from edgekit.validate.run import above, validate_artifacts
+
+    if not get_runner_class(backend).is_available():
+        pytest.skip(f"{backend} is not installed")
+    model = load_checkpoint(checkpoint)
+    artifacts = []
+    for precision in precisions:
+        convert(model, load_target(target), tmp_path / precision, precision=precision, input_size=model.spec.input_size)
+        artifacts.append(tmp_path / precision)
+    subset = dataclasses.replace(val_split, items=val_split.items[:120])
+    report = validate_artifacts(artifacts, subset, reference_model=model)
+    reference = report.run("torch/fp32")
+    conf = model.spec.postprocess.conf_threshold
+    for precision in precisions:
+        run = report.run(f"{backend}/{precision}")
+        delta = abs(run.metrics.map_50_95 - reference.metrics.map_50_95) * 100
+        if precision == "fp32":
+            ids = sorted(reference.detections)
+            stats = compare_detections([above(reference.detections, conf)[i] for i in ids],
+                                       [above(run.detections, conf)[i] for i in ids], iou_threshold=0.99)
+            assert stats.recall >= 0.99 and stats.max_score_delta <= 1e-3, stats
+            assert delta <= 0.1
+        else:
+            assert delta <= 0.5
