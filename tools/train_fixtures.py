@@ -19,6 +19,7 @@ families trained by separate invocations all appear.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import platform
 import shlex
 import sys
@@ -127,7 +128,13 @@ def train_family(family: str, recipe: Recipe, train_set: Dataset, val_set: Datas
         print(line, flush=True)
 
     print(f"[{family}] {params / 1e6:.2f} M parameters, {len(data)} train images, {recipe}", flush=True)
-    result = train(model, data, train_config, on_epoch_end=report_epoch)
+    # Training state after every epoch, so an interrupted run (shared machines) picks up where it
+    # stopped when the same command is run again; named by everything that shapes the result.
+    key = hashlib.sha256(repr((family, recipe, args.seed, len(data))).encode()).hexdigest()[:12]
+    resume_path = Path(args.data_dir) / "train-state" / f"{family}-{key}.pt"
+    if resume_path.is_file():
+        print(f"[{family}] resuming from {resume_path}", flush=True)
+    result = train(model, data, train_config, on_epoch_end=report_epoch, resume_path=resume_path)
     scores = evaluate(result.model, val_set, images=val_images)
     metrics = {
         "map_50_95": scores.map_50_95,
@@ -154,6 +161,7 @@ def train_family(family: str, recipe: Recipe, train_set: Dataset, val_set: Datas
     path = save_checkpoint(result.model, Path(args.out) / f"{family}.pt", metrics)
     # The zoo promise: tensors and plain containers only.
     torch.load(path, weights_only=True)
+    resume_path.unlink(missing_ok=True)
     print(f"[{family}] val mAP@0.5:0.95 {scores.map_50_95:.4f}  mAP@0.5 {scores.map_50:.4f}  "
           f"({result.seconds / 60:.1f} min) -> {path}", flush=True)
     return metrics

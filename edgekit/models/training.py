@@ -44,7 +44,8 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -1027,14 +1028,28 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """torch.save to a sibling temporary file, then rename: an interrupted save leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
 def train(model: nn.Module, data: TrainingSet, config: TrainConfig = TrainConfig(),
           loss_fn: DetectionLoss | None = None,
-          on_epoch_end: Callable[[int, nn.Module, dict[str, float]], None] | None = None) -> TrainResult:
+          on_epoch_end: Callable[[int, nn.Module, dict[str, float]], None] | None = None,
+          resume_path: str | Path | None = None) -> TrainResult:
     """Train ``model`` (with ``.spec``) on ``data`` for ``config.epochs`` epochs.
 
     Returns a :class:`TrainResult` whose model is a copy holding the EMA weights (in eval mode);
     ``model`` itself keeps the raw weights. ``on_epoch_end(epoch, ema_model, mean_losses)`` is
     called after every epoch (e.g. to evaluate).
+
+    ``resume_path``: after every epoch the complete training state (weights, EMA, optimizer,
+    both random generators, history) is written there; if the file exists at the start,
+    training continues from it, exactly where it stopped — the result is the same as an
+    uninterrupted run. It must come from the same family, data size and ``config``.
     """
     from tqdm import tqdm
 
@@ -1063,10 +1078,29 @@ def train(model: nn.Module, data: TrainingSet, config: TrainConfig = TrainConfig
     ema = ModelEMA(model, config.ema_decay, config.ema_ramp)
     history: list[dict[str, float]] = []
     step = 0
+    first_epoch = 0
     start = time.perf_counter()
     cpu_start = time.process_time()
+    # Threads and progress bars do not change the result, so a run may resume with other values.
+    fingerprint = f"{spec.family} {spec.input_size} images={len(data)} {replace(config, num_threads=0, progress=False)!r}"
+    resume_path = Path(resume_path) if resume_path is not None else None
+    if resume_path is not None and resume_path.is_file():
+        state = torch.load(resume_path, weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            raise InputError(f"{resume_path}: was written by a different training run "
+                             f"({state.get('fingerprint')!r}); expected {fingerprint!r}. Delete it to start over")
+        model.load_state_dict(state["model"])
+        ema.module.load_state_dict(state["ema"])
+        ema.updates = int(state["ema_updates"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history, step, first_epoch = list(state["history"]), int(state["step"]), int(state["epoch"])
+        # Keep the clocks running from where the interrupted run left them.
+        start -= float(state["seconds"])
+        cpu_start -= float(state["cpu_seconds"])
     model.train()
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         sums: dict[str, float] = {}
         count = 0
         bar = tqdm(data.batches(config.batch_size, rng, config.augment), total=steps_per_epoch,
@@ -1100,6 +1134,13 @@ def train(model: nn.Module, data: TrainingSet, config: TrainConfig = TrainConfig
         means["seconds"] = time.perf_counter() - start
         means["cpu_seconds"] = time.process_time() - cpu_start
         history.append(means)
+        if resume_path is not None:
+            _save_atomic({
+                "fingerprint": fingerprint, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
+                "ema": ema.module.state_dict(), "ema_updates": ema.updates, "optimizer": optimizer.state_dict(),
+                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history,
+                "seconds": means["seconds"], "cpu_seconds": means["cpu_seconds"],
+            }, resume_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, ema.module, means)
     model.to(memory_format=torch.contiguous_format)

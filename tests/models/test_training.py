@@ -5,6 +5,7 @@ overfitting check. Hand-made cases with expected values worked out in the commen
 from __future__ import annotations
 
 import math
+from dataclasses import replace as replace_config
 
 import numpy as np
 import pytest
@@ -456,3 +457,50 @@ def test_loss_decreases_when_overfitting_one_batch(family):
     # centernet 0.10, ssd 0.01. A wrong sign, a detached target or a broken assigner stays near 1.
     assert math.isfinite(last) and last < 0.8 * first, f"{family}: loss {first:.3f} -> {last:.3f}"
     assert result.iterations == 20
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_exactly_where_training_stopped(tmp_path):
+    images, boxes, labels = _toy_batch()
+
+    class _Item:
+        def __init__(self, i):
+            self.index, self.boxes, self.labels = i, boxes[i], labels[i]
+
+    class _Data:
+        items = [_Item(0), _Item(1)]
+
+        @staticmethod
+        def image_path(item):
+            return images[item.index]
+
+    config = TrainConfig(epochs=3, batch_size=1, learning_rate=3e-3, warmup_iterations=1, num_threads=1,
+                         progress=False, ema_decay=0.9, ema_ramp=2.0)
+
+    def fresh_model():
+        torch.manual_seed(0)
+        return build_model(ModelConfig("centernet", num_classes=3, input_size=(64, 64), width=0.125), NAMES)
+
+    model = fresh_model()
+    straight = train(model, TrainingSet(_Data(), model.spec), config)
+
+    def stop_after_first(epoch, ema_model, losses):
+        if epoch == 1:
+            raise _Interrupted
+
+    state = tmp_path / "state.pt"
+    model = fresh_model()
+    with pytest.raises(_Interrupted):
+        train(model, TrainingSet(_Data(), model.spec), config, on_epoch_end=stop_after_first, resume_path=state)
+    assert state.is_file()
+    model = fresh_model()  # a new process would start from fresh weights too
+    resumed = train(model, TrainingSet(_Data(), model.spec), config, resume_path=state)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-5)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    other = replace_config(config, epochs=4)
+    with pytest.raises(Exception, match="different training run"):
+        train(fresh_model(), TrainingSet(_Data(), model.spec), other, resume_path=state)
