@@ -86,15 +86,25 @@ def _from_edgekit_payload(payload: Mapping[str, Any], source: str) -> nn.Module:
     return model
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model`` (with ``.spec`` and ``.config``) in edgekit's checkpoint format."""
+def save_checkpoint(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] | None = None,
+                    half_weights: bool = False) -> Path:
+    """Write ``model`` (with ``.spec`` and ``.config``) in edgekit's checkpoint format.
+
+    ``half_weights`` stores floating-point tensors as float16 (half the file; the bundled zoo must fit
+    its size budget). Loading copies them back into the float32 model, so a half checkpoint loads as
+    the float32 model whose weights are the fp16-rounded values: score it after rounding
+    (``round_weights_to_half``) so the metrics it records are what a fresh evaluation gives.
+    """
     path = Path(path)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if half_weights:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "config": model.config.to_dict(),
         "spec": model.spec.to_dict(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "metrics": dict(metrics or {}),
     }
     tmp = path.with_name(f".{path.name}.partial")
@@ -102,3 +112,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, metrics: Mapping[str, An
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
+
+
+def round_weights_to_half(model: nn.Module) -> nn.Module:
+    """Round every floating-point parameter and buffer of ``model`` to float16 values, in place
+    (the dtype stays float32): the model a ``half_weights`` checkpoint loads back as."""
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    return model

@@ -17,6 +17,14 @@ from edgekit.validate.coco_eval import evaluate_detections
 from tests.conftest import ZOO_DIR
 
 CHECKPOINTS = sorted(ZOO_DIR.glob("*.pt"))
+#: issue 3's bar: every trained fixture reaches COCO mAP@0.5:0.95 >= 0.5 on `synth --split val --seed 0`
+MAP_BAR = 0.5
+#: fixtures bundled below the bar (trained, usable for parity and INT8 tests, not yet good enough):
+#: family -> why. Their bar test is a strict xfail, so reaching the bar turns it into a failure to
+#: clean up here.
+BELOW_BAR: dict[str, str] = {}
+#: the wheel's zoo budget (issue 3)
+ZOO_BUDGET_BYTES = 20_000_000
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +48,19 @@ def test_recorded_map_matches_a_fresh_evaluation(checkpoint, val_split):
     fresh = evaluate_detections(val_split, run.detections)
     assert fresh.map_50_95 == pytest.approx(recorded["map_50_95"], abs=1e-3)
     assert fresh.map_50 == pytest.approx(recorded["map_50"], abs=1e-3)
+
+
+def test_the_zoo_fits_its_size_budget():
+    total = sum(p.stat().st_size for p in CHECKPOINTS)
+    assert total <= ZOO_BUDGET_BYTES, f"edgekit/zoo/*.pt total {total / 1e6:.1f} MB > {ZOO_BUDGET_BYTES / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS, ids=lambda p: p.stem)
+def test_fixture_reaches_the_map_bar(checkpoint, request):
+    """The recorded mAP is checked against a fresh evaluation above; here it must clear the bar."""
+    if checkpoint.stem in BELOW_BAR:
+        request.applymarker(pytest.mark.xfail(reason=BELOW_BAR[checkpoint.stem], strict=True))
+    assert load_checkpoint(checkpoint).metrics["map_50_95"] >= MAP_BAR
 
 
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS, ids=lambda p: p.stem)
