@@ -162,6 +162,35 @@ def _pass_options(function):
     return function
 
 
+def _int8_options(function):
+    """--calib and friends: how ``convert --precision int8`` calibrates."""
+    from edgekit.quant.observers import METHODS
+
+    options = [
+        click.option("--calib", type=click.Path(), default=None,
+                     help="Calibration image folder (jpg/png/bmp/webp; default: the bundled set). Use 300+ images "
+                          "from the deployment domain."),
+        click.option("--calib-method", type=click.Choice(METHODS), default=None,
+                     help="Range observer (default: the target's)."),
+        click.option("--calib-images", type=click.IntRange(1), default=None,
+                     help="Use at most N calibration images, evenly spaced (default: the target's)."),
+        click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), default=None,
+                     help="Percentile for --calib-method percentile (default 99.99)."),
+        click.option("--drift-budget", type=click.FloatRange(0), default=None,
+                     help="Keep the most sensitive layers in float until the int8 drift is within this many mAP "
+                          "points (partial quantisation; off by default)."),
+        click.option("--drift-data", type=click.Path(), default=None,
+                     help="Labelled dataset (COCO/YOLO) the drift budget is judged on (default: agreement with the "
+                          "fp32 model on held-out calibration images)."),
+        click.option("--calib-cache", type=click.Path(dir_okay=False), default=None,
+                     help="Reuse a calibration.json from an earlier artifact of the same model."),
+        click.option("--force-calib", is_flag=True, help="Calibrate even with fewer than 16 images."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def _model_options(function):
     function = click.option("--names", type=click.Path(dir_okay=False), default=None,
                             help="Class names file, one per line (with --family).")(function)
@@ -204,22 +233,41 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
 @click.option("--imgsz", type=int, default=None, help="Square input size (multiple of 32); default: the target's.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
 @_pass_options
+@_int8_options
 @_model_options
 def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: str | None, imgsz: int | None, opset: int,
-            skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, family: str | None,
+            skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, calib: str | None,
+            calib_method: str | None, calib_images: int | None, percentile: float | None, drift_budget: float | None,
+            drift_data: str | None, calib_cache: str | None, force_calib: bool, family: str | None,
             names: str | None) -> None:
-    """Convert CHECKPOINT for a deployment target: export, passes, backend build, artifact."""
+    """Convert CHECKPOINT for a deployment target: export, passes, backend build, artifact.
+
+    With --precision int8 the exported graph is calibrated once (--calib folder, default: the bundled
+    set) and every backend's int8 model is emitted from that one result."""
     from edgekit.convert.chain import convert as convert_model
+    from edgekit.quant.pipeline import Int8Options
     from edgekit.targets import load_target
 
+    int8 = Int8Options(calib_dir=Path(calib) if calib else None, method=calib_method, images=calib_images,
+                       percentile=percentile, drift_budget=drift_budget,
+                       drift_data=Path(drift_data) if drift_data else None,
+                       cache=Path(calib_cache) if calib_cache else None, force=force_calib,
+                       eval_paths=(Path(drift_data),) if drift_data else ())
+    int8_flags = [flag for flag, value in (("--calib", calib), ("--calib-method", calib_method),
+                                           ("--drift-budget", drift_budget), ("--calib-cache", calib_cache))
+                  if value is not None]
+
     target = load_target(target_name)
+    if int8_flags and (precision or target.precision) != "int8":
+        raise click.UsageError(f"{', '.join(int8_flags)} only apply with --precision int8")
     model = _load_model(checkpoint, family, names, None)
     out = Path(out_dir) if out_dir else Path(checkpoint).with_name(f"{Path(checkpoint).stem}_{target.name}")
     click.echo(f"converting {checkpoint} ({model.spec.family}) for {target.name}: {target.backend} "
                f"{precision or target.precision} — {target.description}")
     manifest = convert_model(model, target, out, precision=precision, input_size=_parse_imgsz(imgsz), opset=opset,
                              source=str(checkpoint),
-                             skip_passes=skip_passes, no_passes=no_passes, dump_dir=dump_dir, progress=click.echo)
+                             skip_passes=skip_passes, no_passes=no_passes, dump_dir=dump_dir, int8=int8,
+                             progress=click.echo)
     for entry in manifest.models:
         click.echo(f"  {entry.backend}/{entry.precision}: {entry.file}")
     if "on_device" in manifest.info:
@@ -283,9 +331,11 @@ def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | 
               help="The PyTorch checkpoint the artifact came from: Δ and agreement are measured against it.")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Backend threads (0 = backend default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Write the drift report folder here: report.md, report.json, plots and sample images.")
 @_model_options
 def validate(artifact: str, data_path: str, backends: str | None, reference_checkpoint: str | None, threads: int,
-             json_path: str | None, family: str | None, names: str | None) -> None:
+             json_path: str | None, report_dir: str | None, family: str | None, names: str | None) -> None:
     """mAP, drift vs the reference, agreement and latency of every backend in ARTIFACT."""
     from tqdm import tqdm
 
@@ -293,6 +343,10 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
     from edgekit.validate.run import format_table, validate_artifact
 
     dataset = load_dataset(data_path)
+    if report_dir:
+        from edgekit.validate.report import check_report_dir
+
+        check_report_dir(report_dir)  # an unwritable folder fails now, not after the whole validation
     reference = _load_model(reference_checkpoint, family, names, None) if reference_checkpoint else None
     report = validate_artifact(artifact, dataset, backends=backends.split(",") if backends else None,
                                reference_model=reference, threads=threads,
@@ -301,6 +355,12 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
     if json_path:
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_path}")
+    if report_dir:
+        from edgekit.runtime.artifact import read_manifest
+        from edgekit.validate.report import write_drift_report
+
+        written = write_drift_report(report, dataset, Path(report_dir), manifest=read_manifest(artifact))
+        click.echo(f"report written to {written['report.md']}")
 
 
 @cli.command()

@@ -38,3 +38,7 @@ class OutputError(EdgekitError):
 
 class ConversionError(EdgekitError):
     """Export, a graph pass, or a backend build failed."""
+
+
+class CalibrationError(EdgekitError):
+    """A calibration set, cache or INT8 quantisation step is unusable (empty, broken, wrong model)."""

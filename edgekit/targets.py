@@ -37,7 +37,7 @@ _CALIBRATION_KEYS = {"method", "images", "percentile"}
 
 @dataclass(frozen=True)
 class Calibration:
-    method: str = "entropy"
+    method: str = "mse"
     images: int = 300
     percentile: float = 99.99
 

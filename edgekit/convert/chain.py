@@ -13,7 +13,7 @@ import importlib.metadata
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from edgekit.convert.artifact import ArtifactWriter
 from edgekit.convert.builders import BuildSource, get_builder
 from edgekit.convert.export import DEFAULT_OPSET, embed_spec, export_onnx
 from edgekit.errors import ConversionError, EdgekitError
+from edgekit.quant.pipeline import Int8Options
 from edgekit.runtime.artifact import Manifest, ModelEntry
 from edgekit.runtime.backends import get_runner_class
 from edgekit.spec import ModelSpec
@@ -146,20 +147,23 @@ def export_artifact(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_
 def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precision: str | None = None,
             input_size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET, source: str | None = None,
             skip_passes: Sequence[str] = (),
-            no_passes: bool = False, dump_dir: str | Path | None = None,
+            no_passes: bool = False, dump_dir: str | Path | None = None, int8: Int8Options | None = None,
             progress: Progress = lambda line: None) -> Manifest:
     """``edgekit convert``: export for ``target`` and build its backend's files.
 
     ``input_size`` (H, W) overrides the target's input size. The artifact always carries the ONNX Runtime fp32 model too (the baseline validate compares
     with). Each backend build is run here when its library is installed and compared with the
     PyTorch model on the same input; the error lands in the manifest.
+
+    int8 (``precision="int8"``; ``int8`` says how to calibrate, default: the bundled calibration set
+    and the target's method): the fp32 graph is calibrated once (``calibration.json`` in the artifact),
+    the ONNX Runtime Q/DQ model is always added (``onnxruntime/int8``: the int8 reference), and the
+    target's backend emits its own int8 model from the same result.
     """
     target = load_target(target) if isinstance(target, str) else target
     precision = precision or target.precision
     if precision not in target.precisions:
         raise ConversionError(f"--precision {precision}: target {target.name!r} supports {', '.join(target.precisions)}")
-    if precision == "int8":
-        raise ConversionError("--precision int8: INT8 calibration is not built yet; convert at fp32/fp16 for now")
     spec: ModelSpec = model.spec
     # input size: explicit argument, else the target's, else the checkpoint's
     size = input_size or target.input_size
@@ -173,11 +177,18 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
         entries = [ModelEntry(*BASELINE, ONNX_FILE)]
         parity = {"onnxruntime/fp32": stage["export_error"]}
         extra: dict[str, Any] = {}
-        if (target.backend, precision) != BASELINE:
+        # the builder gets the pass-optimised module (e.g. Focus already a 6x6 conv) for converters that trace torch
+        source_model = BuildSource(onnx_path, spec, stage["model"])
+        if precision == "int8":
+            source_model = replace(source_model, calibration=_calibrate(onnx_path, spec, target, int8, writer, extra,
+                                                                        progress))
+            qdq_entry = get_builder("onnxruntime").build(source_model, "int8", writer.path, {})
+            entries.append(qdq_entry)
+            parity["onnxruntime/int8"] = _check_backend(qdq_entry, writer, spec, model, progress)
+        if (target.backend, precision) not in (BASELINE, ("onnxruntime", "int8")):
             builder = get_builder(target.backend)
             options = dict(target.backend_options)
-            # the builder gets the pass-optimised module (e.g. Focus already a 6x6 conv) for converters that trace torch
-            entry = builder.build(BuildSource(onnx_path, spec, stage["model"]), precision, writer.path, options)
+            entry = builder.build(source_model, precision, writer.path, options)
             entries.append(entry)
             parity[f"{entry.backend}/{entry.precision}"] = _check_backend(entry, writer, spec, model, progress)
             if entry.options.get("built_on_device"):
@@ -187,6 +198,24 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
                 "opset": opset, "tools": tool_versions(), "passes": stage["passes"], "parity": parity,
                 "seconds": round(time.perf_counter() - started, 2)}
         return writer.commit(spec, entries, info)
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Options | None, writer: ArtifactWriter,
+               extra: dict[str, Any], progress: Progress):
+    """Calibrate the artifact's fp32 graph once; the result goes into the artifact and to every builder."""
+    from edgekit.quant.pipeline import calibrate_artifact
+
+    result, record = calibrate_artifact(onnx_path, spec, int8 or Int8Options(), target.calibration.method,
+                                        target.calibration.images, target.calibration.percentile, progress=progress)
+    result.save(writer.path(CALIBRATION_FILE))
+    extra["int8"] = {**record, "calibration_file": CALIBRATION_FILE,
+                     "quantized_layers": len(result.quantized_layers), "layers": len(result.layers)}
+    progress(f"int8    {len(result.quantized_layers)} of {len(result.layers)} layers in int8 "
+             f"({result.method}, {result.num_images} images)")
+    return result
 
 
 def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, model: nn.Module,

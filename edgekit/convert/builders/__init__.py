@@ -25,11 +25,19 @@ class BuildSource:
 
     onnx_path: the fp32 ONNX graph (opset >= 17, spec input/output names, ModelSpec in metadata).
     torch_model: the nn.Module it was exported from, or None for a third-party ONNX input.
+    calibration: the INT8 calibration result of ``onnx_path`` (edgekit.quant.result.CalibrationResult);
+        required by every builder for precision "int8", None otherwise.
     """
 
     onnx_path: Path
     spec: ModelSpec
     torch_model: Any | None = None
+    calibration: Any | None = None
+
+    def require_calibration(self, backend: str) -> Any:
+        if self.calibration is None:
+            raise ConversionError(f"{backend}: precision int8 needs a calibration result (convert calibrates first)")
+        return self.calibration
 
 
 #: where to write a file inside the artifact being built: relative name -> path to write

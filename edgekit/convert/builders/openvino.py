@@ -16,6 +16,10 @@ fp16 (CPU)    f16            ``f32`` — fp16 here means half-size *storage*: th
                              (AVX512_FP16 / AMX-FP16) and in f32 elsewhere: results that
                              depend on the CPU generation.
 fp16 (GPU)    f16            ``f16`` — fp16 is an Intel GPU's native compute precision
+int8          i8 + f32       ``f32`` — the Q/DQ ONNX with the ``openvino`` placement (uint8
+                             activations, int8 per-channel weights on every conv input;
+                             see ``edgekit.quant.qdq``) becomes FakeQuantize nodes that the CPU
+                             plugin runs as u8 x i8 convolutions; what stays float runs in f32
 ============  =============  ==========================================================
 
 fp32 and bf16 run the same files (``openvino/model_f32.xml/.bin``; a second build reuses them),
@@ -41,7 +45,7 @@ from edgekit.runtime.backends.openvino import normalize_precision_hint, openvino
 
 IR_DIR = "openvino"
 #: how the weights are stored for each precision (names the files)
-_WEIGHT_TYPE = {"fp32": "f32", "bf16": "f32", "fp16": "f16"}
+_WEIGHT_TYPE = {"fp32": "f32", "bf16": "f32", "fp16": "f16", "int8": "int8"}
 _PASSTHROUGH_OPTIONS = ("device", "performance_hint")
 
 
@@ -49,12 +53,12 @@ def inference_precision_hint(precision: str, device: str) -> str:
     """The ``INFERENCE_PRECISION_HINT`` an entry of ``precision`` runs with on ``device`` (see the module table)."""
     if precision == "fp16":
         return "f16" if device.upper().startswith("GPU") else "f32"
-    return {"fp32": "f32", "bf16": "bf16"}[precision]
+    return {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]
 
 
 class OpenVinoBuilder(BackendBuilder):
     backend = "openvino"
-    precisions = ("fp32", "fp16", "bf16")
+    precisions = ("fp32", "fp16", "bf16", "int8")
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         """Convert ``source.onnx_path`` to IR for ``precision``; returns the manifest entry.
@@ -72,7 +76,9 @@ class OpenVinoBuilder(BackendBuilder):
         xml_path, bin_path = sink(xml_name), sink(bin_name)
         # fp32 and bf16 share the f32 files; the builder is deterministic for one source, so
         # files already written in this artifact by the other precision are reused as they are.
-        if not (xml_path.is_file() and bin_path.is_file()):
+        if precision == "int8":
+            write_int8_ir(source, xml_path)
+        elif not (xml_path.is_file() and bin_path.is_file()):
             write_ir(source, xml_path, compress_to_fp16=(weights == "f16"))
         entry_options: dict[str, Any] = {key: options[key] for key in _PASSTHROUGH_OPTIONS if key in options}
         hint = options.get("inference_precision", inference_precision_hint(precision, device))
@@ -83,6 +89,19 @@ class OpenVinoBuilder(BackendBuilder):
         entry_options["weights"] = weights
         entry_options["companion_files"] = [bin_name]
         return ModelEntry(self.backend, precision, xml_name, entry_options)
+
+
+def write_int8_ir(source: BuildSource, xml_path: Path) -> Path:
+    """The calibration result as Q/DQ ONNX (``openvino`` placement) -> IR with FakeQuantize."""
+    import tempfile
+    from dataclasses import replace
+
+    from edgekit.quant.qdq import write_qdq
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-ov-int8-") as tmp:
+        qdq_path = Path(tmp) / "model_qdq.onnx"
+        write_qdq(source.onnx_path, source.require_calibration("openvino"), "openvino", qdq_path)
+        return write_ir(replace(source, onnx_path=qdq_path), xml_path, compress_to_fp16=False)
 
 
 def write_ir(source: BuildSource, xml_path: Path, compress_to_fp16: bool) -> Path:

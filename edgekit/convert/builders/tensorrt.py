@@ -4,6 +4,12 @@ The artifact carries the ONNX graph the builder on the Jetson reads, and the exa
 command for the chosen precision; the manifest entry names the engine file the command writes.
 ``--memPoolSize=workspace:<MiB>`` is the flag both TensorRT 8.5 (JetPack 5) and 10.x accept
 (``--workspace`` was removed in 10.x).
+
+int8 is explicit quantisation: the calibration result written as Q/DQ ONNX with the ``tensorrt``
+placement (symmetric int8 activations, zero point 0 — the only encoding TensorRT accepts — and
+int8 per-channel weights), built with ``--int8`` (int8 tactics allowed) and ``--fp16`` (layers left
+in float may run in fp16). TensorRT 11 accepts int8 only this way; on JetPack's TensorRT 8.5 / 10.x
+it is the path that needs no calibrator on the device.
 """
 
 from __future__ import annotations
@@ -17,18 +23,24 @@ from edgekit.errors import ConversionError
 from edgekit.runtime.artifact import ModelEntry
 
 BUILD_SCRIPT = "tensorrt_build.sh"
-_PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"]}
+_PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
+INT8_ONNX = "model_int8_qdq.onnx"
 
 
 class TensorRtBuilder(BackendBuilder):
     backend = "tensorrt"
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         self.check_precision(precision)
         onnx_file = "model.onnx"
         if not sink(onnx_file).is_file():
             raise ConversionError("tensorrt build: the artifact has no model.onnx to build the engine from")
+        if precision == "int8":
+            from edgekit.quant.qdq import write_qdq
+
+            write_qdq(source.onnx_path, source.require_calibration(self.backend), "tensorrt", sink(INT8_ONNX))
+            onnx_file = INT8_ONNX
         engine = f"model_{precision}.engine"
         workspace = int(options.get("workspace_mib", 1024))
         h, w = source.spec.input_size

@@ -1,0 +1,128 @@
+"""Calibration: run the fp32 ONNX graph on the calibration images and observe every quantisable layer.
+
+The graph is the one the artifact ships (``model.onnx``: passes applied, BN folded), so the ranges
+and weight scales are measured on exactly the tensors every emitter quantises. ONNX Runtime runs
+it with graph optimisation off, every layer's input and output tensor added as a graph output:
+pass 1 records each tensor's exact min/max; when the observer needs it, pass 2 (the same images
+again) fills a histogram of ``|x|`` over the pass-1 range (``observers.TensorStats``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgekit.errors import CalibrationError
+from edgekit.quant.observers import DEFAULT_PERCENTILE, TensorStats, make_observer, needs_histogram
+from edgekit.quant.result import CalibrationResult, QuantLayer, file_sha256, weight_scales
+
+#: operators quantised in int8 (the layers that carry nearly all of a detector's arithmetic)
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose")
+
+#: a callable returning a fresh iterator of float32 [1,3,H,W] network inputs (one pass each call)
+TensorSource = Callable[[], Iterable[np.ndarray]]
+
+
+def weight_axis(op_type: str) -> int:
+    """The output-channel axis of a layer's weight: Conv [O, I/g, kh, kw] -> 0, ConvTranspose [I, O/g, kh, kw] -> 1."""
+    return 1 if op_type == "ConvTranspose" else 0
+
+
+def find_layers(model: onnx.ModelProto) -> list[QuantLayer]:
+    """Every Conv / ConvTranspose whose weight is an initializer, with per-channel weight scales.
+
+    ConvTranspose with groups > 1 is left in float (its output-channel axis is split by group).
+    Layers are named by their ONNX node name (nodes without one get ``<op>_<index>``, which the
+    Q/DQ writer uses the same way).
+    """
+    initializers = {init.name: init for init in model.graph.initializer}
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type not in QUANTIZABLE_OPS or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "ConvTranspose" and group != 1:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        if weight.dtype != np.float32:
+            continue
+        scales = weight_scales(weight, axis=weight_axis(node.op_type))
+        layers.append(QuantLayer(name=layer_name(node, index), op_type=node.op_type, input=node.input[0],
+                                 output=node.output[0], weight=node.input[1],
+                                 weight_scales=tuple(float(s) for s in scales)))
+    return layers
+
+
+def layer_name(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+def _observation_session(model: onnx.ModelProto, tensor_names: list[str]):
+    """An ONNX Runtime session returning ``tensor_names`` besides the model outputs (optimisation off)."""
+    import onnxruntime as ort
+
+    observed = onnx.ModelProto()
+    observed.CopyFrom(model)
+    existing = {o.name for o in observed.graph.output}
+    for name in tensor_names:
+        if name not in existing:
+            observed.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            existing.add(name)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(observed.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "entropy",
+              percentile: float = DEFAULT_PERCENTILE, images_sha256: str = "", num_images: int | None = None,
+              progress: Callable[[Iterable, str], Iterator] | None = None) -> CalibrationResult:
+    """Calibrate the fp32 ONNX graph at ``onnx_path``.
+
+    tensors: returns a fresh iterable of float32 [1,3,H,W] inputs (the preprocessed calibration
+    images) each time it is called; called once (minmax) or twice (histogram methods).
+    Returns the backend-neutral CalibrationResult (nothing kept in float yet).
+    """
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path))
+    layers = find_layers(model)
+    if not layers:
+        raise CalibrationError(f"{onnx_path.name}: no Conv layer with constant weights to quantise")
+    observe = make_observer(method, percentile)
+    input_name = model.graph.input[0].name
+    names = sorted({name for layer in layers for name in (layer.input, layer.output)})
+    session = _observation_session(model, names)
+    stats = {name: TensorStats() for name in names}
+    started = time.perf_counter()
+    passes = [("range", TensorStats.observe_range)]
+    if needs_histogram(method):
+        passes.append(("histogram", TensorStats.observe_histogram))
+    count = 0
+    for label, update in passes:
+        count = 0
+        iterator = tensors()
+        if progress:
+            iterator = progress(iterator, f"calibrate ({method}, {label} pass)")
+        for tensor in iterator:
+            outputs = session.run(names, {input_name: np.ascontiguousarray(tensor, np.float32)})
+            for name, value in zip(names, outputs):
+                if not np.all(np.isfinite(value)):
+                    raise CalibrationError(f"calibration: tensor {name!r} is not finite on calibration image {count}")
+                update(stats[name], value)
+            count += 1
+        if count == 0:
+            raise CalibrationError("calibration: the calibration source yielded no images")
+    ranges = {}
+    for name, tensor_stats in stats.items():
+        # The network input (normalised pixels) has an exactly known range: never clip it.
+        ranges[name] = (tensor_stats.lo, tensor_stats.hi) if name == input_name else observe(tensor_stats)
+    return CalibrationResult(model_sha256=file_sha256(onnx_path), method=method, num_images=num_images or count,
+                             images_sha256=images_sha256, activation_ranges=ranges, layers=tuple(layers),
+                             notes={"seconds": round(time.perf_counter() - started, 2),
+                                    **({"percentile": percentile} if method == "percentile" else {}),
+                                    "observed_ranges": {n: [s.lo, s.hi] for n, s in sorted(stats.items())}})

@@ -1,0 +1,142 @@
+"""Calibrate an exported graph once, for every backend of an artifact.
+
+    calibration images -> calibrate (observer) -> [sensitivity -> partial quantisation] -> CalibrationResult
+
+Used by ``convert`` when the precision is int8. The result is saved in the artifact
+(``calibration.json``) and every backend builder emits its int8 model from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import CalibrationError
+from edgekit.quant.calibration import (CalibrationImages, content_hash, calibration_tensors, default_calibration_dir,
+                                       find_calibration_images, warn_if_overlapping)
+from edgekit.quant.collect import calibrate
+from edgekit.quant.observers import DEFAULT_PERCENTILE
+from edgekit.quant.result import CalibrationResult
+from edgekit.spec import ModelSpec
+
+Progress = Callable[[str], None]
+#: images the sensitivity ranking runs on (relative output error is stable well before this)
+SENSITIVITY_IMAGES = 8
+#: without labelled drift data, this share of the calibration images is held out to judge agreement
+HOLDOUT_FRACTION = 0.2
+#: the Q/DQ placement partial quantisation is judged with (ONNX Runtime runs it here, fused to
+#: QLinearConv: the strictest of the placements, since it also requantises conv outputs)
+JUDGE_PLACEMENT = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How ``convert`` calibrates (CLI: --calib, --calib-method, --drift-budget, --drift-data …).
+
+    calib_dir: image folder (None: the bundled default set). method / images / percentile: None =
+    the target profile's. drift_budget: mAP points (None: no partial quantisation, every layer
+    int8). drift_data: a labelled COCO/YOLO dataset the budget is judged on (None: agreement with
+    the fp32 graph on held-out calibration images). cache: a calibration.json to reuse (refused
+    when it belongs to another model). force: calibrate even with fewer than 16 images.
+    eval_paths: images the model will be evaluated on (overlap is warned about).
+    """
+
+    calib_dir: Path | None = None
+    method: str | None = None
+    images: int | None = None
+    percentile: float | None = None
+    drift_budget: float | None = None
+    drift_data: Path | None = None
+    cache: Path | None = None
+    force: bool = False
+    max_float_fraction: float = 0.25
+    eval_paths: tuple[Path, ...] = ()
+
+
+def _progress_bar(iterable, description: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a core dependency; stay silent without it
+        return iterable
+    return tqdm(iterable, desc=description, leave=False, unit="img", dynamic_ncols=True)
+
+
+def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, default_method: str,
+                       default_images: int, default_percentile: float = DEFAULT_PERCENTILE,
+                       progress: Progress = lambda line: None, show_bars: bool = True,
+                       warn: Callable[[str], None] | None = None) -> tuple[CalibrationResult, dict[str, Any]]:
+    """Calibrate ``onnx_path`` (the artifact's fp32 graph); returns the result and a manifest record."""
+    bars = _progress_bar if show_bars else None
+    warn = warn or (lambda message: progress(f"warning {message}"))
+    if options.cache is not None:
+        result = CalibrationResult.load(options.cache)
+        result.check_model(onnx_path)
+        progress(f"int8    reusing calibration {options.cache} ({result.method}, {result.num_images} images)")
+        return result, {"method": result.method, "cache": str(options.cache), "images": result.num_images,
+                        "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers)}
+    folder = Path(options.calib_dir) if options.calib_dir else default_calibration_dir()
+    method = options.method or default_method
+    limit = options.images or default_images
+    found = find_calibration_images(folder, limit=limit, force=options.force, warn=warn)
+    if options.eval_paths:
+        warn_if_overlapping(found, options.eval_paths, warn=warn)
+    calib_set, holdout = _split_holdout(found, options)
+    percentile = options.percentile or default_percentile
+    progress(f"int8    calibrating on {len(calib_set.paths)} images from {folder} ({method})")
+    result = calibrate(onnx_path, lambda: calibration_tensors(calib_set, spec), method=method, percentile=percentile,
+                       images_sha256=calib_set.content_sha256, num_images=len(calib_set.paths), progress=bars)
+    record: dict[str, Any] = {"method": method, "calibration_dir": str(folder), "images": len(calib_set.paths),
+                              "skipped_images": len(found.skipped), "images_sha256": calib_set.content_sha256,
+                              "calibration_seconds": result.notes.get("seconds")}
+    if options.drift_budget is not None:
+        result, partial = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars)
+        record["partial_quantization"] = partial
+    record["float_layers"] = dict(result.float_layers)
+    return result, record
+
+
+def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[CalibrationImages, list[Path]]:
+    """Without labelled drift data, hold out every 5th image to judge agreement on unseen images."""
+    if options.drift_budget is None or options.drift_data is not None:
+        return found, []
+    stride = round(1 / HOLDOUT_FRACTION)
+    held = [p for i, p in enumerate(found.paths) if i % stride == stride - 1]
+    if len(held) < 4:
+        raise CalibrationError(f"--drift-budget without --drift-data judges agreement on held-out calibration images; "
+                               f"{len(found.paths)} images leave only {len(held)} (need >= 4): add images or give --drift-data")
+    keep = [i for i, p in enumerate(found.paths) if i % stride != stride - 1]
+    hashes = tuple(found.sha256[i] for i in keep)
+    kept = CalibrationImages(folder=found.folder, paths=tuple(found.paths[i] for i in keep), sha256=hashes,
+                             skipped=found.skipped, content_sha256=content_hash(hashes))
+    return kept, held
+
+
+def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_set: CalibrationImages,
+             holdout: list[Path], options: Int8Options, progress: Progress, bars) -> tuple[CalibrationResult, dict]:
+    from edgekit.quant.sensitivity import AgreementJudge, MapJudge, layer_sensitivity, partial_quantize
+
+    if options.drift_data is not None:
+        from edgekit.validate.datasets import load_dataset
+
+        dataset = load_dataset(options.drift_data)
+        if len(dataset.class_names) != spec.num_classes:
+            raise CalibrationError(f"--drift-data {options.drift_data}: {len(dataset.class_names)} classes, the model has "
+                                   f"{spec.num_classes}")
+        judge = MapJudge(onnx_path, spec, dataset)
+    else:
+        judge = AgreementJudge(onnx_path, spec, holdout)
+    tensors = []
+    for tensor in calibration_tensors(calib_set, spec):
+        tensors.append(tensor)
+        if len(tensors) == SENSITIVITY_IMAGES:
+            break
+    progress(f"int8    sensitivity of {len(result.layers)} layers on {len(tensors)} images")
+    ranking = layer_sensitivity(onnx_path, result, JUDGE_PLACEMENT, tensors, progress=bars)
+    partial = partial_quantize(onnx_path, result, JUDGE_PLACEMENT, judge, options.drift_budget, ranking,
+                               max_float_fraction=options.max_float_fraction, progress=progress)
+    if not partial.met:
+        progress(f"warning drift budget {options.drift_budget:g} not met: best {partial.drift:.2f} points with "
+                 f"{len(partial.result.float_layers)} layers in float")
+    return partial.result, partial.summary()

@@ -1,0 +1,259 @@
+"""The calibration result -> a Q/DQ ONNX graph (QuantizeLinear / DequantizeLinear pairs).
+
+Q/DQ ONNX is the interchange format for INT8: ONNX Runtime fuses ``DQ -> Conv -> Q`` into
+QLinearConv, OpenVINO turns Q/DQ pairs into FakeQuantize and runs the convolution in u8/i8, and
+TensorRT's explicit quantisation (the only INT8 path of TensorRT 11) reads it. Each consumer wants
+a different placement, all from the same ranges and weight scales:
+
+=============  ===========  =======================  ==========================================
+placement      activations  conv outputs quantised   why
+=============  ===========  =======================  ==========================================
+onnxruntime    uint8        yes (bias int32)          ORT's QDQ fusion needs the full
+                                                      DQ(x), DQ(w), DQ(b) -> Conv -> Q(y) unit
+openvino       uint8        no (bias float)           OpenVINO's CPU int8 convolutions take u8
+                                                      activations; signed int8 activations fail
+                                                      to compile ("No suitable implementations",
+                                                      ../shared/FINDINGS.md); FakeQuantize on the
+                                                      conv inputs and weights, as NNCF places it
+tensorrt       int8 (sym.)  no (bias float)           TensorRT supports only symmetric int8
+                                                      (zero point 0) and fuses the rest itself
+=============  ===========  =======================  ==========================================
+
+Weights are always int8, symmetric, per output channel (``DequantizeLinear`` with ``axis``: opset
+>= 13; an older graph is upgraded first). Layers in ``result.float_layers`` are left untouched.
+Encodings: uint8 ``x ≈ (q - zp) · s`` from ``result.uint8_affine``; int8 ``x ≈ q · s`` from
+``result.int8_symmetric``; bias int32 ``b ≈ q · s_x · s_w[c]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.errors import CalibrationError
+from edgekit.quant.collect import layer_name, weight_axis
+from edgekit.quant.result import CalibrationResult, int8_symmetric, quantize_weight, uint8_affine
+
+#: per-channel DequantizeLinear (the ``axis`` attribute) needs opset 13
+MIN_QDQ_OPSET = 13
+
+
+@dataclass(frozen=True)
+class QdqPlacement:
+    name: str
+    activation_type: str      # "uint8" (affine) or "int8" (symmetric)
+    quantize_outputs: bool    # also Q/DQ each quantised conv's output
+    quantize_bias: bool       # int32 bias through DequantizeLinear (needed by ORT's fusion)
+
+
+PLACEMENTS = {
+    "onnxruntime": QdqPlacement("onnxruntime", "uint8", quantize_outputs=True, quantize_bias=True),
+    "openvino": QdqPlacement("openvino", "uint8", quantize_outputs=False, quantize_bias=False),
+    "tensorrt": QdqPlacement("tensorrt", "int8", quantize_outputs=False, quantize_bias=False),
+}
+
+
+def get_placement(name: str) -> QdqPlacement:
+    try:
+        return PLACEMENTS[name]
+    except KeyError:
+        raise CalibrationError(f"no Q/DQ placement for {name!r}; known: {', '.join(PLACEMENTS)}") from None
+
+
+def write_qdq(onnx_path: str | Path, result: CalibrationResult, placement: QdqPlacement | str,
+              out_path: str | Path) -> onnx.ModelProto:
+    """Insert Q/DQ for every layer of ``result.quantized_layers`` into the fp32 graph; save to ``out_path``.
+
+    The fp32 file must be the one the result was computed on (checked by sha256). Graph inputs,
+    outputs, names and metadata (the embedded ModelSpec) are unchanged.
+    """
+    onnx_path = Path(onnx_path)
+    result.check_model(onnx_path)
+    placement = get_placement(placement) if isinstance(placement, str) else placement
+    model = onnx.load(str(onnx_path))
+    model = _ensure_opset(model, MIN_QDQ_OPSET)
+    quantized = _insert_qdq(model, result, placement)
+    onnx.checker.check_model(quantized)
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    onnx.save(quantized, str(tmp))
+    tmp.replace(out_path)
+    return quantized
+
+
+def _ensure_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= minimum:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, minimum)
+    except Exception as exc:
+        raise CalibrationError(f"cannot upgrade the graph from opset {opset} to {minimum} for per-channel Q/DQ "
+                               f"({str(exc).splitlines()[0][:200]})") from None
+
+
+class _Builder:
+    """Collects the new initializers and Q/DQ nodes while the node list is rebuilt in order."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.initializers: list[TensorProto] = []
+        self.used = {n for node in model.graph.node for n in (*node.input, *node.output)}
+        self.used |= {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+    def constant(self, base: str, array: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def activation_qdq(self, tensor: str, lo: float, hi: float, activation_type: str, out_name: str) -> list[onnx.NodeProto]:
+        if activation_type == "uint8":
+            scale, zero_point = uint8_affine(lo, hi)
+            zp = np.array(zero_point, np.uint8)
+        else:
+            scale, zp = int8_symmetric(lo, hi), np.array(0, np.int8)
+        s_name = self.constant(f"{tensor}_scale", np.array(scale, np.float32))
+        z_name = self.constant(f"{tensor}_zero_point", zp)
+        q_name = self.fresh(f"{tensor}_quantized")
+        return [helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [q_name], name=self.fresh(f"{tensor}_Q")),
+                helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out_name], name=self.fresh(f"{tensor}_DQ"))]
+
+    def activation_scale(self, lo: float, hi: float, activation_type: str) -> float:
+        return uint8_affine(lo, hi)[0] if activation_type == "uint8" else int8_symmetric(lo, hi)
+
+
+def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: QdqPlacement) -> onnx.ModelProto:
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    wanted = {layer.name: layer for layer in result.quantized_layers}
+    builder = _Builder(model)
+    head_outputs = _head_conv_outputs(model)
+    ranges = result.activation_ranges
+
+    def range_of(tensor: str) -> tuple[float, float]:
+        if tensor not in ranges:
+            raise CalibrationError(f"calibration result has no range for tensor {tensor!r}")
+        return ranges[tensor]
+
+    # Tensors already available in dequantised form: original name -> DQ output name.
+    dequantized: dict[str, str] = {}
+    # Conv outputs quantised in place: the conv writes "<y>_float", Q/DQ writes "<y>" again, so every
+    # consumer (quantised or not) reads the quantised value, as ORT's QLinearConv would produce it.
+    requantized_outputs: set[str] = set()
+    weight_dq: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    found: set[str] = set()
+    for index, node in enumerate(graph.node):
+        name = layer_name(node, index)
+        layer = wanted.get(name)
+        if layer is None:
+            new_nodes.append(node)
+            continue
+        found.add(name)
+        if node.input[0] != layer.input or node.input[1] != layer.weight:
+            raise CalibrationError(f"layer {name!r}: the graph does not match the calibration result")
+        x = node.input[0]
+        lo, hi = range_of(x)
+        # activation input
+        if x in requantized_outputs:
+            x_dq = x
+        elif x in dequantized:
+            x_dq = dequantized[x]
+        else:
+            x_dq = builder.fresh(f"{x}_dequantized")
+            new_nodes += builder.activation_qdq(x, lo, hi, placement.activation_type, x_dq)
+            dequantized[x] = x_dq
+        # weight: int8 per channel
+        axis = weight_axis(layer.op_type)
+        if layer.weight not in weight_dq:
+            weight = numpy_helper.to_array(initializers[layer.weight])
+            scales = np.asarray(layer.weight_scales, np.float32)
+            q_weight = builder.constant(f"{layer.weight}_quantized", quantize_weight(weight, scales, axis))
+            w_scale = builder.constant(f"{layer.weight}_scale", scales)
+            w_zero = builder.constant(f"{layer.weight}_zero_point", np.zeros(len(scales), np.int8))
+            w_dq = builder.fresh(f"{layer.weight}_dequantized")
+            new_nodes.append(helper.make_node("DequantizeLinear", [q_weight, w_scale, w_zero], [w_dq], axis=axis,
+                                              name=builder.fresh(f"{layer.weight}_DQ")))
+            weight_dq[layer.weight] = w_dq
+        inputs = [x_dq, weight_dq[layer.weight], *node.input[2:]]
+        # bias: int32 with scale s_x * s_w[c] (ORT's fusion requires it)
+        if placement.quantize_bias and len(node.input) > 2 and node.input[2] in initializers:
+            bias = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64)
+            bias_scale = builder.activation_scale(lo, hi, placement.activation_type) * np.asarray(layer.weight_scales, np.float64)
+            q_bias = np.clip(np.round(bias / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
+            b_q = builder.constant(f"{node.input[2]}_quantized", q_bias)
+            b_scale = builder.constant(f"{node.input[2]}_scale", bias_scale.astype(np.float32))
+            b_zero = builder.constant(f"{node.input[2]}_zero_point", np.zeros(len(q_bias), np.int32))
+            b_dq = builder.fresh(f"{node.input[2]}_dequantized")
+            new_nodes.append(helper.make_node("DequantizeLinear", [b_q, b_scale, b_zero], [b_dq], axis=0,
+                                              name=builder.fresh(f"{node.input[2]}_DQ")))
+            inputs[2] = b_dq
+        conv = onnx.NodeProto()
+        conv.CopyFrom(node)
+        del conv.input[:]
+        conv.input.extend(inputs)
+        if placement.quantize_outputs and node.output[0] not in head_outputs:
+            y = node.output[0]
+            y_float = builder.fresh(f"{y}_float")
+            conv.output[0] = y_float
+            new_nodes.append(conv)
+            new_nodes += builder.activation_qdq(y_float, *range_of(y), placement.activation_type, y)
+            requantized_outputs.add(y)
+        else:
+            new_nodes.append(conv)
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise CalibrationError(f"layers of the calibration result not in the graph: {', '.join(missing[:5])}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    # float weights of quantised layers are replaced by their int8 copies (unless a float layer shares them)
+    still_used = {i for n in new_nodes for i in n.input}
+    kept = [init for init in out.graph.initializer if init.name in still_used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept + builder.initializers)
+    return out
+
+
+def _head_conv_outputs(model: onnx.ModelProto) -> set[str]:
+    """Outputs of the convs that reach a graph output without passing through another conv.
+
+    Their outputs are the raw head tensors (class logits, box distributions): re-quantising them to
+    8 bits would put the coarsest rounding of the whole network on the numbers the decoder reads,
+    so the output Q/DQ placement leaves them in float (the conv still takes int8 input and weights).
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    heads = set()
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        frontier, seen = [node.output[0]], set()
+        while frontier:
+            tensor = frontier.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            if tensor in graph_outputs:
+                heads.add(node.output[0])
+                break
+            for consumer in consumers.get(tensor, []):
+                if consumer.op_type not in ("Conv", "ConvTranspose"):
+                    frontier.extend(consumer.output)
+    return heads

@@ -1,0 +1,194 @@
+"""The backend-neutral INT8 result: what calibration measured, in a form every emitter reads.
+
+Everything is keyed by the names in the fp32 ONNX graph the artifact carries (``model.onnx``):
+
+- ``activation_ranges``: tensor name -> (lo, hi), the float range calibration chose for that
+  tensor (already clipped by the observer). Emitters derive their own encoding from it:
+  uint8 affine for ONNX Runtime / OpenVINO (``uint8_affine``), int8 symmetric for TensorRT and
+  NCNN (``int8_symmetric``).
+- ``layers``: every quantisable layer (Conv / ConvTranspose / Gemm node) with its input, output and
+  weight names and the per-output-channel symmetric int8 weight scales ``max|W_c| / 127``.
+- ``float_layers``: layer name -> why it stays in float (sensitivity ranking, user choice).
+
+``model_sha256`` is the sha256 of the fp32 ONNX file the result was computed on: a cached result
+is refused for any other model (``check_model``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import CalibrationError
+
+RESULT_FORMAT = "edgekit-calibration"
+RESULT_VERSION = 1
+#: int8 symmetric range used for weights and for int8 activations: [-127, 127] (the -128 code is
+#: left unused so that the range is symmetric, as TensorRT and ncnn do)
+INT8_MAX = 127
+
+
+@dataclass(frozen=True)
+class QuantLayer:
+    """One quantisable layer of the ONNX graph.
+
+    name: the ONNX node name. op_type: "Conv", "ConvTranspose" or "Gemm".
+    input / output: its activation input and output tensor names. weight: the weight initializer name.
+    weight_scales: per output channel, ``max|W_c| / 127`` (float, length = output channels; a
+    channel of zeros gets scale 1.0 so that dequantisation stays finite).
+    """
+
+    name: str
+    op_type: str
+    input: str
+    output: str
+    weight: str
+    weight_scales: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "op_type": self.op_type, "input": self.input, "output": self.output,
+                "weight": self.weight, "weight_scales": list(self.weight_scales)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantLayer:
+        return cls(str(data["name"]), str(data["op_type"]), str(data["input"]), str(data["output"]),
+                   str(data["weight"]), tuple(float(s) for s in data["weight_scales"]))
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """See the module docstring. ``images_sha256`` identifies the calibration images (content hash)."""
+
+    model_sha256: str
+    method: str
+    num_images: int
+    images_sha256: str
+    activation_ranges: dict[str, tuple[float, float]]
+    layers: tuple[QuantLayer, ...]
+    float_layers: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    # -- queries -------------------------------------------------------------------------------
+    def layer(self, name: str) -> QuantLayer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise CalibrationError(f"calibration result has no layer {name!r}")
+
+    @property
+    def quantized_layers(self) -> tuple[QuantLayer, ...]:
+        """The layers to emit in int8 (all but ``float_layers``)."""
+        return tuple(layer for layer in self.layers if layer.name not in self.float_layers)
+
+    def with_float_layers(self, float_layers: dict[str, str]) -> CalibrationResult:
+        unknown = sorted(set(float_layers) - {layer.name for layer in self.layers})
+        if unknown:
+            raise CalibrationError(f"layers to keep in float not in the model: {', '.join(unknown[:5])}")
+        return replace(self, float_layers=dict(float_layers))
+
+    def check_model(self, onnx_path: str | Path) -> None:
+        """Refuse a result computed on another model (sha256 of the fp32 ONNX file)."""
+        actual = file_sha256(onnx_path)
+        if actual != self.model_sha256:
+            raise CalibrationError(f"calibration cache belongs to another model: it was computed on ONNX sha256 "
+                                   f"{self.model_sha256[:12]}…, {Path(onnx_path).name} is {actual[:12]}…; "
+                                   "recalibrate (delete the cache) for this model")
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": RESULT_FORMAT, "version": RESULT_VERSION, "model_sha256": self.model_sha256,
+                "method": self.method, "num_images": self.num_images, "images_sha256": self.images_sha256,
+                "activation_ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(self.activation_ranges.items())},
+                "layers": [layer.to_dict() for layer in self.layers],
+                "float_layers": dict(self.float_layers), "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "calibration result") -> CalibrationResult:
+        if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
+            raise CalibrationError(f"{source}: not an edgekit calibration result (expected \"format\": \"{RESULT_FORMAT}\")")
+        if data.get("version") != RESULT_VERSION:
+            raise CalibrationError(f"{source}: calibration result version {data.get('version')!r} is not supported")
+        try:
+            ranges = {str(k): (float(v[0]), float(v[1])) for k, v in data["activation_ranges"].items()}
+            return cls(model_sha256=str(data["model_sha256"]), method=str(data["method"]),
+                       num_images=int(data["num_images"]), images_sha256=str(data["images_sha256"]),
+                       activation_ranges=ranges, layers=tuple(QuantLayer.from_dict(d) for d in data["layers"]),
+                       float_layers={str(k): str(v) for k, v in data.get("float_layers", {}).items()},
+                       notes=dict(data.get("notes", {})))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CalibrationError(f"{source}: malformed calibration result ({type(exc).__name__}: {exc})") from None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationResult:
+        path = Path(path)
+        if not path.is_file():
+            raise CalibrationError(f"{path}: calibration result not found")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CalibrationError(f"{path}: calibration result is not valid JSON ({exc})") from None
+        return cls.from_dict(data, str(path))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_scales(weight: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Per-channel symmetric int8 scales ``max|W_c| / 127`` along ``axis`` (float32 [C]).
+
+    A channel of zeros gets scale 1.0 (its quantised weights are zeros whatever the scale)."""
+    weight = np.asarray(weight, np.float32)
+    reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
+    absmax = np.abs(weight).max(axis=reduce_axes) if reduce_axes else np.abs(weight)
+    return np.where(absmax > 0, absmax / INT8_MAX, 1.0).astype(np.float32)
+
+
+def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int = 0) -> np.ndarray:
+    """int8 weights ``clip(round(W / s_c), -127, 127)`` with per-channel scales along ``axis``."""
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.round(np.asarray(weight, np.float32) / np.asarray(scales, np.float32).reshape(shape))
+    return np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8)
+
+
+def uint8_affine(lo: float, hi: float) -> tuple[float, int]:
+    """(scale, zero_point) of the uint8 affine encoding of [lo, hi], widened to contain 0.
+
+    q = clip(round(x / scale) + zero_point, 0, 255); x ≈ (q - zero_point) * scale. Zero must be
+    exactly representable (zero padding, ReLU outputs), so the range is widened to include 0
+    and the zero point is an integer in [0, 255]. A degenerate range gets scale 1.0.
+    """
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise CalibrationError(f"activation range [{lo}, {hi}] is not finite")
+    if hi - lo <= 0:
+        return 1.0, 0
+    scale = (hi - lo) / 255.0
+    zero_point = int(round(-lo / scale))
+    return float(np.float32(scale)), int(min(max(zero_point, 0), 255))
+
+
+def int8_symmetric(lo: float, hi: float) -> float:
+    """The scale of the symmetric int8 encoding of [lo, hi]: ``max(|lo|, |hi|) / 127`` (zero point 0)."""
+    absmax = max(abs(float(lo)), abs(float(hi)))
+    if not math.isfinite(absmax):
+        raise CalibrationError(f"activation range [{lo}, {hi}] is not finite")
+    return float(np.float32(absmax / INT8_MAX)) if absmax > 0 else 1.0
