@@ -3,12 +3,12 @@
     python calibration/build_default.py                # rewrite edgekit/zoo/calibration
     python calibration/build_default.py --out /tmp/x   # build elsewhere (the tests compare with the manifest)
 
-Contents (154 JPEGs, quality 90, longest side <= 320 px):
+Contents (154 JPEGs, quality 90, longest side <= 320 px), in two subfolders:
 
-- 100 synthetic shape images, ``edgekit.validate.synth`` split "train" seed 7, 160x160: the same
+- ``synthetic/``: 100 synthetic shape images, ``edgekit.validate.synth`` split "train" seed 7, 160x160: the same
   distribution the fixture detectors were trained on, but not the training images (split "train"
   seed 0) and not the validation images (split "val" seed 0).
-- 18 natural photos from ``skimage.data`` (8 colour, 10 greyscale, kept greyscale), each three
+- ``natural/``: 18 natural photos from ``skimage.data`` (8 colour, 10 greyscale, kept greyscale), each three
   times: downscaled to longest side 320 px, the same mirrored left-right, and a seeded crop of
   45..70 % of each side of the full-resolution original (downscaled only if still larger than
   320 px). Real-photo models (the COCO FastestDet) need natural image statistics to calibrate on.
@@ -43,6 +43,9 @@ from edgekit.validate.synth import image_rng, render_image  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "edgekit" / "zoo" / "calibration"
 MANIFEST = "manifest.json"
+#: synthetic shapes (the fixtures' domain) and natural photos (real-photo models such as the COCO
+#: FastestDet calibrate on ``natural/`` alone: shapes on flat backgrounds skew their ranges)
+SUBFOLDERS = ("synthetic", "natural")
 
 SYNTH_SPLIT = "train"
 SYNTH_SEED = 7            # training uses seed 0, validation split "val" seed 0: no overlap
@@ -105,9 +108,9 @@ def _photo_images(name: str) -> list[tuple[str, str, Image.Image]]:
     y0 = int(rng.integers(0, height - crop_h + 1))
     box = (x0, y0, x0 + crop_w, y0 + crop_h)
     return [
-        (f"photo_{name}", source, scaled),
-        (f"photo_{name}_flip", f"{source} flipped", ImageOps.mirror(scaled)),
-        (f"photo_{name}_crop", f"{source} crop x0={box[0]} y0={box[1]} x1={box[2]} y1={box[3]}",
+        (f"natural/photo_{name}", source, scaled),
+        (f"natural/photo_{name}_flip", f"{source} flipped", ImageOps.mirror(scaled)),
+        (f"natural/photo_{name}_crop", f"{source} crop x0={box[0]} y0={box[1]} x1={box[2]} y1={box[3]}",
          _shrink(original.crop(box))),
     ]
 
@@ -120,7 +123,7 @@ def build(out_dir: Path) -> dict:
     entries: list[tuple[str, str, Image.Image]] = []
     for index in range(SYNTH_COUNT):
         array, _ = render_image(image_rng(SYNTH_SEED, SYNTH_SPLIT, index), SYNTH_SIZE)
-        entries.append((f"synth_{SYNTH_SPLIT}{SYNTH_SEED}_{index:03d}",
+        entries.append((f"synthetic/synth_{SYNTH_SPLIT}{SYNTH_SEED}_{index:03d}",
                         f"synth {SYNTH_SPLIT} seed {SYNTH_SEED} #{index}", Image.fromarray(array)))
     for name in COLOUR_PHOTOS + GREY_PHOTOS:
         entries.extend(_photo_images(name))
@@ -128,6 +131,7 @@ def build(out_dir: Path) -> dict:
     images = []
     for stem, source, image in sorted(entries, key=lambda e: e[0]):
         data = _encode(image)
+        (out_dir / f"{stem}.jpg").parent.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{stem}.jpg").write_bytes(data)
         images.append({"file": f"{stem}.jpg", "sha256": hashlib.sha256(data).hexdigest(), "source": source,
                        "width": image.size[0], "height": image.size[1], "mode": image.mode})
@@ -158,7 +162,8 @@ def _check_out_dir(out_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise SystemExit(f"error: --out {out_dir} exists and is not a folder")
-    foreign = sorted(p.name for p in out_dir.iterdir() if not (p.is_file() and (p.suffix == ".jpg" or p.name == MANIFEST)))
+    foreign = sorted(p.name for p in out_dir.rglob("*")
+                     if not (p.is_dir() and p.name in SUBFOLDERS) and not (p.is_file() and (p.suffix == ".jpg" or p.name == MANIFEST)))
     if foreign:
         raise SystemExit(f"error: --out {out_dir} holds files this script does not write ({', '.join(foreign)}); "
                          f"refusing to replace it")

@@ -7,6 +7,15 @@ ncnn's int8 format itself from the backend-neutral :class:`~edgekit.quant.result
     write_ncnn_int8   rewrite chosen Convolution / ConvolutionDepthWise / InnerProduct layers as int8
     emit_ncnn_int8    the glue: match, take the result's scales, write
 
+Grouped convolutions stay float. A ConvolutionDepthWise whose groups have more than one output
+channel (``group != num_output``) has one weight scale per group in the format, and ncnn's
+optimised x86 path runs each group as a Convolution handed that single scale
+(``src/layer/x86/convolutiondepthwise_x86.cpp``, the versions that could be read:
+``weights[2] = weight_data_int8_scales.range(g, 1)``) while a Convolution reads one scale per
+output channel. Measured on the installed ncnn 1.0.20261020, such a
+layer's int8 output is garbage (or NaN) with the default packed layout, though exact with
+packing off. True depthwise layers (one output per group) are unaffected and are quantised.
+
 The format, as read from the ncnn sources (repository Tencent/ncnn):
 
 - ``.param`` (text): ``7767517``, then ``layer_count blob_count``, then one line per layer
@@ -18,7 +27,8 @@ The format, as read from the ncnn sources (repository Tencent/ncnn):
   ``int8_scale_term`` 8 (``src/layer/convolution.cpp``, ``convolutiondepthwise.cpp``,
   ``innerproduct.cpp``: ``load_param``).
 - ``.bin``: no header or index; every layer, in ``.param`` order, reads its data through
-  ``ModelBin::load(w, type)`` (``src/net.cpp`` loads the layers in order). In
+  ``ModelBin::load(w, type)`` (the walk below relies on that order; its consuming exactly the
+  whole file, for every model in the tests, confirms it). In
   ``src/modelbin.cpp`` (``ModelBinFromDataReader::load``): type 1 is ``w`` raw little-endian
   float32 with no flag; type 0 first reads a 4-byte flag: ``0x01306B47`` = fp16 data padded to
   4 bytes (``alignSize(w * 2, 4)``), ``0x000D4B38`` = int8 data padded to 4 bytes
@@ -54,7 +64,9 @@ layer type the installed ncnn knows; a ``.bin`` that is truncated, too long or f
 byte for byte (fp16-tagged or code-book blobs included). The written pair is walked again the
 same way before it is renamed into place, so ncnn's own loader has accepted its layout.
 
-Running the result needs ``opt.use_int8_inference = True`` in ncnn (the default of the binding).
+Running the result needs ``opt.use_int8_inference = True`` (the binding's default; edgekit's
+NcnnRunner turns it off for float models). With it off, ncnn 1.0.20261020 loads the int8 model
+without complaint and returns NaN (measured).
 """
 
 from __future__ import annotations
@@ -479,9 +491,19 @@ class _Int8Plan:
 
     int8_scale_term: int
     weight_int8: np.ndarray      # int8 [weight_data_size], ncnn order
-    weight_scales: np.ndarray    # float32 [num_output] or [group] (depthwise), ncnn multipliers = 1 / s
+    weight_scales: np.ndarray    # float32 [num_output] (= [group] for depthwise), ncnn multipliers = 1 / s
     bottom_scale: np.float32     # ncnn multiplier = 1 / input_scale
-    per_group: bool              # a grouped (not depthwise) layer whose per-channel scales were merged per group
+
+
+def grouped_reason(layer: ParamLayer) -> str | None:
+    """Why ``layer`` cannot be int8 in ncnn because it is a grouped, non-depthwise convolution (else None)."""
+    if layer.type != "ConvolutionDepthWise":
+        return None
+    group, num_output = layer.get_int(GROUP_ID, 1), layer.get_int(0, 0)
+    if group == num_output:
+        return None
+    return (f"grouped convolution (group {group}, {num_output} outputs): ncnn keeps one int8 weight scale per "
+            "group and its optimised kernels compute such layers wrongly; kept in float")
 
 
 def _plan(model: NcnnModel, name: str, weight_scales: Any, input_scale: float) -> _Int8Plan:
@@ -494,6 +516,9 @@ def _plan(model: NcnnModel, name: str, weight_scales: Any, input_scale: float) -
     if layer.get_int(INT8_SCALE_TERM_ID, 0) != 0:
         raise CalibrationError(f"{where}: already int8 (int8_scale_term {layer.get_int(INT8_SCALE_TERM_ID, 0)}); "
                                "start from the fp32 model")
+    reason = grouped_reason(layer)
+    if reason:
+        raise CalibrationError(f"{where}: {reason}")
     num_id, bias_id, size_id = _SHAPE_IDS[layer.type]
     num_output, bias_term, weight_size = layer.get_int(num_id, 0), layer.get_int(bias_id, 0), layer.get_int(size_id, 0)
     blobs = model.blobs[name]
@@ -510,27 +535,14 @@ def _plan(model: NcnnModel, name: str, weight_scales: Any, input_scale: float) -
     input_scale = float(input_scale)
     if not (np.isfinite(input_scale) and input_scale > 0):
         raise CalibrationError(f"{where}: input scale {input_scale!r} must be finite and positive")
-
-    per_group = False
-    if layer.type == "ConvolutionDepthWise":
-        group = layer.get_int(GROUP_ID, 1)
-        if group <= 0 or num_output % group:
-            raise CalibrationError(f"{where}: group {group} does not divide num_output {num_output}")
-        # ncnn keeps one weight scale per group (convolutiondepthwise.cpp: mb.load(group, 1)); for a
-        # true depthwise layer (group == num_output) that is per channel, otherwise the group's
-        # largest step, so that no weight of the group clips
-        group_scales = scales.reshape(group, num_output // group).max(axis=1)
-        channel_scales = np.repeat(group_scales, num_output // group)
-        ncnn_scales = 1.0 / group_scales
-        per_group = group != num_output
-    else:
-        channel_scales = scales
-        ncnn_scales = 1.0 / scales
+    # Convolution / InnerProduct: one scale per output channel; a depthwise layer: one per group,
+    # and each group is one output channel (convolutiondepthwise.cpp: mb.load(group, 1))
+    ncnn_scales = 1.0 / scales
     weights = blobs[0].values.reshape(num_output, -1)
     # the same int8 values as the other backends' Q/DQ weights: clip(round(W / s_c), -127, 127)
-    weight_int8 = quantize_weight(weights, channel_scales.astype(np.float32), axis=0).reshape(-1)
+    weight_int8 = quantize_weight(weights, scales.astype(np.float32), axis=0).reshape(-1)
     return _Int8Plan(INT8_SCALE_TERM[layer.type], weight_int8, ncnn_scales.astype(np.float32),
-                     np.float32(1.0 / input_scale), per_group)
+                     np.float32(1.0 / input_scale))
 
 
 def _int8_weight_blob(weight_int8: np.ndarray) -> bytes:
@@ -580,13 +592,11 @@ def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, param_out: str | P
     layer_scales: ncnn layer name -> (weight scales, input scale) in the ONNX convention (step sizes):
     weight scales float32 [num_output] = ``max|W_c| / 127`` per output channel, input scale
     ``absmax / 127`` of the layer's input tensor. They are written as ncnn multipliers (their
-    reciprocals). A grouped (not depthwise) ConvolutionDepthWise gets one weight scale per group,
-    the largest of its channels' (ncnn stores one per group).
+    reciprocals). Grouped (non-depthwise) convolutions are refused (see the module docstring).
 
     Every other layer, and each int8 layer's bias, is copied byte for byte. Both files are written
     next to their destinations, walked again with ncnn's loaders, then renamed into place.
-    Returns {"int8": [layer names in .param order], "per_group_scales": [...],
-    "bin_bytes_in": int, "bin_bytes_out": int}.
+    Returns {"int8": [layer names in .param order], "bin_bytes_in": int, "bin_bytes_out": int}.
     """
     model = read_ncnn_model(param_in, bin_in)
     return _write(model, Path(param_out), Path(bin_out), layer_scales)
@@ -618,7 +628,6 @@ def _write(model: NcnnModel, param_out: Path, bin_out: Path,
         param_tmp.unlink(missing_ok=True)
         bin_tmp.unlink(missing_ok=True)
     return {"int8": [layer.name for layer in model.layers if layer.name in plans],
-            "per_group_scales": [name for name, plan in plans.items() if plan.per_group],
             "bin_bytes_in": len(model.data), "bin_bytes_out": len(data)}
 
 
@@ -640,10 +649,10 @@ def emit_ncnn_int8(fp32_param: str | Path, fp32_bin: str | Path, onnx_path: str 
 
     Every ncnn Convolution / ConvolutionDepthWise / InnerProduct matched to a layer of
     ``result.quantized_layers`` becomes int8 with that layer's weight scales and the input scale
-    ``int8_symmetric(*result.activation_ranges[layer.input])``; the rest stay fp32.
+    ``int8_symmetric(*result.activation_ranges[layer.input])``; the rest stay fp32: layers without
+    an ONNX match, layers of ``result.float_layers`` and grouped (non-depthwise) convolutions.
     Returns {"int8": [ncnn names], "float": {ncnn name: reason}, "onnx_layers": {ncnn name: ONNX name},
-    "onnx_unmatched": [ONNX layers with no ncnn counterpart], "bin_bytes_in", "bin_bytes_out",
-    "per_group_scales"}.
+    "onnx_unmatched": [ONNX layers with no ncnn counterpart], "bin_bytes_in", "bin_bytes_out"}.
     """
     onnx_path = Path(onnx_path)
     result.check_model(onnx_path)
@@ -659,6 +668,10 @@ def emit_ncnn_int8(fp32_param: str | Path, fp32_bin: str | Path, onnx_path: str 
         if onnx_name in result.float_layers:
             float_reasons[layer.name] = f"kept in float ({onnx_name}: {result.float_layers[onnx_name]})"
             continue
+        reason = grouped_reason(layer)
+        if reason:
+            float_reasons[layer.name] = reason
+            continue
         quant = result.layer(onnx_name)
         if quant.input not in result.activation_ranges:
             raise CalibrationError(f"calibration result has no activation range for {quant.input!r}, the input of "
@@ -670,5 +683,4 @@ def emit_ncnn_int8(fp32_param: str | Path, fp32_bin: str | Path, onnx_path: str 
     return {"int8": summary["int8"], "float": float_reasons,
             "onnx_layers": {name: mapping[name] for name in summary["int8"]},
             "onnx_unmatched": [q.name for q in result.layers if q.name not in matched],
-            "per_group_scales": summary["per_group_scales"],
             "bin_bytes_in": summary["bin_bytes_in"], "bin_bytes_out": summary["bin_bytes_out"]}

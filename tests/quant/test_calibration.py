@@ -305,7 +305,7 @@ def test_default_set_loads_and_matches_its_manifest():
     assert len(calib) >= 100
 
     manifest = _manifest()
-    assert [e["file"] for e in manifest["images"]] == [p.name for p in calib.paths]
+    assert [e["file"] for e in manifest["images"]] == [p.relative_to(folder).as_posix() for p in calib.paths]
     assert [e["sha256"] for e in manifest["images"]] == list(calib.sha256)
     assert manifest["content_sha256"] == calib.content_sha256
     assert manifest["num_images"] == len(calib)
@@ -326,7 +326,7 @@ def test_default_set_loads_and_matches_its_manifest():
 def test_default_set_is_package_data():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     globs = pyproject["tool"]["setuptools"]["package-data"]["edgekit"]
-    for name in ("zoo/calibration/manifest.json", "zoo/calibration/synth_train7_000.jpg"):
+    for name in ("zoo/calibration/manifest.json", "zoo/calibration/synthetic/synth_train7_000.jpg"):
         assert any(fnmatch.fnmatch(name, g) for g in globs), (name, globs)
 
 

@@ -22,6 +22,7 @@ if importlib.util.find_spec("pnnx") is None or importlib.util.find_spec("torch")
 
 import ncnn  # noqa: E402
 import onnx  # noqa: E402
+import onnx.numpy_helper  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -82,6 +83,27 @@ def run_ncnn(param: Path, weights: Path, x: np.ndarray, int8: bool, packing: boo
     return result
 
 
+def run_ncnn_blobs(param: Path, weights: Path, x: np.ndarray, blobs: list[str]) -> list[np.ndarray]:
+    """The named blobs of one int8 run (CHW float32 arrays)."""
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.use_int8_inference = True
+    net.opt.num_threads = 1
+    assert net.load_param(str(param)) == 0 and net.load_model(str(weights)) == 0
+    chw = np.ascontiguousarray(x, np.float32)
+    mat = ncnn.Mat(chw)
+    extractor = net.create_extractor()
+    assert extractor.input("in0", mat) == 0
+    values = []
+    for blob in blobs:
+        code, out = extractor.extract(blob)
+        assert code == 0
+        values.append(np.array(out.numpy(), np.float32))
+    extractor.clear()
+    net.clear()
+    return values
+
+
 def ncnn_round(v: np.ndarray) -> np.ndarray:
     """C ``round()`` (half away from zero), as ncnn's float2int8."""
     return np.sign(v) * np.floor(np.abs(v) + 0.5)
@@ -92,15 +114,11 @@ def simulate_int8_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stri
     """ncnn's int8 convolution of CHW ``x``, written from its source (convolutiondepthwise.cpp forward_int8).
 
     Scales in the ONNX convention (step sizes); ncnn multiplies by their reciprocals:
-    qx = clip(round(x * in_mul), ±127); qw = clip(round(W / s_c), ±127) with s_c per output channel
-    (per group for a grouped, non-depthwise layer: the group's largest); the integer sum exactly;
-    y = sum * (1 / (in_mul * w_mul_c)) + bias in float32. Returns (y [O,H,W], bias-free part).
+    qx = clip(round(x * in_mul), ±127); qw = clip(round(W / s_c), ±127) with s_c per output channel;
+    the integer sum exactly; y = sum * (1 / (in_mul * w_mul_c)) + bias in float32.
+    Returns (y [O,H,W], its bias-free part).
     """
-    out_channels = weight.shape[0]
     scales = np.asarray(weight_scales, np.float64)
-    if groups not in (1, out_channels):
-        per_group = scales.reshape(groups, -1).max(axis=1)
-        scales = np.repeat(per_group, out_channels // groups)
     in_mul = np.float32(1.0 / input_scale)
     qx = np.clip(ncnn_round(x.astype(np.float32) * in_mul), -127, 127)
     qw = np.clip(np.round(weight.astype(np.float64) / scales[:, None, None, None]), -127, 127)
@@ -149,7 +167,7 @@ SINGLE_LAYERS = {
     "conv3x3_stride2": (3, 16, 3, 2, 1),
     "conv1x1": (16, 8, 1, 1, 1),
     "depthwise3x3": (16, 16, 3, 1, 16),
-    "grouped3x3": (16, 16, 3, 1, 4),
+    "depthwise3x3_stride2": (8, 8, 3, 2, 8),
 }
 
 
@@ -186,7 +204,6 @@ def test_int8_layer_computes_ncnns_int8_arithmetic(single_layer, name, tmp_path)
     summary = write_ncnn_int8(param, weights, tmp_path / "int8.param", tmp_path / "int8.bin",
                               {layer[0].name: (w_scales, in_scale)})
     assert summary["int8"] == [layer[0].name]
-    assert summary["per_group_scales"] == ([layer[0].name] if groups not in (1, cout) else [])
 
     expected, scaled = simulate_int8_conv(x, weight, bias, stride, kernel // 2, groups, w_scales, in_scale)
     fp32 = run_ncnn(param, weights, x, int8=False)
@@ -195,12 +212,54 @@ def test_int8_layer_computes_ncnns_int8_arithmetic(single_layer, name, tmp_path)
         got = run_ncnn(tmp_path / "int8.param", tmp_path / "int8.bin", x, int8=True, packing=packing)
         assert got.shape == expected.shape
         allowed = np.full(expected.shape, EXACT_TOLERANCE * magnitude, np.float32)
-        if name == "depthwise3x3" and packing:
+        if name.startswith("depthwise") and packing:
             allowed += PACKED_DEPTHWISE_RTOL * np.abs(scaled)
         error = np.abs(got - expected)
         assert np.all(error <= allowed), (packing, error.max())
         # not the fp32 result: int8 rounding moves the outputs 10x (and more) beyond the allowed error
         assert np.abs(got - fp32).max() > 10 * allowed.max()
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4 * 6 * 6, 24)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_int8_inner_product_matches_gemm_and_computes_ncnns_int8_arithmetic(tmp_path):
+    """nn.Linear: pnnx's InnerProduct pairs with the ONNX Gemm (transB=1) and runs ncnn's int8 math."""
+    from edgekit.quant.result import QuantLayer, weight_scales
+
+    torch.manual_seed(2)
+    model = FlattenLinear().eval()
+    param, weights = convert(model, [1, 4, 6, 6], tmp_path / "ncnn")
+    onnx_path = export(model, [1, 4, 6, 6], tmp_path / "model.onnx")
+    onnx_model = onnx.load(str(onnx_path))
+    gemm = next(node for node in onnx_model.graph.node if node.op_type == "Gemm")
+    weight = model.fc.weight.detach().numpy()
+    w_scales = weight_scales(weight, axis=0)
+    layer = QuantLayer(gemm.name, "Gemm", gemm.input[0], gemm.output[0], gemm.input[1], tuple(map(float, w_scales)))
+    result = CalibrationResult(model_sha256=file_sha256(onnx_path), method="minmax", num_images=1, images_sha256="",
+                               activation_ranges={}, layers=(layer,))
+    (inner,) = read_ncnn_model(param, weights).quantizable_layers()
+    assert inner.type == "InnerProduct"
+    assert match_layers(param, weights, onnx_model, result) == {inner.name: gemm.name}
+
+    x = np.random.default_rng(3).standard_normal((4, 6, 6)).astype(np.float32)
+    in_scale = float(np.abs(x).max() * 0.8 / 127)
+    write_ncnn_int8(param, weights, tmp_path / "int8.param", tmp_path / "int8.bin", {inner.name: (w_scales, in_scale)})
+    in_mul = np.float32(1 / in_scale)
+    qx = np.clip(ncnn_round(x.reshape(-1) * in_mul), -127, 127)
+    qw = np.clip(np.round(weight / w_scales[:, None]), -127, 127)
+    dequant = np.float32(1) / (in_mul * (1 / w_scales.astype(np.float64)).astype(np.float32))
+    expected = (qw.astype(np.float64) @ qx).astype(np.float32) * dequant + model.fc.bias.detach().numpy()
+    got = run_ncnn(tmp_path / "int8.param", tmp_path / "int8.bin", x, int8=True).reshape(-1)
+    allowed = EXACT_TOLERANCE * np.abs(expected).max()
+    assert np.abs(got - expected).max() <= allowed
+    assert np.abs(got - run_ncnn(param, weights, x, int8=False).reshape(-1)).max() > 10 * allowed
 
 
 @pytest.mark.parametrize("name", ["conv3x3", "depthwise3x3"])
@@ -258,14 +317,13 @@ class SmallNet(nn.Module):
         return self.head(x)
 
 
-#: int8 of every conv against fp32, max |error| / max |fp32| on held-out inputs (measured ~1.5e-2 with
-#: minmax ranges on this net; the bound leaves room, and is 20x below the error of a wrong scale convention)
-MULTI_LAYER_TOLERANCE = 4e-2
-
-
+#: int8 vs fp32, max |error| / max |fp32| on held-out inputs: measured 2.7e-2 .. 6.3e-2 with minmax
+#: ranges from 8 calibration images (the quantisation error of three int8 layers of this random net;
+#: the same layers fake-quantised in torch land at 3.2e-2 .. 7.8e-2)
+MULTI_LAYER_TOLERANCE = 0.1
 @pytest.fixture(scope="module")
 def small_net(tmp_path_factory):
-    """(work dir, fp32 param, fp32 bin, onnx path, minmax calibration result) of SmallNet at 32x32."""
+    """(model, fp32 param, fp32 bin, onnx path, minmax calibration result) of SmallNet at 32x32."""
     work = tmp_path_factory.mktemp("small-net")
     model = varied(SmallNet(), seed=3)
     shape = [1, 3, 32, 32]
@@ -273,28 +331,30 @@ def small_net(tmp_path_factory):
     onnx_path = export(model, shape, work / "model.onnx")
     calibration = image_batches(0, 8, shape)
     result = calibrate(onnx_path, lambda: iter(calibration), method="minmax")
-    return work, param, weights, onnx_path, result
+    return model, param, weights, onnx_path, result
 
 
 def test_small_net_int8_is_close_to_fp32_and_float_layers_stay_identical(small_net, tmp_path):
-    work, param, weights, onnx_path, result = small_net
+    model, param, weights, onnx_path, result = small_net
     ncnn_convs = [layer.name for layer in read_ncnn_model(param, weights).quantizable_layers()]
+    stem, depthwise, grouped, down, head = ncnn_convs
     mapping = match_layers(param, weights, onnx_path, result)
-    assert sorted(mapping) == sorted(ncnn_convs) and sorted(mapping.values()) == sorted(q.name for q in result.layers)
-    kept_onnx = mapping[ncnn_convs[2]]  # the grouped 1x1
-    partial = result.with_float_layers({kept_onnx: "sensitive (test)"})
+    # pnnx keeps the module order: the i-th ncnn conv is the i-th ONNX Conv
+    assert mapping == dict(zip(ncnn_convs, ["/stem/Conv", "/dw/Conv", "/grouped/Conv", "/down/Conv", "/head/Conv"]))
+    partial = result.with_float_layers({mapping[stem]: "sensitive (test)"})
 
     summary = emit_ncnn_int8(param, weights, onnx_path, partial, tmp_path / "int8.param", tmp_path / "int8.bin")
-    assert summary["float"] == {ncnn_convs[2]: f"kept in float ({kept_onnx}: sensitive (test))"}
-    assert summary["int8"] == [name for name in ncnn_convs if name != ncnn_convs[2]]
+    assert summary["int8"] == [depthwise, down, head]
+    assert summary["float"][stem] == f"kept in float ({mapping[stem]}: sensitive (test))"
+    assert summary["float"][grouped].startswith("grouped convolution (group 2, 32 outputs)")
     assert summary["onnx_unmatched"] == []
-    assert summary["bin_bytes_out"] < 0.45 * summary["bin_bytes_in"]
+    assert summary["bin_bytes_out"] < 0.4 * summary["bin_bytes_in"]
 
-    # the float layer: its .param line and every byte of its weights as they were
+    # the float layers: their .param lines and every byte of their weights as they were
     before, after = read_ncnn_model(param, weights), read_ncnn_model(tmp_path / "int8.param", tmp_path / "int8.bin")
-    span_in, span_out = before.spans[ncnn_convs[2]], after.spans[ncnn_convs[2]]
-    assert before.data[slice(*span_in)] == after.data[slice(*span_out)]
-    assert param_lines(param)[ncnn_convs[2]] == param_lines(tmp_path / "int8.param")[ncnn_convs[2]]
+    for name in (stem, grouped):
+        assert before.data[slice(*before.spans[name])] == after.data[slice(*after.spans[name])]
+        assert param_lines(param)[name] == param_lines(tmp_path / "int8.param")[name]
     for name in summary["int8"]:
         assert after.blobs[name][0].storage == "int8"
 
@@ -304,22 +364,47 @@ def test_small_net_int8_is_close_to_fp32_and_float_layers_stay_identical(small_n
         candidate = run_ncnn(tmp_path / "int8.param", tmp_path / "int8.bin", x, int8=True)
         errors.append(float(np.abs(candidate - reference).max() / np.abs(reference).max()))
     assert max(errors) <= MULTI_LAYER_TOLERANCE, errors
-    assert min(errors) > 1e-3  # int8 really ran
+    assert min(errors) > 1e-2  # int8 really ran
+
+    # Layer by layer inside the real net: each int8 layer, fed ncnn's own input blob, computes the
+    # simulated int8 arithmetic with the result's scales (end to end, a 1e-4 difference upstream
+    # flips a few roundings of the next quantisation, so the chain is only compared with fp32 above).
+    modules = {"/dw/Conv": (model.dw, torch.relu), "/down/Conv": (model.down, None), "/head/Conv": (model.head, None)}
+    x = image_batches(98, 1, [3, 32, 32])[0]
+    for name in summary["int8"]:
+        quant = partial.layer(summary["onnx_layers"][name])
+        module, activation = modules[quant.name]
+        layer = after.layer(name)
+        bottom, top = run_ncnn_blobs(tmp_path / "int8.param", tmp_path / "int8.bin", x, [*layer.bottoms, *layer.tops])
+        expected, scaled = simulate_int8_conv(bottom, module.weight.detach().numpy(), module.bias.detach().numpy(),
+                                              module.stride[0], module.padding[0], module.groups,
+                                              np.asarray(quant.weight_scales),
+                                              int8_symmetric(*partial.activation_ranges[quant.input]))
+        allowed = EXACT_TOLERANCE * np.abs(expected).max() + (PACKED_DEPTHWISE_RTOL * np.abs(scaled)
+                                                              if module.groups > 1 else 0)
+        if activation is not None:
+            expected = activation(torch.from_numpy(expected)).numpy()
+        assert np.all(np.abs(top - expected) <= allowed), (name, np.abs(top - expected).max())
+
+
+def test_grouped_convolution_is_refused_by_the_writer(small_net, tmp_path):
+    model, param, weights, onnx_path, result = small_net
+    grouped = read_ncnn_model(param, weights).quantizable_layers()[2]
+    with pytest.raises(CalibrationError, match=rf"'{grouped.name}'.*grouped convolution \(group 2"):
+        write_ncnn_int8(param, weights, tmp_path / "o.param", tmp_path / "o.bin", {grouped.name: (np.ones(32), 0.1)})
 
 
 def test_emit_uses_the_results_scales_in_ncnn_convention(small_net, tmp_path):
-    """The bottom-blob scale written is 1 / int8_symmetric(range of the ONNX input tensor)."""
-    work, param, weights, onnx_path, result = small_net
-    emit_ncnn_int8(param, weights, onnx_path, result, tmp_path / "int8.param", tmp_path / "int8.bin")
+    """Written scales are the reciprocals of the result's: per channel for weights, of int8_symmetric for inputs."""
+    model, param, weights, onnx_path, result = small_net
+    summary = emit_ncnn_int8(param, weights, onnx_path, result, tmp_path / "int8.param", tmp_path / "int8.bin")
     written = read_ncnn_model(tmp_path / "int8.param", tmp_path / "int8.bin")
-    mapping = match_layers(param, weights, onnx_path, result)
-    for ncnn_name, onnx_name in mapping.items():
+    assert len(summary["onnx_layers"]) == 4  # every conv but the grouped one
+    for ncnn_name, onnx_name in summary["onnx_layers"].items():
         quant = result.layer(onnx_name)
         blobs = written.blobs[ncnn_name]
-        expected_input = np.float32(1 / int8_symmetric(*result.activation_ranges[quant.input]))
-        assert blobs[-1].values[0] == expected_input
-        if written.layer(ncnn_name).type == "Convolution":
-            assert np.allclose(blobs[-2].values, 1 / np.asarray(quant.weight_scales), rtol=1e-6)
+        assert blobs[-1].values[0] == np.float32(1 / int8_symmetric(*result.activation_ranges[quant.input]))
+        assert np.allclose(blobs[-2].values, 1 / np.asarray(quant.weight_scales), rtol=1e-6)
 
 
 def test_fp16_blobs_of_float_layers_are_copied_byte_for_byte(tmp_path):
@@ -341,6 +426,10 @@ def test_fp16_blobs_of_float_layers_are_copied_byte_for_byte(tmp_path):
 
 
 # --- matching on a real edgekit model ----------------------------------------------------------
+
+#: every conv of the yolov8 export in int8 vs fp32, max |error| / max |fp32| per raw output: measured
+#: 0.7e-2 .. 1.7e-2 (two weight seeds, two inputs, minmax ranges from 4 images)
+YOLOV8_TOLERANCE = 5e-2
 
 
 def test_match_layers_finds_every_conv_of_a_yolov8_export(tmp_path):
@@ -366,6 +455,11 @@ def test_match_layers_finds_every_conv_of_a_yolov8_export(tmp_path):
     assert len(ncnn_convs) == len(layers) > 20
     assert sorted(mapping) == sorted(ncnn_convs)  # every ncnn conv found its ONNX Conv
     assert sorted(mapping.values()) == sorted(layer.name for layer in layers)  # one to one
+    ncnn_model = read_ncnn_model(param, weights)
+    initializers = {init.name: onnx.numpy_helper.to_array(init) for init in onnx_model.graph.initializer}
+    for ncnn_name, onnx_name in mapping.items():  # each pair really holds the same weights
+        onnx_weight = initializers[next(layer.weight for layer in layers if layer.name == onnx_name)]
+        assert np.allclose(ncnn_model.blobs[ncnn_name][0].values, onnx_weight.reshape(-1), rtol=1e-5, atol=1e-6)
 
     # and the whole model runs in int8 in ncnn, close to fp32
     spec = model.spec
@@ -373,12 +467,14 @@ def test_match_layers_finds_every_conv_of_a_yolov8_export(tmp_path):
     calibrated = calibrate(onnx_path, lambda: iter(inputs), method="minmax")
     summary = emit_ncnn_int8(param, weights, onnx_path, calibrated, tmp_path / "int8.param", tmp_path / "int8.bin")
     assert len(summary["int8"]) == len(ncnn_convs) and summary["float"] == {}
-    blob = entry.options["output_blobs"][spec.head.output_names[0]]
+    assert summary["bin_bytes_out"] < 0.3 * summary["bin_bytes_in"]
     x = image_batches(6, 1, [3, 64, 64])[0]
-    reference = run_ncnn(param, weights, x, int8=False, output=blob)
-    candidate = run_ncnn(tmp_path / "int8.param", tmp_path / "int8.bin", x, int8=True, output=blob)
-    relative = float(np.abs(candidate - reference).max() / np.abs(reference).max())
-    assert 1e-4 < relative < 0.15, relative
+    for name in spec.head.output_names:
+        blob = entry.options["output_blobs"][name]
+        reference = run_ncnn(param, weights, x, int8=False, output=blob)
+        candidate = run_ncnn(tmp_path / "int8.param", tmp_path / "int8.bin", x, int8=True, output=blob)
+        relative = float(np.abs(candidate - reference).max() / np.abs(reference).max())
+        assert 1e-3 < relative < YOLOV8_TOLERANCE, (name, relative)
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -441,7 +537,7 @@ def test_malformed_param_is_refused(single_layer, tmp_path):
 
 
 def test_emit_refuses_a_result_of_another_model(small_net, tmp_path):
-    work, param, weights, onnx_path, result = small_net
+    model, param, weights, onnx_path, result = small_net
     other = CalibrationResult(model_sha256="0" * 64, method=result.method, num_images=result.num_images,
                               images_sha256="", activation_ranges=result.activation_ranges, layers=result.layers)
     with pytest.raises(CalibrationError, match="another model"):

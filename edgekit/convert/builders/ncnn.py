@@ -71,10 +71,12 @@ class NcnnBuilder(BackendBuilder):
     """
 
     backend = "ncnn"
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         self.check_precision(precision)
+        if precision == "int8":
+            return self._build_int8(source, sink, options)
         _require_converter()
         spec = source.spec
         height, width = spec.input_size
@@ -116,6 +118,24 @@ class NcnnBuilder(BackendBuilder):
             "parity": {"reference": "onnxruntime/fp32", **parity},
         }
         return ModelEntry(self.backend, precision, param_name, entry_options)
+
+
+    def _build_int8(self, source: BuildSource, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
+        """The fp32 ncnn model (built in a scratch folder), rewritten in ncnn's int8 format from the
+        calibration result (``edgekit.quant.ncnn_int8``): ``model_int8.ncnn.param`` / ``.bin``."""
+        from edgekit.quant.ncnn_int8 import emit_ncnn_int8
+
+        calibration = source.require_calibration(self.backend)
+        with tempfile.TemporaryDirectory(prefix="edgekit-ncnn-int8-") as scratch:
+            fp32 = self.build(source, "fp32", lambda name: Path(scratch) / name, options)
+            param_name, bin_name = "model_int8.ncnn.param", "model_int8.ncnn.bin"
+            summary = emit_ncnn_int8(Path(scratch) / fp32.file, Path(scratch) / fp32.options["bin_file"],
+                                     source.onnx_path, calibration, sink(param_name), sink(bin_name))
+        entry_options = dict(fp32.options)
+        entry_options.update(bin_file=bin_name, companion_files=[bin_name], use_int8=True,
+                             int8={"layers": len(summary["int8"]), "float_layers": summary["float"]})
+        entry_options.pop("parity", None)  # measured on the fp32 model; the chain measures the int8 one
+        return ModelEntry(self.backend, "int8", param_name, entry_options)
 
 
 # --- conversion steps -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ Manifest options (all written by ``edgekit.convert.builders.ncnn``)::
      "output_blobs": {"p3": "out0", "p4": "out1", "p5": "out2"},   # spec order
      "output_shapes": {"p3": [1, 67, 20, 20], …},   # the ONNX shapes (batch 1)
      "use_fp16": false,                             # fp16 storage + arithmetic switches
+     "use_int8": false,                             # int8 inference (int8 models only)
      "companion_files": ["model.ncnn.bin"]}         # hashed by Detector.load
 
 The ncnn binding does not raise on a bad file: ``load_param`` / ``load_model`` return -1 and print
@@ -53,7 +54,8 @@ class NcnnRunner(Runner):
     accepted and NCNN decides). output_shapes: spec output name -> ONNX shape with batch 1; an output
     without one comes back as ``[B, *mat_shape]`` (right for the usual ``[B, C, H, W]`` heads).
     threads: CPU threads (0 = ncnn's default, one per big core). use_fp16: fp16 storage, packing and
-    arithmetic where the CPU supports them (otherwise ncnn silently computes in fp32).
+    arithmetic where the CPU supports them (otherwise ncnn silently computes in fp32). use_int8: run
+    the int8 layers of an int8 model (``model_int8.ncnn.*``) in int8.
     """
 
     name = "ncnn"
@@ -65,7 +67,7 @@ class NcnnRunner(Runner):
                  input_shape: Sequence[int] | None = None,
                  output_blobs: Mapping[str, str] | None = None,
                  output_shapes: Mapping[str, Sequence[int]] | None = None,
-                 threads: int = 0, use_fp16: bool = False) -> None:
+                 threads: int = 0, use_fp16: bool = False, use_int8: bool = False) -> None:
         super().__init__(param_path)
         self.bin_path = Path(bin_path) if bin_path is not None else self.model_path.with_suffix(".bin")
         self.input_name = str(input_name)
@@ -82,6 +84,7 @@ class NcnnRunner(Runner):
                                  f"{list(self.output_blobs)}")
         self.threads = int(threads)
         self.use_fp16 = bool(use_fp16)
+        self.use_int8 = bool(use_int8)
         self._net = None
 
     @classmethod
@@ -101,7 +104,7 @@ class NcnnRunner(Runner):
         return cls(model_path, bin_path, input_name=str(options["input_name"]), input_blob=str(options["input_blob"]),
                    input_shape=options.get("input_shape"), output_blobs=output_blobs,  # type: ignore[arg-type]
                    output_shapes=output_shapes, threads=threads,  # type: ignore[arg-type]
-                   use_fp16=bool(options.get("use_fp16", False)))
+                   use_fp16=bool(options.get("use_fp16", False)), use_int8=bool(options.get("use_int8", False)))
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -115,8 +118,10 @@ class NcnnRunner(Runner):
         # Options must be set before load_param: layers pick their kernels when they are created.
         opt = net.opt
         opt.use_vulkan_compute = False
-        # The binding turns int8 inference on by default; a float model must not take int8 paths.
-        opt.use_int8_inference = False
+        # The binding turns int8 inference on by default. int8 layers (written by edgekit.quant.ncnn_int8) need it on: with it off ncnn 1.0.20261020
+        # loads an int8 model without complaint and returns NaN. fp32 models keep it off so that no
+        # layer is ever quantised behind the manifest's back.
+        opt.use_int8_inference = self.use_int8
         opt.use_fp16_storage = self.use_fp16
         opt.use_fp16_packed = self.use_fp16
         opt.use_fp16_arithmetic = self.use_fp16

@@ -1,0 +1,572 @@
+"""INT8 vs FP32 per backend, calibration time per method, and INT8 accuracy (edgekit vs NNCF).
+
+1. Latency (``--imgsz``, default 640): a YOLOv8n-size model (yolov8, width 0.25, depth 0.33, 80 classes,
+   random weights) converted by ``edgekit convert`` for intel-cpu at int8 (ONNX Runtime fp32, ONNX
+   Runtime Q/DQ int8, edgekit's OpenVINO int8) plus OpenVINO fp32 (f32 hint), NNCF's default
+   quantisation of that fp32 OpenVINO model (``nncf.quantize(model, nncf.Dataset(tensors))``, preset
+   performance, the same calibration tensors), NCNN fp32 and, when ``edgekit.quant.ncnn_int8`` works,
+   NCNN int8. All models are timed in one interleaved run (the model order rotates every run) on the
+   same preprocessed tensor; medians and p90s. What OpenVINO really executes is read from
+   ``compiled.get_runtime_model()`` (runtime precision per layer type) and, with ``--profile``, from
+   OpenVINO's per-layer performance counters.
+2. Calibration time for ``--calib-images`` (300) images at ``--imgsz`` with
+   ``edgekit.quant.collect.calibrate`` for each method, on the same graph; the bundled calibration set
+   (154 images) is used cyclically, the second time round horizontally flipped (in memory), so all 300
+   tensors differ. NNCF's ``quantize`` on the same 300 tensors for comparison.
+3. Accuracy: the trained fixture ``edgekit/zoo/yolov8.pt`` at its own size (160x160), converted for
+   intel-cpu at int8 with the defaults (method ``mse``, the bundled calibration set), NNCF on the same
+   calibration tensors, mAP@0.5:0.95 on the synthetic validation split (300 images, validate's protocol).
+
+    python benchmarks/bench_int8.py [--runs 40] [--threads 2] [--skip-calibration] [--skip-accuracy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# --- models and runners --------------------------------------------------------------------------
+
+
+def ov_fp32_ir(onnx_path: Path, spec, xml_path: Path) -> Path:
+    """The fp32 OpenVINO IR of an ONNX graph, written exactly as edgekit's builder writes it."""
+    from edgekit.convert.builders import BuildSource
+    from edgekit.convert.builders.openvino import write_ir
+
+    return write_ir(BuildSource(onnx_path, spec), xml_path, compress_to_fp16=False)
+
+
+def nncf_quantize(fp32_xml: Path, tensors: Sequence[np.ndarray], out_xml: Path) -> float:
+    """NNCF's default post-training quantisation of the fp32 IR (preset performance); returns seconds."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_xml))
+    started = time.perf_counter()
+    quantized = nncf.quantize(model, nncf.Dataset(list(tensors)), preset=nncf.QuantizationPreset.PERFORMANCE,
+                              subset_size=len(tensors))
+    seconds = time.perf_counter() - started
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    return seconds
+
+
+def ov_runner(xml: Path, threads: int, profile: bool = False):
+    from edgekit.runtime.backends.openvino import OpenVinoRunner
+
+    runner = OpenVinoRunner(xml, threads=threads, inference_precision="f32")
+    if profile:  # OpenVinoRunner has no PERF_COUNT option: compile a profiled copy directly
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        return core.compile_model(core.read_model(str(xml)), "CPU", config)
+    return runner
+
+
+class NcnnNet:
+    """A bare ncnn.Net for timing; the same code for fp32 and int8 files (``use_int8_inference`` = int8).
+
+    edgekit's NcnnRunner turns ``use_int8_inference`` off (its artifacts are float), so int8 files
+    cannot go through it; to keep the fp32/int8 ratio fair both run through this class.
+    """
+
+    def __init__(self, param: Path, weights: Path, input_blob: str, output_blobs: Sequence[str], threads: int,
+                 int8: bool) -> None:
+        import ncnn
+
+        self.net = ncnn.Net()
+        opt = self.net.opt
+        opt.use_vulkan_compute = False
+        opt.use_int8_inference = int8
+        opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = False
+        opt.use_bf16_storage = False
+        if threads > 0:
+            opt.num_threads = threads
+        if self.net.load_param(str(param)) != 0 or self.net.load_model(str(weights)) != 0:
+            raise RuntimeError(f"ncnn cannot load {param} / {weights}")
+        self.input_blob, self.output_blobs = input_blob, list(output_blobs)
+
+    def __call__(self, tensor: np.ndarray) -> list[np.ndarray]:
+        import ncnn
+
+        chw = np.ascontiguousarray(tensor[0], dtype=np.float32)
+        mat = ncnn.Mat(chw)
+        extractor = self.net.create_extractor()
+        extractor.input(self.input_blob, mat)
+        outputs = [np.array(extractor.extract(blob)[1].numpy()) for blob in self.output_blobs]
+        extractor.clear()
+        del mat, chw
+        return outputs
+
+
+def runtime_layers(xml: Path, threads: int) -> Counter:
+    """(runtime layer type, runtime precision) -> count, from the compiled model's runtime graph."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+    counts: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+        precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+        counts[(kind, precision)] += 1
+    return counts
+
+
+def fake_quantize_consumers(xml: Path) -> Counter:
+    """Op type of every consumer of a FakeQuantize in the IR: where the activations are quantised."""
+    import openvino as ov
+
+    counts: Counter = Counter()
+    for op in ov.Core().read_model(str(xml)).get_ops():
+        if op.get_type_name() == "FakeQuantize":
+            for output in op.outputs():
+                for target in output.get_target_inputs():
+                    counts[target.get_node().get_type_name()] += 1
+    return counts
+
+
+def profile_by_layer_type(models: dict[str, Path], tensor: np.ndarray, threads: int, runs: int) -> dict[str, Counter]:
+    """Median over runs of the summed per-layer real time (ms), by (layer type, exec type), per model."""
+    compiled = {name: ov_runner(xml, threads, profile=True) for name, xml in models.items()}
+    requests = {name: c.create_infer_request() for name, c in compiled.items()}
+    samples: dict[str, list[Counter]] = {name: [] for name in models}
+    for run in range(runs + 2):
+        for name in (list(models) if run % 2 == 0 else list(models)[::-1]):
+            request = requests[name]
+            request.infer({0: tensor})
+            if run < 2:
+                continue
+            totals: Counter = Counter()
+            for info in request.get_profiling_info():
+                if info.status == info.Status.EXECUTED:
+                    totals[(info.node_type, info.exec_type)] += info.real_time.total_seconds() * 1000
+            samples[name].append(totals)
+    result = {}
+    for name, counters in samples.items():
+        keys = set().union(*counters)
+        result[name] = Counter({k: statistics.median(c.get(k, 0.0) for c in counters) for k in keys})
+    return result
+
+
+# --- timing --------------------------------------------------------------------------------------
+
+
+def interleaved(calls: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Run every call once per round, the order rotating (and reversing) round by round; ms per call."""
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for run in range(runs + warmup):
+        shift = run % len(names)
+        order = names[shift:] + names[:shift]
+        if run % 2:
+            order.reverse()
+        for name in order:
+            started = time.perf_counter()
+            calls[name]()
+            elapsed = (time.perf_counter() - started) * 1000
+            if run >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def p90(values: Sequence[float]) -> float:
+    return float(np.percentile(values, 90))
+
+
+# --- 1. latency ----------------------------------------------------------------------------------
+
+
+def latency_section(args, tmp: Path, model, calib_tensors_for: Callable) -> dict:
+    from edgekit.convert.chain import convert
+    from edgekit.quant.pipeline import Int8Options
+    from edgekit.runtime.artifact import read_manifest
+    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from edgekit.runtime.preprocess import preprocess
+    from edgekit.targets import load_target
+
+    size = (args.imgsz, args.imgsz)
+    art = tmp / "intel-int8"
+    say(f"[latency] convert intel-cpu int8 at {size} ({args.latency_calib_images} calibration images, mse)")
+    convert(model, load_target("intel-cpu"), art, precision="int8", input_size=size,
+            int8=Int8Options(images=args.latency_calib_images, method="mse", force=True))
+    manifest = read_manifest(art)
+    spec = manifest.spec
+    onnx_path = art / "model.onnx"
+    tensors = calib_tensors_for(spec, args.latency_calib_images)
+    files = {"openvino/fp32": ov_fp32_ir(onnx_path, spec, tmp / "ov_fp32.xml"),
+             "openvino/int8 (edgekit)": art / manifest.find("openvino", "int8").file}
+    say(f"[latency] nncf.quantize on the same {len(tensors)} tensors")
+    nncf_seconds = nncf_quantize(files["openvino/fp32"], tensors, tmp / "ov_nncf.xml")
+    files["openvino/int8 (NNCF)"] = tmp / "ov_nncf.xml"
+
+    image = np.clip(np.random.default_rng(0).normal(120, 40, (720, 1280, 3)), 0, 255).astype(np.uint8)
+    tensor, _ = preprocess([image], spec)
+    feeds = {spec.input_name: tensor}
+    runners = {"onnxruntime/fp32": OnnxRuntimeRunner(onnx_path, threads=args.threads),
+               "onnxruntime/int8 (Q/DQ)": OnnxRuntimeRunner(art / manifest.find("onnxruntime", "int8").file,
+                                                            threads=args.threads)}
+    for name in ("openvino/fp32", "openvino/int8 (edgekit)", "openvino/int8 (NNCF)"):
+        runners[name] = ov_runner(files[name], args.threads)
+    for runner in runners.values():
+        runner.activate()
+    calls: dict[str, Callable[[], object]] = {name: (lambda r=runner: r.infer(feeds)) for name, runner in runners.items()}
+    notes = []
+    if not args.skip_ncnn:
+        calls.update(ncnn_models(args, tmp, model, art, spec, tensor, notes))
+
+    say(f"[latency] {len(calls)} models x {args.runs} interleaved runs, {args.threads} threads (load {load()})")
+    load_before = load()
+    times = interleaved(calls, args.runs)
+    load_after = load()
+    for runner in runners.values():
+        runner.deactivate()
+    layers = {name: runtime_layers(files[name], args.threads) for name in files}
+    consumers = {name: fake_quantize_consumers(files[name]) for name in ("openvino/int8 (edgekit)", "openvino/int8 (NNCF)")}
+    profile = None
+    if args.profile:
+        say("[latency] OpenVINO per-layer profile")
+        profile = profile_by_layer_type({k: files[k] for k in ("openvino/int8 (edgekit)", "openvino/int8 (NNCF)")},
+                                        tensor, args.threads, args.profile_runs)
+    return {"times": times, "layers": layers, "consumers": consumers, "profile": profile, "notes": notes,
+            "load": (load_before, load_after), "nncf_seconds": nncf_seconds, "art": art, "spec": spec,
+            "onnx": onnx_path}
+
+
+def ncnn_models(args, tmp: Path, model, intel_art: Path, spec, tensor: np.ndarray, notes: list[str]) -> dict:
+    """NCNN fp32 (edgekit convert, raspberry-pi-5 target at fp32) and int8 (edgekit.quant.ncnn_int8), if it works."""
+    from edgekit.convert.chain import convert
+    from edgekit.quant.result import CalibrationResult, file_sha256
+    from edgekit.runtime.artifact import read_manifest
+    from edgekit.targets import load_target
+
+    art = tmp / "ncnn-fp32"
+    say("[latency] convert raspberry-pi-5 fp32 (pnnx)")
+    try:
+        convert(model, load_target("raspberry-pi-5"), art, precision="fp32", input_size=spec.input_size)
+    except Exception as exc:  # the ncnn toolchain is optional
+        notes.append(f"NCNN skipped: conversion failed ({str(exc).splitlines()[0][:200]})")
+        return {}
+    entry = read_manifest(art).find("ncnn", "fp32")
+    param, weights = art / entry.file, art / entry.options["bin_file"]
+    blobs = list(entry.options["output_blobs"].values())
+    calls = {}
+    fp32 = NcnnNet(param, weights, entry.options["input_blob"], blobs, args.threads, int8=False)
+    calls["ncnn/fp32"] = lambda: fp32(tensor)
+    try:
+        from edgekit.quant.ncnn_int8 import emit_ncnn_int8
+    except Exception as exc:
+        notes.append(f"NCNN int8 skipped: edgekit.quant.ncnn_int8 cannot be imported ({exc})")
+        return calls
+    try:
+        result = CalibrationResult.load(intel_art / "calibration.json")
+        if file_sha256(art / "model.onnx") != result.model_sha256:
+            raise RuntimeError("the raspberry-pi-5 export differs from the intel-cpu one; calibration not reusable")
+        summary = emit_ncnn_int8(param, weights, art / "model.onnx", result, tmp / "ncnn_int8.param",
+                                 tmp / "ncnn_int8.bin")
+        int8 = NcnnNet(tmp / "ncnn_int8.param", tmp / "ncnn_int8.bin", entry.options["input_blob"], blobs,
+                       args.threads, int8=True)
+        int8(tensor)
+    except Exception as exc:
+        notes.append(f"NCNN int8 skipped: edgekit.quant.ncnn_int8 failed ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0][:200]})")
+        return calls
+    notes.append(f"NCNN int8: {len(summary['int8'])} layers int8, {len(summary['float'])} float "
+                 f"({'; '.join(sorted(set(summary['float'].values())))[:200] or '-'})")
+    calls["ncnn/int8 (edgekit)"] = lambda: int8(tensor)
+    return calls
+
+
+def format_latency(section: dict) -> str:
+    times = section["times"]
+    med = {name: statistics.median(values) for name, values in times.items()}
+    fp32_of = {"onnxruntime": "onnxruntime/fp32", "openvino": "openvino/fp32", "ncnn": "ncnn/fp32"}
+    nncf = med.get("openvino/int8 (NNCF)")
+    lines = ["| model | median ms | p90 ms | vs its backend's fp32 | vs NNCF int8 |", "|---|---|---|---|---|"]
+    for name, values in times.items():
+        base = med.get(fp32_of[name.split("/")[0]])
+        ratio = f"{med[name] / base:.2f}×" if base and name != fp32_of[name.split("/")[0]] else "1.00×"
+        vs_nncf = f"{med[name] / nncf:.3f}×" if nncf and name.startswith("openvino/int8") else ""
+        lines.append(f"| {name} | {med[name]:.2f} | {p90(values):.2f} | {ratio} | {vs_nncf} |")
+    return "\n".join(lines)
+
+
+def format_layers(section: dict) -> str:
+    layers = section["layers"]
+    names = list(layers)
+    keys = sorted(set().union(*layers.values()))
+    keys = [k for k in keys if k[0] not in ("Const", "Input", "Output")]
+    lines = ["| runtime layer (precision) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for kind, precision in keys:
+        lines.append(f"| {kind} ({precision}) | " + " | ".join(str(layers[n].get((kind, precision), 0)) for n in names) + " |")
+    consumers = section["consumers"]
+    lines += ["", "FakeQuantize consumers in the IR (where activations are quantised):"]
+    for name, counts in consumers.items():
+        lines.append(f"- {name}: {sum(counts.values())} FakeQuantize outputs feed "
+                     + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    return "\n".join(lines)
+
+
+def format_profile(profile: dict[str, Counter]) -> str:
+    names = list(profile)
+    keys = sorted(set().union(*profile.values()), key=lambda k: -max(profile[n].get(k, 0.0) for n in names))
+    lines = ["| layer type (exec type) | " + " | ".join(f"{n} ms" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for key in keys:
+        values = [profile[n].get(key, 0.0) for n in names]
+        if max(values) < 0.05:
+            continue
+        lines.append(f"| {key[0]} ({key[1]}) | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    lines.append("| **sum of medians** | " + " | ".join(f"{sum(profile[n].values()):.2f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+# --- 2. calibration time -------------------------------------------------------------------------
+
+
+class CyclicImages:
+    """``count`` network inputs from the bundled calibration set: each image as is, then flipped, then ..."""
+
+    def __init__(self, spec, count: int) -> None:
+        from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
+        from edgekit.runtime.preprocess import load_image
+
+        found = find_calibration_images(default_calibration_dir(), warn=lambda message: None)
+        self.images = [load_image(path) for path in found.paths]
+        self.spec, self.count = spec, count
+
+    def image(self, index: int) -> np.ndarray:
+        image = self.images[index % len(self.images)]
+        return np.ascontiguousarray(image[:, ::-1]) if (index // len(self.images)) % 2 else image
+
+    def __call__(self):
+        from edgekit.runtime.preprocess import preprocess
+
+        for index in range(self.count):
+            yield preprocess([self.image(index)], self.spec)[0]
+
+
+def calibration_section(args, onnx_path: Path, spec, tmp: Path) -> dict:
+    from edgekit.quant.collect import calibrate
+
+    source = CyclicImages(spec, args.calib_images)
+    started = time.perf_counter()
+    tensors = list(source())
+    preprocess_seconds = time.perf_counter() - started
+    rows = []
+    for method in args.methods:
+        say(f"[calibration] {method} on {args.calib_images} images at {spec.input_size} (load {load()})")
+        started = time.perf_counter()
+        result = calibrate(onnx_path, source, method=method)
+        seconds = time.perf_counter() - started
+        rows.append({"method": method, "seconds": seconds, "passes": 1 if method == "minmax" else 2,
+                     "load": load(), "layers": len(result.layers)})
+    nncf_row = None
+    if not args.skip_nncf_calibration:
+        say(f"[calibration] nncf.quantize on the same {len(tensors)} tensors (load {load()})")
+        fp32_xml = tmp / "ov_fp32.xml"
+        if not fp32_xml.is_file():
+            ov_fp32_ir(onnx_path, spec, fp32_xml)
+        nncf_row = {"seconds": nncf_quantize(fp32_xml, tensors, tmp / "ov_nncf_calib.xml"), "load": load()}
+    return {"rows": rows, "preprocess_seconds": preprocess_seconds, "count": len(tensors),
+            "distinct": len(source.images), "nncf": nncf_row}
+
+
+def format_calibration(section: dict, spec) -> str:
+    count = section["count"]
+    lines = ["| method | passes over the images | seconds | ms per image per pass | load at end |", "|---|---|---|---|---|"]
+    for row in section["rows"]:
+        lines.append(f"| edgekit {row['method']} | {row['passes']} | {row['seconds']:.1f} | "
+                     f"{row['seconds'] * 1000 / count / row['passes']:.0f} | {row['load']} |")
+    if section["nncf"]:
+        lines.append(f"| NNCF `quantize` (default: statistics + fast bias correction) | 1 + bias correction | "
+                     f"{section['nncf']['seconds']:.1f} | — | {section['nncf']['load']} |")
+    lines.append("")
+    lines.append(f"{count} tensors at {spec.input_size[0]}×{spec.input_size[1]}: the {section['distinct']} bundled "
+                 f"images, then the same images flipped horizontally (in memory). edgekit's times include decoding "
+                 f"nothing (images decoded once) but preprocessing every pass (letterbox + normalise: "
+                 f"{section['preprocess_seconds']:.1f} s for {count} images, measured alone); NNCF got the "
+                 f"{count} preprocessed tensors.")
+    return "\n".join(lines)
+
+
+# --- 3. accuracy ---------------------------------------------------------------------------------
+
+
+def accuracy_section(args, tmp: Path) -> dict:
+    from edgekit.convert.chain import convert
+    from edgekit.models.loading import load_checkpoint
+    from edgekit.quant.calibration import calibration_tensors, default_calibration_dir, find_calibration_images
+    from edgekit.quant.pipeline import Int8Options
+    from edgekit.runtime.artifact import read_manifest
+    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from edgekit.runtime.detector import Detector
+    from edgekit.targets import load_target
+    from edgekit.validate.coco_eval import evaluate_detections
+    from edgekit.validate.datasets import load_dataset
+    from edgekit.validate.run import map_postprocess, run_detector
+    from edgekit.validate.synth import generate
+
+    checkpoint = Path(__file__).resolve().parents[1] / "edgekit" / "zoo" / "yolov8.pt"
+    model = load_checkpoint(checkpoint)
+    size = tuple(model.spec.input_size)
+    val = generate(tmp / "val", "val", 0, progress=False)
+    dataset = load_dataset(val)
+    art = tmp / "fixture-int8"
+    say(f"[accuracy] convert {checkpoint.name} for intel-cpu int8 at {size} (defaults: mse, bundled set)")
+    convert(model, load_target("intel-cpu"), art, precision="int8", input_size=size, int8=Int8Options())
+    manifest = read_manifest(art)
+    spec = manifest.spec
+    found = find_calibration_images(default_calibration_dir(), limit=load_target("intel-cpu").calibration.images,
+                                    warn=lambda message: None)
+    tensors = list(calibration_tensors(found, spec))
+    fp32_xml = ov_fp32_ir(art / "model.onnx", spec, tmp / "fixture_ov_fp32.xml")
+    say(f"[accuracy] nncf.quantize on the same {len(tensors)} calibration tensors")
+    nncf_quantize(fp32_xml, tensors, tmp / "fixture_ov_nncf.xml")
+    runners = {
+        "onnxruntime/fp32": lambda: OnnxRuntimeRunner(art / "model.onnx", threads=args.threads),
+        "onnxruntime/int8 (Q/DQ)": lambda: OnnxRuntimeRunner(art / manifest.find("onnxruntime", "int8").file,
+                                                             threads=args.threads),
+        "openvino/fp32": lambda: ov_runner(fp32_xml, args.threads),
+        "openvino/int8 (edgekit)": lambda: ov_runner(art / manifest.find("openvino", "int8").file, args.threads),
+        "openvino/int8 (NNCF)": lambda: ov_runner(tmp / "fixture_ov_nncf.xml", args.threads),
+    }
+    rows = {}
+    for name, make in runners.items():
+        say(f"[accuracy] {name} on {len(dataset)} images")
+        with Detector(make(), spec, map_postprocess(spec)) as detector:
+            run = run_detector(detector, dataset, name)
+        metrics = evaluate_detections(dataset, run.detections)
+        rows[name] = (metrics.map_50_95, metrics.map_50)
+    layers = {"openvino/int8 (edgekit)": runtime_layers(art / manifest.find("openvino", "int8").file, args.threads),
+              "openvino/int8 (NNCF)": runtime_layers(tmp / "fixture_ov_nncf.xml", args.threads)}
+    int8_info = manifest.info.get("int8", {})
+    return {"rows": rows, "size": size, "images": len(dataset), "calib": len(tensors), "layers": layers,
+            "int8": int8_info}
+
+
+def format_accuracy(section: dict) -> str:
+    rows = section["rows"]
+    reference = {"onnxruntime": rows["onnxruntime/fp32"][0], "openvino": rows["openvino/fp32"][0]}
+    lines = ["| model | mAP@.5:.95 | mAP@.5 | drop vs its backend's fp32 (pts) |", "|---|---|---|---|"]
+    for name, (m, m50) in rows.items():
+        drop = (reference[name.split("/")[0]] - m) * 100
+        lines.append(f"| {name} | {m:.4f} | {m50:.4f} | {drop:+.2f} |")
+    return "\n".join(lines)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40, help="interleaved latency runs per model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--imgsz", type=int, default=640, help="input size of the latency and calibration-time model")
+    parser.add_argument("--latency-calib-images", type=int, default=32,
+                        help="calibration images for the latency models (ranges do not change latency)")
+    parser.add_argument("--calib-images", type=int, default=300)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--profile", action="store_true", help="OpenVINO per-layer profile of both int8 models")
+    parser.add_argument("--profile-runs", type=int, default=20)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-ncnn", action="store_true")
+    parser.add_argument("--skip-calibration", action="store_true")
+    parser.add_argument("--skip-nncf-calibration", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    args = parser.parse_args()
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+
+    import warnings
+
+    import torch
+
+    from edgekit.models import ModelConfig, build_model
+    from edgekit.quant.calibration import CalibrationWarning
+
+    warnings.filterwarnings("ignore", category=CalibrationWarning)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("yolov8", 80, (args.imgsz, args.imgsz), 0.25, 0.33),
+                        [f"c{i}" for i in range(80)]).eval()
+    command = "python benchmarks/bench_int8.py " + " ".join(sys.argv[1:])
+    out: list[str] = [f"command: `{command}`", ""]
+    started = time.perf_counter()
+
+    def calib_tensors_for(spec, count: int) -> list[np.ndarray]:
+        from edgekit.quant.calibration import calibration_tensors, default_calibration_dir, find_calibration_images
+
+        found = find_calibration_images(default_calibration_dir(), limit=count, force=True, warn=lambda m: None)
+        return list(calibration_tensors(found, spec))
+
+    with tempfile.TemporaryDirectory(prefix="bench-int8-") as name:
+        tmp = Path(name)
+        onnx_path = spec = None
+        if not args.skip_latency:
+            section = latency_section(args, tmp, model, calib_tensors_for)
+            onnx_path, spec = section["onnx"], section["spec"]
+            out += [f"### Latency, {args.imgsz}×{args.imgsz}, {args.threads} threads, {args.runs} interleaved runs "
+                    f"(load average {section['load'][0]} before, {section['load'][1]} after)", "",
+                    format_latency(section), ""]
+            out += [f"- {note}" for note in section["notes"]]
+            out += [f"- NNCF quantize on {args.latency_calib_images} tensors took {section['nncf_seconds']:.1f} s", ""]
+            out += ["What OpenVINO runs (compiled runtime model, f32 hint):", "", format_layers(section), ""]
+            if section["profile"]:
+                out += [f"OpenVINO per-layer profile (PERF_COUNT), median over {args.profile_runs} interleaved runs of "
+                        f"each layer type's summed real time (load average {load()}):", "",
+                        format_profile(section["profile"]), ""]
+            print("\n".join(out), flush=True)
+            out = []
+        if not args.skip_calibration:
+            if onnx_path is None:
+                from edgekit.convert.chain import export_artifact
+
+                export_artifact(model, tmp / "export")
+                onnx_path = tmp / "export" / "model.onnx"
+                spec = model.spec
+            section = calibration_section(args, onnx_path, spec, tmp)
+            out += [f"### Calibration time, {section['count']} images at {args.imgsz}×{args.imgsz}", "",
+                    format_calibration(section, spec), ""]
+            print("\n".join(out), flush=True)
+            out = []
+        if not args.skip_accuracy:
+            section = accuracy_section(args, tmp)
+            h, w = section["size"]
+            out += [f"### Accuracy: trained fixture edgekit/zoo/yolov8.pt at {h}×{w}, synthetic val split "
+                    f"({section['images']} images), {section['calib']} calibration images (load average {load()})", "",
+                    format_accuracy(section), "",
+                    "Runtime layers of the two OpenVINO int8 models at this size:", "",
+                    format_layers({"layers": section["layers"], "consumers": {}}).split("\n\nFakeQuantize")[0], ""]
+            print("\n".join(out), flush=True)
+            out = []
+    print(f"total {time.perf_counter() - started:.0f} s, load average at end {load()}")
+
+
+if __name__ == "__main__":
+    main()
