@@ -410,10 +410,10 @@ def format_calibration(section: dict, spec) -> str:
                      f"{section['nncf']['seconds']:.1f} | — | {section['nncf']['load']} |")
     lines.append("")
     lines.append(f"{count} tensors at {spec.input_size[0]}×{spec.input_size[1]}: the {section['distinct']} bundled "
-                 f"images, then the same images flipped horizontally (in memory). edgekit's times include decoding "
-                 f"nothing (images decoded once) but preprocessing every pass (letterbox + normalise: "
-                 f"{section['preprocess_seconds']:.1f} s for {count} images, measured alone); NNCF got the "
-                 f"{count} preprocessed tensors.")
+                 f"images, then the same images flipped horizontally (in memory). The images are decoded once "
+                 f"beforehand; edgekit's times include preprocessing on every pass, as ``convert`` does (letterbox + "
+                 f"normalise of all {count}: {section['preprocess_seconds']:.1f} s, measured alone); NNCF was given "
+                 f"the {count} preprocessed tensors.")
     return "\n".join(lines)
 
 

@@ -254,7 +254,9 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
                        cache=Path(calib_cache) if calib_cache else None, force=force_calib,
                        eval_paths=(Path(drift_data),) if drift_data else ())
     int8_flags = [flag for flag, value in (("--calib", calib), ("--calib-method", calib_method),
-                                           ("--drift-budget", drift_budget), ("--calib-cache", calib_cache))
+                                           ("--calib-images", calib_images), ("--percentile", percentile),
+                                           ("--drift-budget", drift_budget), ("--drift-data", drift_data),
+                                           ("--calib-cache", calib_cache), ("--force-calib", force_calib or None))
                   if value is not None]
 
     target = load_target(target_name)

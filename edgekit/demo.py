@@ -5,8 +5,11 @@
 2. run it with the numpy runtime on ONNX Runtime on the bundled images, next to the PyTorch
    reference, and print the parity;
 3. convert it for every target whose backend runs on this machine;
+   at every precision, INT8 included: calibrated once on the bundled calibration set, the one
+   result reused (``calibration.json``) for every backend's int8 model;
 4. validate every backend/precision on the synthetic validation split (mAP, Δ vs PyTorch,
-   agreement, latency).
+   agreement, latency);
+5. write the drift report (markdown, JSON, plots, side-by-side images) and say where it is.
 
     python -m edgekit.demo [--family yolov8] [--out demo_output] [--val-images 300]
 """
@@ -48,7 +51,8 @@ def run(family: str, out: Path, val_images: int) -> None:
     import torch
     from tqdm import tqdm
 
-    from edgekit.convert.chain import convert, export_artifact
+    from edgekit.convert.chain import CALIBRATION_FILE, convert, export_artifact
+    from edgekit.quant.pipeline import Int8Options
     from edgekit.models.loading import load_checkpoint
     from edgekit.reference.detector import ReferenceDetector
     from edgekit.runtime.backends import get_runner_class
@@ -97,6 +101,8 @@ def run(family: str, out: Path, val_images: int) -> None:
 
     _section("3. convert for every target whose backend runs here")
     converted = []
+    calibration: Path | None = None
+    int8_manifest = None
     built: set[tuple[str, str]] = {("onnxruntime", "fp32")}  # one artifact per backend/precision is enough here
     for name in target_names():
         target = load_target(name)
@@ -107,14 +113,22 @@ def run(family: str, out: Path, val_images: int) -> None:
         if not runs_here or target.backend_options.get("device", "CPU") != "CPU":
             print(f"{name:<18} skipped: {target.backend} {target.backend_options.get('device', '')} does not run on this machine")
             continue
-        precisions = [p for p in target.precisions if p != "int8" and (target.backend, p) not in built]
+        precisions = [p for p in target.precisions if (target.backend, p) not in built]
         built.update((target.backend, p) for p in precisions)
         for precision in precisions:
             artifact = out / f"{family}_{name}_{precision}"
             started = time.perf_counter()
             # at the fixture's own input size: the target's default size is for real cameras, not 160 px scenes
+            int8 = None
+            if precision == "int8":
+                # calibrate once; later int8 builds reuse the result (refused if it were another model's)
+                int8 = Int8Options(cache=calibration) if calibration else Int8Options()
             manifest = convert(model, target, artifact, precision=precision, input_size=model.spec.input_size,
-                               source=str(checkpoint), progress=lambda _: None)
+                               source=str(checkpoint), int8=int8, progress=lambda _: None)
+            if precision == "int8":
+                calibration = calibration or artifact / CALIBRATION_FILE
+                int8_manifest = manifest
+                built.add(("onnxruntime", "int8"))
             parity = manifest.info["parity"]
             worst = max((p.get("max_rel", 0.0) for p in parity.values() if p.get("checked", True)), default=0.0)
             print(f"{name:<18} {target.backend}/{precision:<5} built in {time.perf_counter() - started:5.1f} s, "
@@ -129,6 +143,16 @@ def run(family: str, out: Path, val_images: int) -> None:
     progress = lambda items, name: tqdm(items, desc=name, unit="img", leave=False, mininterval=2)  # noqa: E731
     report = validate_artifacts([onnx_artifact, *converted], dataset, reference_model=model, progress=progress)
     print(format_table(report))
+
+    _section("5. drift report")
+    from edgekit.validate.report import write_drift_report
+
+    if int8_manifest is not None:
+        info = int8_manifest.info["int8"]
+        print(f"int8: {info['quantized_layers']} of {info['layers']} layers in int8, calibrated once ({info.get('method')}, "
+              f"{info.get('images')} images from {info.get('calibration_dir')}) and reused for every backend")
+    written = write_drift_report(report, dataset, out / "drift_report", manifest=int8_manifest)
+    print(f"drift report (FP32 / FP16 / INT8 per backend vs PyTorch): {written['report.md']}")
     print(f"\nartifacts, drawings and data are in {out}/")
 
 

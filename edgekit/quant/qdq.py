@@ -22,7 +22,8 @@ tensorrt       int8 (sym.)  no (bias float)           TensorRT supports only sym
 Weights are always int8, symmetric, per output channel (``DequantizeLinear`` with ``axis``: opset
 >= 13; an older graph is upgraded first). Layers in ``result.float_layers`` are left untouched.
 Encodings: uint8 ``x ≈ (q - zp) · s`` from ``result.uint8_affine``; int8 ``x ≈ q · s`` from
-``result.int8_symmetric``; bias int32 ``b ≈ q · s_x · s_w[c]``.
+``result.int8_symmetric``; bias int32 ``b ≈ q · s_x · s_w[c]`` (``s_w[c]`` widened where the bias would not
+fit in int32, see ``_fit_int32_bias``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from edgekit.quant.result import CalibrationResult, int8_symmetric, quantize_wei
 
 #: per-channel DequantizeLinear (the ``axis`` attribute) needs opset 13
 MIN_QDQ_OPSET = 13
+#: largest |int32 bias code| emitted (see ``_fit_int32_bias``): 2^30 leaves 2^30 of int32 accumulator
+#: headroom for the products (each |(x_q - zp) * w_q| <= 255 * 127) in ORT's integer QLinearConv
+BIAS_CODE_LIMIT = 2**30
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
     # Conv outputs quantised in place: the conv writes "<y>_float", Q/DQ writes "<y>" again, so every
     # consumer (quantised or not) reads the quantised value, as ORT's QLinearConv would produce it.
     requantized_outputs: set[str] = set()
-    weight_dq: dict[str, str] = {}
+    weight_dq: dict[tuple[str, bytes], str] = {}  # (weight name, its scales) -> DQ output name
     new_nodes: list[onnx.NodeProto] = []
     found: set[str] = set()
     for index, node in enumerate(graph.node):
@@ -177,21 +181,25 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
             dequantized[x] = x_dq
         # weight: int8 per channel
         axis = weight_axis(layer.op_type)
-        if layer.weight not in weight_dq:
+        scales = np.asarray(layer.weight_scales, np.float32)
+        bias = None
+        if placement.quantize_bias and len(node.input) > 2 and node.input[2] in initializers:
+            bias = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64)
+            scales = _fit_int32_bias(scales, bias, builder.activation_scale(lo, hi, placement.activation_type))
+        weight_key = (layer.weight, scales.tobytes())
+        if weight_key not in weight_dq:
             weight = numpy_helper.to_array(initializers[layer.weight])
-            scales = np.asarray(layer.weight_scales, np.float32)
             q_weight = builder.constant(f"{layer.weight}_quantized", quantize_weight(weight, scales, axis))
             w_scale = builder.constant(f"{layer.weight}_scale", scales)
             w_zero = builder.constant(f"{layer.weight}_zero_point", np.zeros(len(scales), np.int8))
             w_dq = builder.fresh(f"{layer.weight}_dequantized")
             new_nodes.append(helper.make_node("DequantizeLinear", [q_weight, w_scale, w_zero], [w_dq], axis=axis,
                                               name=builder.fresh(f"{layer.weight}_DQ")))
-            weight_dq[layer.weight] = w_dq
-        inputs = [x_dq, weight_dq[layer.weight], *node.input[2:]]
+            weight_dq[weight_key] = w_dq
+        inputs = [x_dq, weight_dq[weight_key], *node.input[2:]]
         # bias: int32 with scale s_x * s_w[c] (ORT's fusion requires it)
-        if placement.quantize_bias and len(node.input) > 2 and node.input[2] in initializers:
-            bias = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64)
-            bias_scale = builder.activation_scale(lo, hi, placement.activation_type) * np.asarray(layer.weight_scales, np.float64)
+        if bias is not None:
+            bias_scale = builder.activation_scale(lo, hi, placement.activation_type) * scales.astype(np.float64)
             q_bias = np.clip(np.round(bias / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
             b_q = builder.constant(f"{node.input[2]}_quantized", q_bias)
             b_scale = builder.constant(f"{node.input[2]}_scale", bias_scale.astype(np.float32))
@@ -226,6 +234,20 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept + builder.initializers)
     return out
+
+
+def _fit_int32_bias(weight_scales: np.ndarray, bias: np.ndarray, input_scale: float) -> np.ndarray:
+    """Per-channel weight scales widened where the int32 bias code ``b / (s_x * s_w)`` would exceed BIAS_CODE_LIMIT.
+
+    A near-constant conv input (tiny ``s_x``) with a sizeable bias needs bias codes beyond int32:
+    saturating them silently replaces the bias by ``~2^31 * s_x * s_w``. Leaving the bias float does
+    not help either: ONNX Runtime's optimizer then quantises it to int32 itself, saturating the same
+    way. So, as ONNX Runtime's own quantiser does, the weight scale of such a channel is raised to
+    ``|b| / (s_x * BIAS_CODE_LIMIT)``: the bias fits, and the weights lose only what the tiny input
+    could never resolve (each product's extra error is at most ``~255 * |b| / 2^31``).
+    """
+    needed = np.abs(bias) / (float(input_scale) * BIAS_CODE_LIMIT)
+    return np.maximum(weight_scales.astype(np.float64), needed).astype(np.float32)
 
 
 def _head_conv_outputs(model: onnx.ModelProto) -> set[str]:

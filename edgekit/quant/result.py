@@ -6,7 +6,7 @@ Everything is keyed by the names in the fp32 ONNX graph the artifact carries (``
   tensor (already clipped by the observer). Emitters derive their own encoding from it:
   uint8 affine for ONNX Runtime / OpenVINO (``uint8_affine``), int8 symmetric for TensorRT and
   NCNN (``int8_symmetric``).
-- ``layers``: every quantisable layer (Conv / ConvTranspose / Gemm node) with its input, output and
+- ``layers``: every quantisable layer (Conv / ConvTranspose node) with its input, output and
   weight names and the per-output-channel symmetric int8 weight scales ``max|W_c| / 127``.
 - ``float_layers``: layer name -> why it stays in float (sensitivity ranking, user choice).
 
@@ -38,7 +38,7 @@ INT8_MAX = 127
 class QuantLayer:
     """One quantisable layer of the ONNX graph.
 
-    name: the ONNX node name. op_type: "Conv", "ConvTranspose" or "Gemm".
+    name: the ONNX node name. op_type: "Conv" or "ConvTranspose".
     input / output: its activation input and output tensor names. weight: the weight initializer name.
     weight_scales: per output channel, ``max|W_c| / 127`` (float, length = output channels; a
     channel of zeros gets scale 1.0 so that dequantisation stays finite).

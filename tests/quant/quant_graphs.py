@@ -23,7 +23,6 @@ from edgekit.spec import ONNX_METADATA_KEY
 from tests.onnx_graphs import fastestdet_like_spec
 
 SMALL_NET_CONVS = ("conv1", "conv2", "conv3", "conv4")
-SMALL_NET_HEADS = ("conv3", "conv4")
 
 
 def small_net_weights(seed: int = 0) -> dict[str, np.ndarray]:

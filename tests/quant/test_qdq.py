@@ -17,8 +17,6 @@ from edgekit.quant.collect import find_layers
 from edgekit.quant.qdq import PLACEMENTS, get_placement, write_qdq
 from edgekit.quant.result import CalibrationResult, file_sha256
 from tests.quant.quant_graphs import (
-    SMALL_NET_CONVS,
-    SMALL_NET_HEADS,
     conv_graph,
     ort_session,
     save,
@@ -244,11 +242,7 @@ def test_onnxruntime_placement_requantises_a_non_head_conv_output(tmp_path):
     rng = np.random.default_rng(11)
     w1, b1 = rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), rng.normal(0, 0.2, 4).astype(np.float32)
     w2 = rng.normal(0, 0.5, (2, 4, 1, 1)).astype(np.float32)
-    graph = conv_graph(w1, b1, size=8)
-    graph.graph.node[0].output[0] = "y1"
-    graph.graph.node.append(onnx.helper.make_node("Conv", ["y1", "w2"], ["output"], name="conv2"))
-    graph.graph.initializer.append(numpy_helper.from_array(w2, "w2"))
-    path = save(graph, tmp_path / "two.onnx")
+    path = save(two_conv_graph(w1, b1, w2), tmp_path / "two.onnx")
     x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
     x_range = (float(x.min()), float(x.max()))
     y1_float = simulate_conv(x, w1, b1, x_range, "onnxruntime", padding=1)   # conv1 before requantisation
@@ -269,6 +263,67 @@ def test_onnxruntime_placement_requantises_a_non_head_conv_output(tmp_path):
     c2, s2 = simulated_weight(w2)
     expected = F.conv2d(torch.from_numpy(y1_ort.astype(np.float64)), torch.from_numpy(c2 * s2.astype(np.float64))).numpy()
     assert np.abs(out_ort - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def two_conv_graph(w1, b1, w2, size=8):
+    """images -> conv1 (w1, b1, pad 1) -> y1 -> conv2 (w2, 1x1, no bias) -> output; conv1 is not a head conv."""
+    graph = conv_graph(w1, b1, size=size)
+    graph.graph.node[0].output[0] = "y1"
+    graph.graph.node.append(onnx.helper.make_node("Conv", ["y1", "w2"], ["output"], name="conv2"))
+    graph.graph.initializer.append(numpy_helper.from_array(w2, "w2"))
+    del graph.graph.output[0].type.tensor_type.shape.dim[1:2]
+    graph.graph.output[0].type.tensor_type.shape.dim.insert(1, onnx.TensorShapeProto.Dimension(dim_value=w2.shape[0]))
+    onnx.checker.check_model(graph)
+    return graph
+
+
+def test_a_bias_that_overflows_int32_widens_the_weight_scale_instead_of_saturating(tmp_path):
+    """A near-constant conv input (range ±1e-6) makes s_x · s_w ~1e-10: bias 5.0 would need a code of ~5e10.
+
+    Saturated to 2^31 - 1 it decodes to ~0.2 instead of 5.0: a wrong bias, silently (a real yolov8 head
+    with dead activations lost its class-logit bias this way). A float bias is no way out, ONNX Runtime's
+    optimizer quantises it to int32 itself. The weight scale of such a channel is widened so that the
+    bias code fits in 2^30, as ONNX Runtime's own quantiser does."""
+    rng = np.random.default_rng(5)
+    w1 = rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)
+    b1 = np.float32([5.0, -3.0, 1e-9, 0.0])   # channels 0 and 1 overflow, 2 and 3 do not
+    w2 = rng.normal(0, 0.5, (2, 4, 1, 1)).astype(np.float32)
+    path = save(two_conv_graph(w1, b1, w2), tmp_path / "two.onnx")
+    x = np.clip(rng.normal(0, 5e-7, (1, 3, 8, 8)), -1e-6, 1e-6).astype(np.float32)
+    x_range, y1_range = (-1e-6, 1e-6), (-4.0, 6.0)
+    result = hand_result(path, {"images": x_range, "y1": y1_range, "output": (-20.0, 20.0)})
+    s_x, _, _, _ = activation_encoding(*x_range, "onnxruntime")
+    _, s_w = simulated_weight(w1)
+    s_w = s_w.reshape(-1).astype(np.float64)
+    assert np.abs(b1[:2] / (np.float64(s_x) * s_w[:2])).min() > 2**31  # the premise: int32 cannot hold them
+
+    qdq = write_qdq(path, result, "onnxruntime", tmp_path / "qdq.onnx")
+    widened = np.abs(b1.astype(np.float64)) / (np.float64(s_x) * 2**30)
+    expected_scales = np.where(widened > s_w, widened, s_w).astype(np.float32)
+    np.testing.assert_allclose(initializer(qdq, "w_scale"), expected_scales, rtol=1e-7)
+    np.testing.assert_array_equal(initializer(qdq, "w_scale")[2:], np.float32(s_w[2:]))  # untouched channels
+    bias_codes = initializer(qdq, "b_quantized").astype(np.float64)
+    assert np.abs(bias_codes).max() <= 2**30 * (1 + 2**-23)  # 2^30, up to the float32 rounding of the scale
+    bias_scale = initializer(qdq, "b_scale").astype(np.float64)
+    # every bias decodes within half a step (plus the float32 rounding of the stored scale, 2^-24 relative)
+    assert np.all(np.abs(bias_codes * bias_scale - b1) <= bias_scale * 0.5 + np.abs(b1) * 2**-23)
+
+    # against the float model: the bias survives (y1 ≈ b1), only quantisation error remains
+    fp32 = {"y1": F.conv2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w1.astype(np.float64)),
+                           torch.from_numpy(b1.astype(np.float64)), padding=1).numpy()}
+    fp32["output"] = F.conv2d(torch.from_numpy(fp32["y1"]), torch.from_numpy(w2.astype(np.float64))).numpy()
+    s_y, _, _, _ = activation_encoding(*y1_range, "onnxruntime")
+    qdq.graph.output.append(onnx.helper.make_tensor_value_info("y1", onnx.TensorProto.FLOAT, None))
+    y1_ort = ort_session(qdq.SerializeToString(), optimize=False).run(["y1"], {"images": x})[0]
+    # half a y1 step, plus the widened weights' loss: 27 products of at most 255 |b| / 2^31 each
+    assert np.all(np.abs(y1_ort - fp32["y1"]).max(axis=(0, 2, 3)) <= s_y * 0.5 + 27 * 255 * np.abs(b1) / 2**31 + 1e-6)
+    # ONNX Runtime fused (integer QLinearConv for conv1): every y1 within one step, so each output within
+    # s_y · Σ|w2| plus conv2's own int8 weight rounding (|y1| <= 6, half a weight step per channel)
+    fused = ort_session(tmp_path / "qdq.onnx").run(None, {"images": x})[0]
+    _, s_w2 = simulated_weight(w2)
+    bound = s_y * np.abs(w2).sum(axis=(1, 2, 3)) + 6.0 * 4 * s_w2.reshape(-1) / 2
+    assert np.all(np.abs(fused - fp32["output"]).max(axis=(0, 2, 3)) <= bound), (np.abs(fused - fp32["output"]).max(), bound)
+    assert np.abs(fp32["output"]).max() > 2.0  # the bias carries the output: losing it would fail the bound
 
 
 # ------------------------------------------------------------------------------ backends really use int8
