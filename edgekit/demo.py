@@ -127,7 +127,7 @@ def run(family: str, out: Path, val_images: int) -> None:
                                source=str(checkpoint), int8=int8, progress=lambda _: None)
             if precision == "int8":
                 calibration = calibration or artifact / CALIBRATION_FILE
-                int8_manifest = manifest
+                int8_manifest = int8_manifest or manifest  # the one that calibrated (the others reuse it)
                 built.add(("onnxruntime", "int8"))
             parity = manifest.info["parity"]
             worst = max((p.get("max_rel", 0.0) for p in parity.values() if p.get("checked", True)), default=0.0)
