@@ -4,9 +4,10 @@
    random weights) converted by ``edgekit convert`` for intel-cpu at int8 (ONNX Runtime fp32, ONNX
    Runtime Q/DQ int8, edgekit's OpenVINO int8) plus OpenVINO fp32 (f32 hint), NNCF's default
    quantisation of that fp32 OpenVINO model (``nncf.quantize(model, nncf.Dataset(tensors))``, preset
-   performance, the same calibration tensors), NCNN fp32 and, when ``edgekit.quant.ncnn_int8`` works,
-   NCNN int8. All models are timed in one interleaved run (the model order rotates every run) on the
-   same preprocessed tensor; medians and p90s. What OpenVINO really executes is read from
+   performance, the same calibration tensors), and NCNN fp32 and int8 (``edgekit convert`` for
+   raspberry-pi-5 at this size; int8 from the same calibration result, skipped with a note when it
+   fails), all through edgekit's runners. All models are timed in one interleaved run (the model order
+   rotates every run) on the same preprocessed tensor; medians and p90s. What OpenVINO really executes is read from
    ``compiled.get_runtime_model()`` (runtime precision per layer type) and, with ``--profile``, from
    OpenVINO's per-layer performance counters.
 2. Calibration time for ``--calib-images`` (300) images at ``--imgsz`` with
@@ -85,42 +86,6 @@ def ov_runner(xml: Path, threads: int, profile: bool = False):
             config["INFERENCE_NUM_THREADS"] = threads
         return core.compile_model(core.read_model(str(xml)), "CPU", config)
     return runner
-
-
-class NcnnNet:
-    """A bare ncnn.Net for timing; the same code for fp32 and int8 files (``use_int8_inference`` = int8).
-
-    edgekit's NcnnRunner turns ``use_int8_inference`` off (its artifacts are float), so int8 files
-    cannot go through it; to keep the fp32/int8 ratio fair both run through this class.
-    """
-
-    def __init__(self, param: Path, weights: Path, input_blob: str, output_blobs: Sequence[str], threads: int,
-                 int8: bool) -> None:
-        import ncnn
-
-        self.net = ncnn.Net()
-        opt = self.net.opt
-        opt.use_vulkan_compute = False
-        opt.use_int8_inference = int8
-        opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = False
-        opt.use_bf16_storage = False
-        if threads > 0:
-            opt.num_threads = threads
-        if self.net.load_param(str(param)) != 0 or self.net.load_model(str(weights)) != 0:
-            raise RuntimeError(f"ncnn cannot load {param} / {weights}")
-        self.input_blob, self.output_blobs = input_blob, list(output_blobs)
-
-    def __call__(self, tensor: np.ndarray) -> list[np.ndarray]:
-        import ncnn
-
-        chw = np.ascontiguousarray(tensor[0], dtype=np.float32)
-        mat = ncnn.Mat(chw)
-        extractor = self.net.create_extractor()
-        extractor.input(self.input_blob, mat)
-        outputs = [np.array(extractor.extract(blob)[1].numpy()) for blob in self.output_blobs]
-        extractor.clear()
-        del mat, chw
-        return outputs
 
 
 def runtime_layers(xml: Path, threads: int) -> Counter:
@@ -262,46 +227,39 @@ def latency_section(args, tmp: Path, model, calib_tensors_for: Callable) -> dict
 
 
 def ncnn_models(args, tmp: Path, model, intel_art: Path, spec, tensor: np.ndarray, notes: list[str]) -> dict:
-    """NCNN fp32 (edgekit convert, raspberry-pi-5 target at fp32) and int8 (edgekit.quant.ncnn_int8), if it works."""
+    """NCNN fp32 and int8 (``edgekit convert`` for raspberry-pi-5 at the latency size), both through NcnnRunner.
+
+    The int8 artifact reuses the intel-cpu artifact's calibration (``Int8Options(cache=...)``: the export is
+    the same graph), so every int8 model of the run comes from one calibration result.
+    """
     from edgekit.convert.chain import convert
-    from edgekit.quant.result import CalibrationResult, file_sha256
+    from edgekit.quant.pipeline import Int8Options
     from edgekit.runtime.artifact import read_manifest
+    from edgekit.runtime.backends.ncnn import NcnnRunner
     from edgekit.targets import load_target
 
-    art = tmp / "ncnn-fp32"
-    say("[latency] convert raspberry-pi-5 fp32 (pnnx)")
-    try:
-        convert(model, load_target("raspberry-pi-5"), art, precision="fp32", input_size=spec.input_size)
-    except Exception as exc:  # the ncnn toolchain is optional
-        notes.append(f"NCNN skipped: conversion failed ({str(exc).splitlines()[0][:200]})")
-        return {}
-    entry = read_manifest(art).find("ncnn", "fp32")
-    param, weights = art / entry.file, art / entry.options["bin_file"]
-    blobs = list(entry.options["output_blobs"].values())
+    feeds = {spec.input_name: tensor}
     calls = {}
-    fp32 = NcnnNet(param, weights, entry.options["input_blob"], blobs, args.threads, int8=False)
-    calls["ncnn/fp32"] = lambda: fp32(tensor)
-    try:
-        from edgekit.quant.ncnn_int8 import emit_ncnn_int8
-    except Exception as exc:
-        notes.append(f"NCNN int8 skipped: edgekit.quant.ncnn_int8 cannot be imported ({exc})")
-        return calls
-    try:
-        result = CalibrationResult.load(intel_art / "calibration.json")
-        if file_sha256(art / "model.onnx") != result.model_sha256:
-            raise RuntimeError("the raspberry-pi-5 export differs from the intel-cpu one; calibration not reusable")
-        summary = emit_ncnn_int8(param, weights, art / "model.onnx", result, tmp / "ncnn_int8.param",
-                                 tmp / "ncnn_int8.bin")
-        int8 = NcnnNet(tmp / "ncnn_int8.param", tmp / "ncnn_int8.bin", entry.options["input_blob"], blobs,
-                       args.threads, int8=True)
-        int8(tensor)
-    except Exception as exc:
-        notes.append(f"NCNN int8 skipped: edgekit.quant.ncnn_int8 failed ({type(exc).__name__}: "
-                     f"{str(exc).splitlines()[0][:200]})")
-        return calls
-    notes.append(f"NCNN int8: {len(summary['int8'])} layers int8, {len(summary['float'])} float "
-                 f"({'; '.join(sorted(set(summary['float'].values())))[:200] or '-'})")
-    calls["ncnn/int8 (edgekit)"] = lambda: int8(tensor)
+    for precision in ("fp32", "int8"):
+        art = tmp / f"ncnn-{precision}"
+        say(f"[latency] convert raspberry-pi-5 {precision} (pnnx)")
+        try:
+            convert(model, load_target("raspberry-pi-5"), art, precision=precision, input_size=spec.input_size,
+                    int8=Int8Options(cache=intel_art / "calibration.json") if precision == "int8" else None)
+            entry = read_manifest(art).find("ncnn", precision)
+            runner = NcnnRunner.from_artifact(art / entry.file, entry.options, threads=args.threads)
+            runner.activate()
+            runner.infer(feeds)
+        except Exception as exc:  # the ncnn toolchain is optional; int8 is new
+            notes.append(f"NCNN {precision} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        if precision == "int8":
+            info = entry.options.get("int8", {})
+            floats = info.get("float_layers", {})
+            notes.append(f"NCNN int8: {info.get('layers', '?')} layers int8, {len(floats)} float"
+                         + (f" ({'; '.join(sorted(set(floats.values())))[:200]})" if floats else ""))
+        calls[f"ncnn/{precision}" + (" (edgekit)" if precision == "int8" else "")] = (
+            lambda r=runner: r.infer(feeds))
     return calls
 
 

@@ -61,7 +61,10 @@ def bench_artifact(artifact: str | Path, image: ImageLike, backends: Sequence[st
         if backends and entry.backend not in backends:
             continue
         try:
-            runnable = get_runner_class(entry.backend).is_available() and not entry.options.get("built_on_device")
+            # an engine built on the device (TensorRT) runs once its build script has written it
+            engine = entry.options.get("engine")
+            built = not entry.options.get("built_on_device") or bool(engine and (artifact / str(engine)).is_file())
+            runnable = built and get_runner_class(entry.backend).is_available()
         except EdgekitError:
             runnable = False
         if not runnable:

@@ -159,14 +159,17 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
                 available = get_runner_class(entry.backend).is_available()
             except EdgekitError:
                 available = False
-            if not available or entry.options.get("built_on_device"):
-                report.skipped.append((name, "backend not installed here" if not available
-                                       else "engine is built on the device"))
+            # an engine built on the device (TensorRT) is not in the artifact until its build script has run
+            engine = entry.options.get("engine") if entry.options.get("built_on_device") else None
+            unbuilt = entry.options.get("built_on_device") and not (engine and (artifact / str(engine)).is_file())
+            if not available or unbuilt:
+                report.skipped.append((name, "backend not installed here" if not available else
+                                       f"engine not built yet (run ./{entry.options.get('build_script')} on the device)"))
                 continue
             with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads) as detector:
                 detector.postprocess_spec = map_postprocess(manifest.spec)
                 run = run_detector(detector, dataset, name, progress)
-            files = [entry.file, *entry.options.get("companion_files", [])]
+            files = [str(engine) if engine else entry.file, *entry.options.get("companion_files", [])]
             report.runs.append(replace(run, size_bytes=sum((artifact / f).stat().st_size for f in files)))
             if not report.reference:
                 report.reference = name

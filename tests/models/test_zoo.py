@@ -22,7 +22,10 @@ MAP_BAR = 0.5
 #: fixtures bundled below the bar (trained, usable for parity and INT8 tests, not yet good enough):
 #: family -> why. Their bar test is a strict xfail, so reaching the bar turns it into a failure to
 #: clean up here.
-BELOW_BAR: dict[str, str] = {}
+BELOW_BAR: dict[str, str] = {
+    "yolov6": "0.481 after 8 epochs on 4000 images (benchmarks/RESULTS.md); needs a longer run than this CPU "
+              "allowed so far",
+}
 #: the wheel's zoo budget (issue 3)
 ZOO_BUDGET_BYTES = 20_000_000
 

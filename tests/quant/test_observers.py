@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.errors import CalibrationError
 from edgekit.quant import observers
 from edgekit.quant.observers import (
+    HISTOGRAM_SAMPLES,
     HISTOGRAM_BINS,
     TensorStats,
     entropy_threshold,
@@ -195,7 +196,8 @@ def test_mse_threshold_minimises_the_brute_force_quantisation_error(distribution
     else:
         values = np.concatenate([rng.normal(0.0, 1.0, 200_000), [12.0]])
     values = values.astype(np.float32)
-    stats = stats_of(values)
+    # fed as "images" of at most HISTOGRAM_SAMPLES values, so every sample is binned (no subsampling)
+    stats = stats_of(*np.array_split(values, -(-values.size // HISTOGRAM_SAMPLES)))
     chosen = mse_threshold(stats)
     # the oracle: quantise the samples with each of the 256 candidate thresholds top * k / 256
     step = stats.absmax / 256
@@ -386,3 +388,18 @@ def test_with_float_layers_refuses_unknown_layers():
     with pytest.raises(CalibrationError, match="no layer 'nope'"):
         result.layer("nope")
     assert result.layer("up").op_type == "ConvTranspose"
+
+
+def test_large_tensors_are_subsampled_for_the_histogram_but_not_for_the_range():
+    rng = np.random.default_rng(3)
+    values = rng.laplace(0.0, 1.0, 40 * HISTOGRAM_SAMPLES).astype(np.float32)
+    values[12345] = 50.0  # an extreme the stride skips: the range pass still sees it
+    stats = stats_of(values)
+    assert stats.hi == 50.0
+    stride = (values.size // HISTOGRAM_SAMPLES) | 1
+    assert stats.histogram.sum() == len(values[::stride])
+    # the subsample estimates the distribution: its 99th percentile of |x| (exact: ln 100 = 4.61 for a unit
+    # Laplace) has a standard error of sqrt(p(1-p)/n) / density = sqrt(0.0099 / 65536) / 0.005 = 0.078 at
+    # n = 65536 samples; allow 4 standard errors plus one bin
+    exact = float(np.percentile(np.abs(values), 99.0))
+    assert abs(percentile_threshold(stats, 99.0) - exact) <= 4 * 0.078 + stats.absmax / HISTOGRAM_BINS

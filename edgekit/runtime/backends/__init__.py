@@ -14,6 +14,7 @@ _RUNNERS: dict[str, str] = {
     "onnxruntime": "edgekit.runtime.backends.onnxruntime:OnnxRuntimeRunner",
     "openvino": "edgekit.runtime.backends.openvino:OpenVinoRunner",
     "ncnn": "edgekit.runtime.backends.ncnn:NcnnRunner",
+    "tensorrt": "edgekit.runtime.backends.tensorrt:TensorRtRunner",
 }
 
 
