@@ -17,7 +17,7 @@ def test_every_shipped_profile_loads():
 def test_intel_cpu_profile_values():
     target = load_target("intel-cpu")
     assert (target.backend, target.precision, target.input_size) == ("openvino", "fp32", (640, 640))
-    assert target.calibration.method == "entropy" and target.backend_options["device"] == "CPU"
+    assert target.calibration.method == "mse" and target.backend_options["device"] == "CPU"
 
 
 def test_unknown_target_suggests_a_close_name():

@@ -221,6 +221,9 @@ def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Optio
 def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, model: nn.Module,
                    progress: Progress) -> dict[str, Any]:
     """Run the freshly built backend model against PyTorch, when the backend runs on this machine."""
+    if entry.options.get("built_on_device"):  # TensorRT: the engine does not exist until the device builds it
+        progress(f"build   {entry.backend}/{entry.precision}: ONNX + build script written; the engine is built on the device")
+        return {"checked": False}
     try:
         runner_class = get_runner_class(entry.backend)
     except EdgekitError:  # a backend with a builder but no runner in this edgekit (runs on the device only)

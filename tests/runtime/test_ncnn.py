@@ -414,8 +414,8 @@ def test_conversion_fails_when_ncnn_disagrees_with_onnxruntime(tmp_path):
 def test_unknown_precision_is_refused():
     from edgekit.convert.builders import get_builder
 
-    with pytest.raises(ConversionError, match="cannot build precision 'int8'"):
-        get_builder("ncnn").check_precision("int8")
+    with pytest.raises(ConversionError, match="cannot build precision 'bf16'"):
+        get_builder("ncnn").check_precision("bf16")
 
 
 @needs_pnnx
