@@ -11,13 +11,22 @@ placement      activations  conv outputs quantised   why
 onnxruntime    uint8        yes (bias int32)          ORT's QDQ fusion needs the full
                                                       DQ(x), DQ(w), DQ(b) -> Conv -> Q(y) unit
 openvino       uint8        no (bias float)           OpenVINO's CPU int8 convolutions take u8
-                                                      activations; signed int8 activations fail
-                                                      to compile ("No suitable implementations",
-                                                      ../shared/FINDINGS.md); FakeQuantize on the
-                                                      conv inputs and weights, as NNCF places it
+                                                      activations (signed int8 activations failed
+                                                      to compile in ../shared/FINDINGS.md); Q/DQ
+                                                      on the *producer* side (see below)
 tensorrt       int8 (sym.)  no (bias float)           TensorRT supports only symmetric int8
                                                       (zero point 0) and fuses the rest itself
 =============  ===========  =======================  ==========================================
+
+Producer-side placement (openvino). A conv input is often not a conv output but a Split (C2f), Concat,
+MaxPool (SPPF) or Resize of one. Q/DQ at the conv input then leaves those ops in f32 and turns each
+Q/DQ into a stand-alone f32 kernel: OpenVINO ran it at 1.06-1.09x NNCF's INT8 latency
+(benchmarks/RESULTS.md). Instead each conv input is traced up through Split / Concat / MaxPool /
+Resize to the tensors that produce it (an activation output, an Add, the graph input) and ONE Q/DQ
+pair goes right after each such tensor, read by every consumer: it fuses into the producing conv as a
+post-op and Split / Pooling / Resize / Concat run on u8, as NNCF places FakeQuantize. Tensors that
+feed the same conv input share one scale (the union of the calibrated ranges of the conv inputs
+they reach), so a Concat joins equally scaled inputs. Measured: 0.99-1.01x NNCF's latency.
 
 Weights are always int8, symmetric, per output channel (``DequantizeLinear`` with ``axis``: opset
 >= 13; an older graph is upgraded first). Layers in ``result.float_layers`` are left untouched.
@@ -52,11 +61,12 @@ class QdqPlacement:
     activation_type: str      # "uint8" (affine) or "int8" (symmetric)
     quantize_outputs: bool    # also Q/DQ each quantised conv's output
     quantize_bias: bool       # int32 bias through DequantizeLinear (needed by ORT's fusion)
+    producer_side: bool = False  # Q/DQ where the activation is produced, not at each conv input
 
 
 PLACEMENTS = {
     "onnxruntime": QdqPlacement("onnxruntime", "uint8", quantize_outputs=True, quantize_bias=True),
-    "openvino": QdqPlacement("openvino", "uint8", quantize_outputs=False, quantize_bias=False),
+    "openvino": QdqPlacement("openvino", "uint8", quantize_outputs=False, quantize_bias=False, producer_side=True),
     "tensorrt": QdqPlacement("tensorrt", "int8", quantize_outputs=False, quantize_bias=False),
 }
 
@@ -159,19 +169,45 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
     weight_dq: dict[tuple[str, bytes], str] = {}  # (weight name, its scales) -> DQ output name
     new_nodes: list[onnx.NodeProto] = []
     found: set[str] = set()
+    # producer-side placement: source tensor -> its DQ output (read by every consumer), and the conv
+    # inputs that are covered by those (they need no Q/DQ of their own)
+    produced_dq: dict[str, str] = {}
+    covered: set[str] = set()
+    float_names = {layer.name for layer in result.layers} - set(wanted)
+    if placement.producer_side:
+        sources = _producer_sources(model, [layer for layer in result.quantized_layers], range_of)
+        covered = {layer.input for layer in result.quantized_layers}
+        produced_dq = {tensor: builder.fresh(f"{tensor}_dequantized") for tensor in sources}
+        for graph_input in graph.input:
+            if graph_input.name in sources:
+                new_nodes += builder.activation_qdq(graph_input.name, *sources[graph_input.name],
+                                                    placement.activation_type, produced_dq[graph_input.name])
     for index, node in enumerate(graph.node):
         name = layer_name(node, index)
         layer = wanted.get(name)
+        # a layer kept in float reads the float tensor even where its producer is quantised for others
+        if produced_dq and name not in float_names and any(i in produced_dq for i in node.input):
+            renamed = onnx.NodeProto()
+            renamed.CopyFrom(node)
+            for k, tensor in enumerate(renamed.input):
+                renamed.input[k] = produced_dq.get(tensor, tensor)
+            node = renamed
         if layer is None:
             new_nodes.append(node)
+            for output in node.output:
+                if output in produced_dq:
+                    new_nodes += builder.activation_qdq(output, *sources[output], placement.activation_type,
+                                                        produced_dq[output])
             continue
         found.add(name)
-        if node.input[0] != layer.input or node.input[1] != layer.weight:
+        if graph.node[index].input[0] != layer.input or node.input[1] != layer.weight:
             raise CalibrationError(f"layer {name!r}: the graph does not match the calibration result")
         x = node.input[0]
-        lo, hi = range_of(x)
+        lo, hi = range_of(layer.input)
         # activation input
-        if x in requantized_outputs:
+        if layer.input in covered:
+            x_dq = x  # already the DQ output of its producer, or derived from such through Split/Concat/…
+        elif x in requantized_outputs:
             x_dq = x
         elif x in dequantized:
             x_dq = dequantized[x]
@@ -221,6 +257,10 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
             requantized_outputs.add(y)
         else:
             new_nodes.append(conv)
+        for output in conv.output:
+            if output in produced_dq:  # a conv output that another conv reads through Split/Concat/…
+                new_nodes += builder.activation_qdq(output, *sources[output], placement.activation_type,
+                                                    produced_dq[output])
     missing = sorted(set(wanted) - found)
     if missing:
         raise CalibrationError(f"layers of the calibration result not in the graph: {', '.join(missing[:5])}")
@@ -279,3 +319,49 @@ def _head_conv_outputs(model: onnx.ModelProto) -> set[str]:
                 if consumer.op_type not in ("Conv", "ConvTranspose"):
                     frontier.extend(consumer.output)
     return heads
+
+
+#: ops an activation passes through unchanged in value range (each output is a selection or copy of
+#: input values), so a Q/DQ before them is equivalent to one after them, and OpenVINO runs them on u8
+RANGE_PRESERVING_OPS = {"Split", "Concat", "MaxPool", "Resize"}
+
+
+def _producer_sources(model: onnx.ModelProto, layers, range_of) -> dict[str, tuple[float, float]]:
+    """Producer-side placement: the tensors to Q/DQ and the range of each (see the module docstring).
+
+    Each quantised conv's input is traced up through RANGE_PRESERVING_OPS (all Concat inputs, the data
+    input of the others) to its source tensors. Sources linked through any conv input share a group
+    (union-find); a group's range is the union of the calibrated ranges of its conv inputs.
+    """
+    producer = {output: node for node in model.graph.node for output in node.output}
+    parent: dict[str, str] = {}
+
+    def find(tensor: str) -> str:
+        parent.setdefault(tensor, tensor)
+        while parent[tensor] != tensor:
+            parent[tensor] = parent[parent[tensor]]
+            tensor = parent[tensor]
+        return tensor
+
+    sources: set[str] = set()
+    for layer in layers:
+        find(layer.input)
+        stack, seen = [layer.input], set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            node = producer.get(tensor)
+            if node is not None and node.op_type in RANGE_PRESERVING_OPS:
+                stack.extend(node.input if node.op_type == "Concat" else node.input[:1])
+                continue
+            sources.add(tensor)
+            parent[find(tensor)] = find(layer.input)
+    group_range: dict[str, tuple[float, float]] = {}
+    for layer in layers:
+        lo, hi = range_of(layer.input)
+        root = find(layer.input)
+        old_lo, old_hi = group_range.get(root, (lo, hi))
+        group_range[root] = (min(old_lo, lo), max(old_hi, hi))
+    return {tensor: group_range[find(tensor)] for tensor in sources}

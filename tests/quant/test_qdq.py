@@ -417,3 +417,65 @@ def test_an_opset_11_graph_is_upgraded_for_per_channel_dq(net, tmp_path):
     out11 = ort_session(tmp_path / "qdq11.onnx", optimize=False).run(None, {"images": x})[0]
     out17 = ort_session(tmp_path / "qdq17.onnx", optimize=False).run(None, {"images": x})[0]
     np.testing.assert_array_equal(out11, out17)  # the upgrade changed nothing numeric
+
+
+# ------------------------------------------------------------------------- producer-side (openvino)
+
+
+@pytest.fixture(scope="module")
+def tiny_yolov8(tmp_path_factory):
+    """A width-0.125 yolov8 at 64x64 (C2f: Split -> conv, SPPF: MaxPool -> Concat -> conv), minmax-calibrated."""
+    import torch
+
+    from edgekit.convert.chain import export_artifact
+    from edgekit.models import ModelConfig, build_model
+    from edgekit.quant.collect import calibrate
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("yolov8", num_classes=3, input_size=(64, 64), width=0.125), ["a", "b", "c"])
+    out = tmp_path_factory.mktemp("tiny-yolov8")
+    export_artifact(model, out)
+    rng = np.random.default_rng(0)
+    tensors = [rng.random((1, 3, 64, 64), dtype=np.float32) for _ in range(4)]
+    return out / "model.onnx", calibrate(out / "model.onnx", lambda: tensors, method="minmax")
+
+
+def test_openvino_placement_quantises_producers_not_conv_inputs(tiny_yolov8, tmp_path):
+    path, result = tiny_yolov8
+    model = write_qdq(path, result, "openvino", tmp_path / "ov.onnx")
+    producer = {o: n for n in model.graph.node for o in n.output}
+    activation_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    # one Q/DQ per source tensor, never on the output of a Split / Concat / MaxPool / Resize
+    assert activation_q
+    assert all(producer.get(q.input[0]) is None or producer[q.input[0]].op_type not in ("Split", "Concat", "MaxPool", "Resize")
+               for q in activation_q)
+    # fewer activation Q/DQ than quantised convs: C2f's Split feeds several convs through one Q/DQ
+    assert len(activation_q) < len(result.quantized_layers)
+    # every quantised conv still reads a dequantised activation (directly or through Split/Concat/...)
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            tensor = node.input[0]
+            while producer.get(tensor) is not None and producer[tensor].op_type in ("Split", "Concat", "MaxPool", "Resize"):
+                tensor = producer[tensor].input[0]
+            assert producer[tensor].op_type == "DequantizeLinear", node.name
+
+
+def test_openvino_placement_runs_split_and_pooling_on_u8(tiny_yolov8, tmp_path):
+    ov = pytest.importorskip("openvino")
+    path, result = tiny_yolov8
+    write_qdq(path, result, "openvino", tmp_path / "ov.onnx")
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(tmp_path / "ov.onnx")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    kinds = Counter((op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+                    for op in compiled.get_runtime_model().get_ops())
+    assert kinds[("Split", "f32")] == 0 and kinds[("Split", "u8")] > 0, kinds
+    assert kinds[("Pooling", "f32")] == 0 and kinds[("Pooling", "u8")] > 0, kinds
+    assert kinds[("Convolution", "f32")] == 0
+    # and the numbers: OpenVINO's int8 agrees with ONNX Runtime running the same Q/DQ graph
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    expected = ort.InferenceSession(str(tmp_path / "ov.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    got = list(compiled({"images": x}).values())
+    for want, have in zip(expected, got):
+        assert np.abs(have - want).max() <= 0.05 * np.abs(want).max()
