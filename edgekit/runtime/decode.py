@@ -52,7 +52,10 @@ class Candidates:
     labels: np.ndarray
 
 
-DecoderFn = Callable[[Sequence[np.ndarray], ModelSpec], Candidates]
+#: (outputs, spec, score_threshold) -> Candidates. ``score_threshold`` (None: decode everything) lets a
+#: decoder skip the box math of candidates whose score is <= it: they will be dropped by the score
+#: filter anyway; their boxes are then left at 0. Scores and labels are always complete.
+DecoderFn = Callable[[Sequence[np.ndarray], ModelSpec, "float | None"], Candidates]
 
 DECODERS: dict[str, DecoderFn] = {}
 
@@ -77,7 +80,8 @@ def get_decoder(kind: str) -> DecoderFn:
         raise SpecError(f"unknown head kind {kind!r}; known kinds: {', '.join(sorted(DECODERS))}") from None
 
 
-def decode(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
+def decode(outputs: Sequence[np.ndarray], spec: ModelSpec,
+           score_threshold: float | None = None) -> Candidates:
     """Decode raw head outputs (in ``spec.head.output_names`` order) into :class:`Candidates`.
 
     Converts each output to float32 (no copy when it already is) and rejects NaN/inf once
@@ -97,7 +101,7 @@ def decode(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
                 f"model output {name!r} contains {what} values (head kind {spec.head.kind!r}); "
                 "the backend or its precision produced invalid numbers")
         arrays.append(arr)
-    return decoder(arrays, spec)
+    return decoder(arrays, spec, score_threshold)
 
 
 # --- shared helpers --------------------------------------------------------------------------
@@ -206,7 +210,8 @@ def _allocate(batch: int, n: int) -> Candidates:
 # --- yolo_anchor (YOLOv5 family) ---------------------------------------------------------------
 
 @register_decoder("yolo_anchor")
-def decode_yolo_anchor(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
+def decode_yolo_anchor(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                       score_threshold: float | None = None) -> Candidates:
     """YOLOv5 anchor head: per level ``[B, na*(5+nc), H, W]``, channels (anchor, [x, y, w, h, obj, cls...]).
 
     xy = (2*sig(t_xy) - 0.5 + cell) * stride, wh = (2*sig(t_wh))^2 * anchor,
@@ -260,7 +265,8 @@ def decode_yolo_anchor(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candid
 # --- yolox -------------------------------------------------------------------------------------
 
 @register_decoder("yolox")
-def decode_yolox(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
+def decode_yolox(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                 score_threshold: float | None = None) -> Candidates:
     """YOLOX anchor-free head: per level ``[B, 4+1+nc, H, W]`` = (reg, obj logit, cls logits).
 
     xy = (reg_xy + cell) * stride, wh = exp(reg_wh) * stride, score = sig(obj) * sig(max_c cls_c).
@@ -295,7 +301,8 @@ def decode_yolox(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
 # --- dfl (YOLOv8 / v11 family) -----------------------------------------------------------------
 
 @register_decoder("dfl")
-def decode_dfl(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
+def decode_dfl(outputs: Sequence[np.ndarray], spec: ModelSpec,
+               score_threshold: float | None = None) -> Candidates:
     """Distribution-focal-loss head: per level ``[B, 4*reg_max + nc, H, W]``.
 
     The first 4*reg_max channels are (side in l, t, r, b) x (bin 0..reg_max-1) logits; each
@@ -321,26 +328,53 @@ def decode_dfl(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
         b, c, h, w = arr.shape
         n = h * w
         x = arr.reshape(b, c, n)
-        bins = x[:, :4 * reg_max].reshape(b, 4, reg_max, n)
-        # Stable softmax expectation: sum_i e_i * i / sum_i e_i with e_i = exp(bin_i - max bin).
-        e = bins - bins.max(axis=2, keepdims=True)
-        np.exp(e, out=e)
-        dist = np.matmul(bin_index, e)  # [B, 4, n]
-        dist /= e.sum(axis=2)
-        dist *= stride
         gx, gy = _cell_xy(h, w)
-        ax = (gx + 0.5) * stride
-        ay = (gy + 0.5) * stride
         out = result.boxes[:, start:start + n]
-        np.subtract(ax, dist[:, 0], out=out[..., 0])
-        np.subtract(ay, dist[:, 1], out=out[..., 1])
-        np.add(ax, dist[:, 2], out=out[..., 2])
-        np.add(ay, dist[:, 3], out=out[..., 3])
-        best, labels = _best_class(x[:, 4 * reg_max:], axis=1)
-        result.scores[:, start:start + n] = _sigmoid(best)
-        result.labels[:, start:start + n] = labels
+        if score_threshold is None:
+            best, labels = _best_class(x[:, 4 * reg_max:], axis=1)
+            result.scores[:, start:start + n] = _sigmoid(best)
+            result.labels[:, start:start + n] = labels
+            _dfl_boxes(x[:, :4 * reg_max], gx, gy, stride, reg_max, bin_index, out)
+        else:
+            # Only cells that can pass the score filter need the argmax and the DFL softmax (the
+            # two costliest steps): max over classes is one contiguous reduction; sigmoid is monotonic.
+            best = x[:, 4 * reg_max:].max(axis=1)  # [B, n]
+            scores = _sigmoid(best)
+            result.scores[:, start:start + n] = scores
+            result.labels[:, start:start + n] = 0
+            out[...] = 0.0
+            for image in range(b):
+                keep = np.flatnonzero(scores[image] > score_threshold)
+                if keep.size == 0:
+                    continue
+                result.labels[image, start + keep] = np.argmax(x[image, 4 * reg_max:, keep], axis=1)
+                sub = np.empty((1, keep.size, 4), np.float32)
+                _dfl_boxes(x[image:image + 1, :4 * reg_max, keep], gx[keep], gy[keep], stride, reg_max, bin_index, sub)
+                out[image, keep] = sub[0]
         start += n
     return result
+
+
+def _dfl_boxes(bins_flat: np.ndarray, gx: np.ndarray, gy: np.ndarray, stride: float, reg_max: int,
+               bin_index: np.ndarray, out: np.ndarray) -> None:
+    """DFL box regression into ``out`` [B, n, 4] (xyxy): ``bins_flat`` [B, 4*reg_max, n] logits.
+
+    Each side's distance is the softmax expectation ``sum_i e_i * i / sum_i e_i`` with
+    ``e_i = exp(bin_i - max bin)`` (stable), times the stride, from the anchor (cell + 0.5) * stride.
+    """
+    b, _, n = bins_flat.shape
+    bins = bins_flat.reshape(b, 4, reg_max, n)
+    e = bins - bins.max(axis=2, keepdims=True)
+    np.exp(e, out=e)
+    dist = np.matmul(bin_index, e)  # [B, 4, n]
+    dist /= e.sum(axis=2)
+    dist *= stride
+    ax = (gx + 0.5) * stride
+    ay = (gy + 0.5) * stride
+    np.subtract(ax, dist[:, 0], out=out[..., 0])
+    np.subtract(ay, dist[:, 1], out=out[..., 1])
+    np.add(ax, dist[:, 2], out=out[..., 2])
+    np.add(ay, dist[:, 3], out=out[..., 3])
 
 
 # --- centernet ---------------------------------------------------------------------------------
@@ -386,7 +420,8 @@ def _topk_desc(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 @register_decoder("centernet")
-def decode_centernet(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
+def decode_centernet(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                     score_threshold: float | None = None) -> Candidates:
     """CenterNet: ``heatmap [B, nc, H, W]`` (logits), ``wh [B, 2, H, W]``, ``offset [B, 2, H, W]``.
 
     heat = sig(heatmap); a (class, cell) is a peak where heat equals its 3x3 max-pool; non-peaks
@@ -475,7 +510,8 @@ def _ssd_priors_cached(params_json: str, input_size: tuple[int, int]) -> np.ndar
 
 
 @register_decoder("ssd")
-def decode_ssd(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
+def decode_ssd(outputs: Sequence[np.ndarray], spec: ModelSpec,
+               score_threshold: float | None = None) -> Candidates:
     """SSD: ``loc [B, P, 4]`` offsets and ``conf [B, P, 1+nc]`` logits (class 0 = background).
 
     With priors (p_cx, p_cy, p_w, p_h) and variances (v0, v1):
@@ -519,7 +555,8 @@ def decode_ssd(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
 # --- fastestdet --------------------------------------------------------------------------------
 
 @register_decoder("fastestdet")
-def decode_fastestdet(outputs: Sequence[np.ndarray], spec: ModelSpec) -> Candidates:
+def decode_fastestdet(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                      score_threshold: float | None = None) -> Candidates:
     """FastestDet: one ``[B, 5+nc, H, W]`` = (sigmoid objectness, 4 raw reg, softmax classes).
 
     cx = (tanh(reg0) + cell_x) / W * input_w, cy = (tanh(reg1) + cell_y) / H * input_h,

@@ -172,8 +172,9 @@ class Detector:
 
     def postprocess(self, outputs: Sequence[np.ndarray], transforms: Sequence) -> list[Detections]:
         """Decode raw outputs, run NMS, map boxes back to each original image."""
-        candidates = decode(outputs, self.spec)
         pp = self.postprocess_spec
+        # decoders may skip the box math of candidates the score filter drops anyway
+        candidates = decode(outputs, self.spec, score_threshold=pp.conf_threshold)
         kept = postprocess(candidates.boxes, candidates.scores, candidates.labels,
                            conf_threshold=pp.conf_threshold, iou_threshold=pp.iou_threshold,
                            class_agnostic=pp.class_agnostic, pre_nms_topk=pp.pre_nms_topk,

@@ -437,3 +437,20 @@ def test_runtime_decode_does_not_import_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr or "edgekit.runtime.decode imported torch"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("quantile", [0.1, 0.5, 0.95])
+def test_score_threshold_fast_path_keeps_every_candidate_that_passes(kind, quantile):
+    """Decoders may skip box math below the threshold: scores stay complete, and every candidate
+    above it has the same box and label as a full decode (the Detector passes its conf threshold)."""
+    spec, outputs = random_case(kind, (64, 96), 2, 5, seed=11)
+    full = rt.decode(outputs, spec)
+    threshold = float(np.quantile(full.scores, quantile))  # a threshold inside this case's score range
+    fast = rt.decode(outputs, spec, score_threshold=threshold)
+    np.testing.assert_array_equal(fast.scores, full.scores)
+    passing = full.scores > threshold
+    assert passing.any() and (~passing).any()  # the case exercises both sides of the threshold
+    np.testing.assert_array_equal(fast.labels[passing], full.labels[passing])
+    # pixels: the subset matmul may sum in another order (measured 1.5e-5 px at box coordinates ~60 px)
+    np.testing.assert_allclose(fast.boxes[passing], full.boxes[passing], rtol=1e-6, atol=1e-4)
