@@ -16,7 +16,6 @@ is refused for any other model (``check_model``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import CalibrationError
+from edgekit.runtime.artifact import sha256_file
 
 RESULT_FORMAT = "edgekit-calibration"
 RESULT_VERSION = 1
@@ -144,11 +144,8 @@ class CalibrationResult:
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 hex digest of a file (the same digest the artifact manifest records)."""
+    return sha256_file(Path(path))
 
 
 def weight_scales(weight: np.ndarray, axis: int = 0) -> np.ndarray:
