@@ -61,10 +61,7 @@ def bench_artifact(artifact: str | Path, image: ImageLike, backends: Sequence[st
         if backends and entry.backend not in backends:
             continue
         try:
-            # an engine built on the device (TensorRT) runs once its build script has written it
-            engine = entry.options.get("engine")
-            built = not entry.options.get("built_on_device") or bool(engine and (artifact / str(engine)).is_file())
-            runnable = built and get_runner_class(entry.backend).is_available()
+            runnable = not entry.awaits_device_build(artifact) and get_runner_class(entry.backend).is_available()
         except EdgekitError:
             runnable = False
         if not runnable:

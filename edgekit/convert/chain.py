@@ -164,13 +164,10 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
     precision = precision or target.precision
     if precision not in target.precisions:
         raise ConversionError(f"--precision {precision}: target {target.name!r} supports {', '.join(target.precisions)}")
-    if precision == "int8" and int8 is not None and int8.cache is None and int8.calib_dir is not None \
-            and not Path(int8.calib_dir).is_dir():
-        from edgekit.errors import CalibrationError
+    if precision == "int8" and int8 is not None and int8.cache is None and int8.calib_dir is not None:
+        from edgekit.quant.calibration import check_calibration_folder
 
-        # before the export: a typo in --calib should not cost a whole export first
-        raise CalibrationError(f"calibration folder {int8.calib_dir} does not exist; expected a folder of "
-                               ".jpg/.jpeg/.png/.bmp/.webp images")
+        check_calibration_folder(int8.calib_dir)  # before the export: a typo in --calib should not cost one
     spec: ModelSpec = model.spec
     # input size: explicit argument, else the target's, else the checkpoint's
     size = input_size or target.input_size

@@ -189,6 +189,19 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path)
 
 
+def check_calibration_folder(folder: str | os.PathLike) -> None:
+    """CalibrationError unless ``folder`` is an existing folder (cheap: nothing is scanned or decoded)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise CalibrationError(
+            f"calibration folder {folder} does not exist; expected a folder of {_EXTENSIONS_TEXT} images"
+        )
+    if not folder.is_dir():
+        raise CalibrationError(
+            f"calibration folder {folder} is a file, not a folder; expected a folder of {_EXTENSIONS_TEXT} images"
+        )
+
+
 def find_calibration_images(
     folder: str | os.PathLike,
     *,
@@ -219,14 +232,7 @@ def find_calibration_images(
         raise CalibrationError(f"min_images must be at least 1, got {min_images}")
     if limit is not None and limit < 1:
         raise CalibrationError(f"calibration image limit must be at least 1, got {limit}")
-    if not folder.exists():
-        raise CalibrationError(
-            f"calibration folder {folder} does not exist; expected a folder of {_EXTENSIONS_TEXT} images"
-        )
-    if not folder.is_dir():
-        raise CalibrationError(
-            f"calibration folder {folder} is a file, not a folder; expected a folder of {_EXTENSIONS_TEXT} images"
-        )
+    check_calibration_folder(folder)
 
     candidates, others = _scan(folder)
     if not candidates:

@@ -171,17 +171,26 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
     found: set[str] = set()
     # producer-side placement: source tensor -> its DQ output (read by every consumer), and the conv
     # inputs that are covered by those (they need no Q/DQ of their own)
+    sources: dict[str, tuple[float, float]] = {}
     produced_dq: dict[str, str] = {}
     covered: set[str] = set()
     float_names = {layer.name for layer in result.layers} - set(wanted)
     if placement.producer_side:
-        sources = _producer_sources(model, [layer for layer in result.quantized_layers], range_of)
+        sources = _producer_sources(model, result.quantized_layers, range_of)
         covered = {layer.input for layer in result.quantized_layers}
         produced_dq = {tensor: builder.fresh(f"{tensor}_dequantized") for tensor in sources}
         for graph_input in graph.input:
             if graph_input.name in sources:
                 new_nodes += builder.activation_qdq(graph_input.name, *sources[graph_input.name],
                                                     placement.activation_type, produced_dq[graph_input.name])
+
+    def quantize_sources_among(outputs) -> None:
+        """Producer-side: the Q/DQ pair right after each source tensor a node just produced."""
+        for output in outputs:
+            if output in produced_dq:
+                new_nodes.extend(builder.activation_qdq(output, *sources[output], placement.activation_type,
+                                                        produced_dq[output]))
+
     for index, node in enumerate(graph.node):
         name = layer_name(node, index)
         layer = wanted.get(name)
@@ -194,10 +203,7 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
             node = renamed
         if layer is None:
             new_nodes.append(node)
-            for output in node.output:
-                if output in produced_dq:
-                    new_nodes += builder.activation_qdq(output, *sources[output], placement.activation_type,
-                                                        produced_dq[output])
+            quantize_sources_among(node.output)
             continue
         found.add(name)
         if graph.node[index].input[0] != layer.input or node.input[1] != layer.weight:
@@ -257,10 +263,7 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
             requantized_outputs.add(y)
         else:
             new_nodes.append(conv)
-        for output in conv.output:
-            if output in produced_dq:  # a conv output that another conv reads through Split/Concat/…
-                new_nodes += builder.activation_qdq(output, *sources[output], placement.activation_type,
-                                                    produced_dq[output])
+        quantize_sources_among(conv.output)  # a conv output another conv reads through Split/Concat/…
     missing = sorted(set(wanted) - found)
     if missing:
         raise CalibrationError(f"layers of the calibration result not in the graph: {', '.join(missing[:5])}")

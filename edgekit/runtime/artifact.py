@@ -30,6 +30,14 @@ class ModelEntry:
     file: str
     options: dict[str, Any] = field(default_factory=dict)
 
+    def awaits_device_build(self, artifact_dir: str | Path) -> bool:
+        """True for an entry whose engine is built on the device (TensorRT, ``built_on_device``) and is
+        not in ``artifact_dir`` yet: nothing of it can run until its build script has written the engine."""
+        if not self.options.get("built_on_device"):
+            return False
+        engine = self.options.get("engine")
+        return not (engine and (Path(artifact_dir) / str(engine)).is_file())
+
 
 @dataclass(frozen=True)
 class Manifest:

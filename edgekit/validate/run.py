@@ -159,9 +159,7 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
                 available = get_runner_class(entry.backend).is_available()
             except EdgekitError:
                 available = False
-            # an engine built on the device (TensorRT) is not in the artifact until its build script has run
-            engine = entry.options.get("engine") if entry.options.get("built_on_device") else None
-            unbuilt = entry.options.get("built_on_device") and not (engine and (artifact / str(engine)).is_file())
+            unbuilt = entry.awaits_device_build(artifact)
             if not available or unbuilt:
                 report.skipped.append((name, "backend not installed here" if not available else
                                        f"engine not built yet (run ./{entry.options.get('build_script')} on the device)"))
@@ -169,6 +167,8 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
             with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads) as detector:
                 detector.postprocess_spec = map_postprocess(manifest.spec)
                 run = run_detector(detector, dataset, name, progress)
+            # a device-built entry's size is its engine's, not the ONNX it was built from
+            engine = entry.options.get("engine") if entry.options.get("built_on_device") else None
             files = [str(engine) if engine else entry.file, *entry.options.get("companion_files", [])]
             report.runs.append(replace(run, size_bytes=sum((artifact / f).stat().st_size for f in files)))
             if not report.reference:

@@ -135,3 +135,17 @@ def test_spec_from_onnx_errors(tmp_path):
         spec_from_onnx(plain)
     embedded = save(fastestdet_like_graph(spec), tmp_path / "embedded.onnx")
     assert spec_from_onnx(embedded) == spec
+
+
+def test_an_entry_built_on_the_device_waits_for_its_engine(tmp_path):
+    from edgekit.runtime.artifact import ModelEntry
+
+    plain = ModelEntry("onnxruntime", "fp32", "model.onnx")
+    device = ModelEntry("tensorrt", "fp16", "model.onnx",
+                        {"engine": "model_fp16.engine", "built_on_device": True, "build_script": "tensorrt_build.sh"})
+    assert not plain.awaits_device_build(tmp_path)
+    assert device.awaits_device_build(tmp_path)                   # validate / bench skip it
+    (tmp_path / "model_fp16.engine").write_bytes(b"engine")
+    assert not device.awaits_device_build(tmp_path)               # built by its script: it runs
+    nameless = ModelEntry("tensorrt", "fp16", "model.onnx", {"built_on_device": True})
+    assert nameless.awaits_device_build(tmp_path)                 # no engine named: nothing can run
