@@ -138,8 +138,6 @@ def test_spec_from_onnx_errors(tmp_path):
 
 
 def test_an_entry_built_on_the_device_waits_for_its_engine(tmp_path):
-    from edgekit.runtime.artifact import ModelEntry
-
     plain = ModelEntry("onnxruntime", "fp32", "model.onnx")
     device = ModelEntry("tensorrt", "fp16", "model.onnx",
                         {"engine": "model_fp16.engine", "built_on_device": True, "build_script": "tensorrt_build.sh"})
