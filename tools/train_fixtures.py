@@ -38,7 +38,7 @@ from edgekit.errors import EdgekitError  # noqa: E402
 from edgekit.models import ModelConfig, build_model  # noqa: E402
 from edgekit.models.loading import save_checkpoint  # noqa: E402
 from edgekit.models.training import (  # noqa: E402
-    NO_AUGMENT, AugmentConfig, TrainConfig, TrainingSet, evaluate, train,
+    NO_AUGMENT, AugmentConfig, TrainConfig, TrainingSet, evaluate, make_loss, train,
 )
 from edgekit.runtime.preprocess import load_image  # noqa: E402
 from edgekit.validate.datasets import Dataset, load_dataset  # noqa: E402
@@ -64,6 +64,8 @@ class Recipe:
     # torch 2.13's CPU backward corrupts the heap (SIGSEGV / "double free") on yolov6's RepVGG
     # layout in channels_last at every width tried (0.125 and 0.25, 64 and 160 px); contiguous is fine.
     channels_last: bool = True
+    # Keyword options of the family's loss (edgekit.models.training.make_loss), as (name, value) pairs.
+    loss_options: tuple[tuple[str, object], ...] = ()
 
 
 # The default recipe is the one measured best for yolov8 on this 2-core CPU (benchmarks/RESULTS.md:
@@ -138,7 +140,8 @@ def train_family(family: str, recipe: Recipe, train_set: Dataset, val_set: Datas
     resume_path = Path(args.data_dir) / "train-state" / f"{family}-{key}.pt"
     if resume_path.is_file():
         print(f"[{family}] resuming from {resume_path}", flush=True)
-    result = train(model, data, train_config, on_epoch_end=report_epoch, resume_path=resume_path)
+    loss_fn = make_loss(model.spec, **dict(recipe.loss_options))
+    result = train(model, data, train_config, loss_fn=loss_fn, on_epoch_end=report_epoch, resume_path=resume_path)
     scores = evaluate(result.model, val_set, images=val_images)
     metrics = {
         "map_50_95": scores.map_50_95,
@@ -153,6 +156,7 @@ def train_family(family: str, recipe: Recipe, train_set: Dataset, val_set: Datas
         "batch_size": recipe.batch_size,
         "augment": recipe.augment,
         "learning_rate": recipe.learning_rate,
+        "loss_options": {k: v for k, v in recipe.loss_options},
         "train_seconds": round(result.seconds, 1),
         "train_cpu_seconds": round(result.cpu_seconds, 1),
         "iterations": result.iterations,
@@ -216,6 +220,19 @@ def write_report(path: Path, table: str, commands: list[str], threads: int) -> N
     path.write_text("\n".join(text))
 
 
+def loss_option(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` -> (name, int | float | str): numbers become numbers, anything else stays text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. assigner=task_aligned), got {text!r}")
+    for convert in (int, float):
+        try:
+            return name, convert(value)
+        except ValueError:
+            pass
+    return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the fixture detectors on synthetic data and save them to the zoo.")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, metavar="FAMILY",
@@ -227,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="override the batch size")
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
     parser.add_argument("--augment", choices=sorted(AUGMENTS), default=None, help="override the augmentation")
+    parser.add_argument("--loss-option", action="append", default=[], metavar="NAME=VALUE", type=loss_option,
+                        help="set one keyword of the family's loss, e.g. assigner=task_aligned (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="train split seed and training seed (val is always seed 0)")
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-synth",
                         help="where the synthetic splits are generated / found")
@@ -247,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                      "batch_size": args.batch_size, "learning_rate": args.lr, "augment": args.augment,
                      "input_size": (args.input_size, args.input_size) if args.input_size else None}
         recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+        if args.loss_option:
+            recipe = replace(recipe, loss_options=tuple({**dict(recipe.loss_options), **dict(args.loss_option)}.items()))
         recipes[family] = recipe
     try:
         train_set = ensure_split(args.data_dir, "train", args.seed, max(r.train_images for r in recipes.values()))

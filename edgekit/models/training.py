@@ -17,7 +17,8 @@ What is here, and why it is shaped this way:
              two nearest neighbour cells; CIoU box loss, BCE objectness (target = CIoU), BCE class.
   yolox      SimOTA: candidates in the box or within 2.5 strides of its centre, cost =
              class BCE + 3 * -log IoU, dynamic k = sum of the 10 best IoUs; GIoU loss, BCE
-             objectness, BCE class with target IoU.
+             objectness, BCE class with target IoU. Option ``assigner="task_aligned"``: the
+             dfl head's assigner on sig(cls) * sig(obj) instead of SimOTA.
   dfl        Task-aligned assigner (YOLOv8 / v6): metric = score^0.5 * IoU^6 over anchor points
              in the box (or within one stride of its centre), top 10 per box; BCE class with the
              normalised metric as soft target, CIoU box loss and distribution focal loss (DFL).
@@ -41,6 +42,7 @@ Boxes are xyxy float32 everywhere; "input pixels" means network-input pixel-edge
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -386,7 +388,12 @@ def make_loss(spec: ModelSpec, **options: Any) -> DetectionLoss:
     if spec.head.kind not in LOSSES:
         raise SpecError(f"no training loss for head kind {spec.head.kind!r}; "
                         f"trainable kinds: {', '.join(sorted(LOSSES))}")
-    return LOSSES[spec.head.kind](spec, **options)
+    loss_class = LOSSES[spec.head.kind]
+    accepted = set(inspect.signature(loss_class.__init__).parameters) - {"self", "spec"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise SpecError(f"{loss_class.__name__} has no option {unknown[0]!r}; options: {', '.join(sorted(accepted))}")
+    return loss_class(spec, **options)
 
 
 def _strides(spec: ModelSpec) -> list[float]:
@@ -533,7 +540,7 @@ class YoloAnchorLoss(DetectionLoss):
         return LossResult(total, {"box": _value(box_loss), "obj": _value(obj_loss), "cls": _value(cls_loss)})
 
 
-# --- yolox (SimOTA) ----------------------------------------------------------------------------
+# --- yolox (SimOTA, or task-aligned) ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class GridAssignment:
@@ -574,6 +581,43 @@ def _resolve_conflicts(matched: Tensor, preference: Tensor) -> Tensor:
     return torch.where(multiple[:, None, :], only_best & matched, matched)
 
 
+# --- task-aligned assignment (TOOD; used by the dfl head and optionally by yolox) ---------------
+
+@torch.no_grad()
+def task_aligned_assign(pred_boxes: Tensor, class_probs: Tensor, points: Tensor, strides: Tensor,
+                        targets: Targets, *, topk: int = 10, alpha: float = 0.5, beta: float = 6.0,
+                        center_radius: float = 1.0) -> GridAssignment:
+    """Task-aligned assignment (TOOD, as in YOLOv8 / YOLOv6 / PP-YOLOE).
+
+    pred_boxes [B, A, 4] xyxy px, class_probs [B, A, nc] in [0, 1] (the detection score per
+    class), points [A, 2] px, strides [A]. Candidates of a box: points strictly inside it, or
+    within ``center_radius`` strides of its centre. Alignment t = s^alpha * IoU^beta, s = the
+    predicted probability of the box's class; each box takes its ``topk`` best candidates, a
+    point claimed twice keeps the box it overlaps most. The soft score of a positive is t
+    normalised so that a box's best point gets that box's best IoU.
+    """
+    in_box, near = _centre_prior(points, strides, targets, center_radius)
+    candidate = in_box | near
+    iou = box_iou(targets.boxes, pred_boxes).clamp(min=0)  # [B, G, A]
+    score = _class_prob(class_probs, targets.labels)
+    metric = score.pow(alpha) * iou.pow(beta) * candidate
+    k = min(topk, metric.shape[-1])
+    # Rank candidates first by metric, ties (e.g. all-zero metrics at the start) by IoU.
+    rank_key = metric + 1e-9 * iou + 1e-12 * candidate
+    top = rank_key.topk(k, dim=-1).indices
+    matched = torch.zeros_like(candidate).scatter_(-1, top, True) & candidate
+    matched = _resolve_conflicts(matched, iou)
+    fg = matched.any(1)
+    gt_index = matched.float().argmax(1)
+    metric = metric * matched
+    best_metric = metric.amax(-1, keepdim=True)
+    best_iou = (iou * matched).amax(-1, keepdim=True)
+    # (Relative, not additive, guard: early metrics are ~IoU^6 ~ 1e-10 and an additive eps would
+    # swamp them.)
+    normalised = (metric * best_iou / best_metric.clamp(min=1e-30)).amax(1)  # [B, A]
+    return GridAssignment(fg, gt_index, normalised * fg)
+
+
 @_register
 class YoloxLoss(DetectionLoss):
     """YOLOX loss with SimOTA assignment (batched over images with padded boxes).
@@ -585,16 +629,27 @@ class YoloxLoss(DetectionLoss):
     k = max(1, floor(sum of its 10 best IoUs)); a point claimed by several boxes keeps the
     cheapest. Loss, normalised by the number of positives: 5 * (1 - GIoU) + BCE(obj, fg) over
     all points + BCE(cls, one-hot * IoU) over positives.
+
+    ``assigner="task_aligned"`` replaces SimOTA by :func:`task_aligned_assign` on the detection
+    score sig(cls) * sig(obj) (candidates within ``center_radius`` strides; the class target is
+    the normalised alignment instead of the IoU); the loss terms stay the same. SimOTA starts
+    with one positive per box (dynamic k = sum of IoUs that are near 0 on an untrained net),
+    the task-aligned assigner with ``topk``, which on a short CPU schedule learns much faster.
     """
 
     kind = "yolox"
+    ASSIGNERS = ("simota", "task_aligned")
 
-    def __init__(self, spec: ModelSpec, center_radius: float = 2.5, iou_gain: float = 5.0, topk_iou: int = 10) -> None:
+    def __init__(self, spec: ModelSpec, center_radius: float = 2.5, iou_gain: float = 5.0, topk_iou: int = 10,
+                 assigner: str = "simota") -> None:
         super().__init__(spec)
+        if assigner not in self.ASSIGNERS:
+            raise SpecError(f"yolox loss: assigner must be one of {', '.join(self.ASSIGNERS)}, got {assigner!r}")
         self.strides = _strides(spec)
         self.center_radius = center_radius
         self.iou_gain = iou_gain
         self.topk_iou = topk_iou
+        self.assigner = assigner
 
     def decode(self, outputs: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(pred boxes [B, A, 4] xyxy px, raw [B, A, 5+nc], points [A, 2] px, strides [A])."""
@@ -638,7 +693,12 @@ class YoloxLoss(DetectionLoss):
         nc = self.num_classes
         pred_boxes, raw, points, strides = self.decode(outputs)
         obj_logits, cls_logits = raw[..., 4:5], raw[..., 5:5 + nc]
-        a = self.assign(pred_boxes.detach(), cls_logits.detach(), obj_logits.detach(), points, strides, targets)
+        if self.assigner == "task_aligned":
+            scores = cls_logits.detach().sigmoid() * obj_logits.detach().sigmoid()
+            a = task_aligned_assign(pred_boxes.detach(), scores, points, strides, targets, topk=self.topk_iou,
+                                    center_radius=self.center_radius)
+        else:
+            a = self.assign(pred_boxes.detach(), cls_logits.detach(), obj_logits.detach(), points, strides, targets)
         num_fg = max(int(a.fg.sum()), 1)
         true_boxes = torch.gather(targets.boxes, 1, a.gt_index[..., None].expand(-1, -1, 4))  # [B, A, 4]
         true_labels = torch.gather(targets.labels, 1, a.gt_index).clamp(min=0)
@@ -707,30 +767,11 @@ class DflLoss(DetectionLoss):
         boxes = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
         return boxes, bins, cls_logits, points, strides
 
-    @torch.no_grad()
     def assign(self, pred_boxes: Tensor, cls_logits: Tensor, points: Tensor, strides: Tensor,
                targets: Targets) -> GridAssignment:
         """Task-aligned assignment. pred_boxes [B, A, 4] px, cls_logits [B, A, nc]."""
-        in_box, near = _centre_prior(points, strides, targets, self.center_radius)
-        candidate = in_box | near
-        iou = box_iou(targets.boxes, pred_boxes).clamp(min=0)  # [B, G, A]
-        score = _class_prob(cls_logits.sigmoid(), targets.labels)
-        metric = score.pow(self.alpha) * iou.pow(self.beta) * candidate
-        k = min(self.topk, metric.shape[-1])
-        # Rank candidates first by metric, ties (e.g. all-zero metrics at the start) by IoU.
-        rank_key = metric + 1e-9 * iou + 1e-12 * candidate
-        top = rank_key.topk(k, dim=-1).indices
-        matched = torch.zeros_like(candidate).scatter_(-1, top, True) & candidate
-        matched = _resolve_conflicts(matched, iou)
-        fg = matched.any(1)
-        gt_index = matched.float().argmax(1)
-        metric = metric * matched
-        best_metric = metric.amax(-1, keepdim=True)
-        best_iou = (iou * matched).amax(-1, keepdim=True)
-        # (Relative, not additive, guard: early metrics are ~IoU^6 ~ 1e-10 and an additive eps would
-        # swamp them.)
-        normalised = (metric * best_iou / best_metric.clamp(min=1e-30)).amax(1)  # [B, A]
-        return GridAssignment(fg, gt_index, normalised * fg)
+        return task_aligned_assign(pred_boxes, cls_logits.sigmoid(), points, strides, targets, topk=self.topk,
+                                   alpha=self.alpha, beta=self.beta, center_radius=self.center_radius)
 
     def __call__(self, outputs: Sequence[Tensor], targets: Targets) -> LossResult:
         self._check_outputs(outputs, len(self.strides))

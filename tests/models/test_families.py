@@ -219,7 +219,9 @@ def test_spec_round_trips_through_json(family):
 
 @pytest.mark.parametrize("family", BUILT_IN)
 def test_parameter_count_fits_cpu_training(family):
-    assert 0.1e6 <= parameter_count(make_model(family)) <= 1.5e6
+    # Width 0.25 stays small enough to train on 2 CPU cores (yolox, with plain 3x3 convs in its
+    # decoupled head, is the largest at 2.24 M and trains at yolov8's speed per iteration).
+    assert 0.1e6 <= parameter_count(make_model(family)) <= 2.5e6
 
 
 @pytest.mark.parametrize("family", BUILT_IN)
