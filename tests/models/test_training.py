@@ -376,6 +376,27 @@ def test_centernet_targets_hand_case():
     assert float(t.heatmap[0, 2, 3, 5 + radius + 1]) == 0.0  # outside the Gaussian's window
 
 
+def test_centernet_giou_term_is_zero_for_the_exact_box_and_scale_free():
+    spec = _spec("centernet", {"stride": 4, "topk": 100}, ("heatmap", "wh", "offset"), size=(64, 64))
+    loss = CenterNetLoss(spec, giou_gain=2.0)
+    heat = torch.full((1, 3, 16, 16), -5.0)
+
+    def giou_part(box: tuple[float, float, float, float], scale: float) -> float:
+        targets = _targets([(*box, 2)])
+        t = loss.build_targets((16, 16), targets)
+        size = t.size.clone()
+        size[t.mask[:, None].expand(-1, 2, -1, -1)] *= scale
+        return loss([heat, size, t.offset.clone()], targets).parts["giou"]
+
+    assert giou_part((10, 6, 30, 22), 1.0) == pytest.approx(0.0, abs=1e-6)
+    # Twice the size around the same centre: IoU = GIoU = 1/4 -> 2 * (1 - 1/4) = 1.5, for a small box
+    # and for one 2.5x larger alike (the L1 size term grows with the box, this one does not).
+    assert giou_part((10, 6, 30, 22), 2.0) == pytest.approx(1.5, rel=1e-5)
+    assert giou_part((4, 4, 54, 44), 2.0) == pytest.approx(1.5, rel=1e-5)
+    assert "giou" not in CenterNetLoss(spec, giou_gain=0.0)([heat, heat[:, :2], heat[:, :2]],
+                                                            _targets([(10, 6, 30, 22, 2)])).parts
+
+
 def test_gaussian_radius_matches_centernet_formula():
     # Independent transcription of CenterNet's gaussian_radius for (h, w) = (10, 20), overlap 0.7.
     h, w, o = 10.0, 20.0, 0.7
