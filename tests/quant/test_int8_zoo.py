@@ -25,9 +25,11 @@ DRIFT_BUDGET = 1.0  # mAP points (issue 6)
 TUNING_IMAGES = 100
 #: |int8 backend - ORT running the same Q/DQ placement| / max|ORT| per output. Measured on the yolov8
 #: fixture: OpenVINO vs the openvino placement 0.015, NCNN vs the symmetric (tensorrt) placement 0.012;
-#: both backends round and accumulate differently from ORT's float simulation (fused requantisation,
-#: ncnn's round-half-away), so this is a few quantisation steps, not float noise.
-QDQ_AGREEMENT = 0.03
+#: on the yolox fixture NCNN 0.037 (p3) with all 83 convs int8 in both (none left float); both backends
+#: round and accumulate differently from ORT's float simulation (fused requantisation, ncnn's
+#: round-half-away), so this is a few quantisation steps, not float noise. A wrong scale or a layer
+#: quantised on one side only gives several times more.
+QDQ_AGREEMENT = 0.05
 
 
 @pytest.fixture(scope="module")
