@@ -23,7 +23,7 @@ What is here, and why it is shaped this way:
              in the box (or within one stride of its centre), top 10 per box; BCE class with the
              normalised metric as soft target, CIoU box loss and distribution focal loss (DFL).
   centernet  Gaussian heat map (CornerNet radius at IoU 0.7), penalty-reduced focal loss; L1 on
-             size and sub-cell offset at the centre cell, plus GIoU of the box it decodes to.
+             size and sub-cell offset at the centre cell (option: GIoU of the box it decodes to).
   ssd        Priors matched by IoU >= 0.5 plus the best prior of every box; smooth-L1 on the
              variance-encoded offsets; softmax cross-entropy with 3:1 hard negative mining.
   ========== ====================================================================================
@@ -846,14 +846,15 @@ class CenterNetLoss(DetectionLoss):
     Plus size_gain * L1(size) + offset_gain * L1(offset) over centre cells, / N, plus
     giou_gain * (1 - GIoU) of the box the centre cell decodes to, / N (as TTFNet adds): the L1
     terms weigh a 2-cell error on a 20-cell box like one on a 2-cell box, while mAP@0.5:0.95 is
-    scored on IoU, i.e. on the relative error; GIoU is scale-free. ``giou_gain=0`` is CenterNet's
-    original loss.
+    scored on IoU, i.e. on the relative error; GIoU is scale-free. Off by default (``giou_gain=0``,
+    CenterNet's original loss): on the fixture, 16 epochs with ``giou_gain=2`` gave mAP@.5:.95 0.461
+    vs 0.459 without, and a lower mAP@.5 (0.709 vs 0.732).
     """
 
     kind = "centernet"
 
     def __init__(self, spec: ModelSpec, size_gain: float = 0.1, offset_gain: float = 1.0,
-                 min_overlap: float = 0.7, giou_gain: float = 2.0) -> None:
+                 min_overlap: float = 0.7, giou_gain: float = 0.0) -> None:
         super().__init__(spec)
         stride = spec.head.params.get("stride")
         if not stride:
