@@ -110,7 +110,11 @@ def test_int8_models_really_compute_in_int8(int8_artifacts, tmp_path):
     from edgekit.runtime.artifact import read_manifest
 
     _, intel, arm, manifest, arm_manifest = int8_artifacts
-    quantized = CalibrationResult.load(intel / "calibration.json").quantized_layers
+    # Convolutions; ConvTranspose layers (centernet's upsampling) are quantised in the Q/DQ graphs but
+    # no backend here has an int8 kernel counted below for them, and NCNN keeps them float (ncnn_int8).
+    layers = CalibrationResult.load(intel / "calibration.json").quantized_layers
+    quantized = [layer for layer in layers if layer.op_type == "Conv"]
+    transposed_weights = {layer.weight for layer in layers if layer.op_type == "ConvTranspose"}
     # ONNX Runtime fuses the Q/DQ units into integer QLinearConv kernels
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -127,9 +131,11 @@ def test_int8_models_really_compute_in_int8(int8_artifacts, tmp_path):
     param_lines = (arm / entry.file).read_text().splitlines()
     int8_convs = [line for line in param_lines if line.startswith("Convolution") and " 8=" in line]
     assert len(int8_convs) >= 0.9 * len(quantized)
-    weights = sum(np.prod(onnx.numpy_helper.to_array(init).shape)
-                  for init in onnx.load(str(intel / "model.onnx")).graph.initializer)
-    assert (arm / entry.options["bin_file"]).stat().st_size < 0.4 * 4 * weights  # fp32 would be 4 bytes each
+    sizes = {init.name: int(np.prod(init.dims)) for init in onnx.load(str(intel / "model.onnx")).graph.initializer}
+    float_weights = sum(sizes[name] for name in transposed_weights)
+    # fp32 would be 4 bytes per weight; the float ConvTranspose weights keep their 4 bytes
+    budget = 0.4 * 4 * (sum(sizes.values()) - float_weights) + 4 * float_weights
+    assert (arm / entry.options["bin_file"]).stat().st_size < budget
 
 
 def test_int8_backends_agree_with_onnxruntime_running_the_same_qdq(int8_artifacts, splits, tmp_path):
