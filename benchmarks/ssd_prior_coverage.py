@@ -21,19 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgekit.models import ssd  # noqa: E402
 from edgekit.runtime.decode import ssd_priors  # noqa: E402
+from edgekit.runtime.nms import box_iou  # noqa: E402
 from edgekit.validate.datasets import load_dataset  # noqa: E402
 
 SCALE_SETS = ((0.1, 0.25, 0.45, 0.7, 0.95), (0.05, 0.15, 0.3, 0.5, 0.75))
-
-
-def pairwise_iou(boxes: np.ndarray, priors: np.ndarray) -> np.ndarray:
-    """IoU of xyxy ``boxes [N, 4]`` with xyxy ``priors [P, 4]`` -> ``[N, P]``."""
-    top_left = np.maximum(boxes[:, None, :2], priors[None, :, :2])
-    bottom_right = np.minimum(boxes[:, None, 2:], priors[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(2)
-    area_b = (boxes[:, 2:] - boxes[:, :2]).prod(1)
-    area_p = (priors[:, 2:] - priors[:, :2]).prod(1)
-    return inter / (area_b[:, None] + area_p[None] - inter)
 
 
 def main() -> int:
@@ -59,7 +50,7 @@ def main() -> int:
                       "max_sizes": [round(s * size, 2) for s in scales[1:]]}
             priors = ssd_priors(params, (size, size))  # cx, cy, w, h, normalised
             corners = np.concatenate([priors[:, :2] - priors[:, 2:] / 2, priors[:, :2] + priors[:, 2:] / 2], 1)
-            iou = pairwise_iou(boxes, corners)
+            iou = box_iou(boxes, corners)  # [boxes, priors]
             print(f"| {size} | {scales} | {len(priors)} | {(iou.max(1) >= 0.5).mean():.3f} | "
                   f"{(iou >= 0.5).sum(1).mean():.2f} |")
     return 0

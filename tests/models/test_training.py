@@ -568,3 +568,22 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
     other = replace_config(config, epochs=4)
     with pytest.raises(Exception, match="different training run"):
         train(fresh_model(), TrainingSet(_Data(), model.spec), other, resume_path=state)
+
+
+def test_train_fixtures_loss_option_parses_numbers_and_refuses_malformed_text(capsys, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "train_fixtures.py"
+    module_spec = importlib.util.spec_from_file_location("train_fixtures", path)
+    train_fixtures = importlib.util.module_from_spec(module_spec)
+    monkeypatch.setitem(sys.modules, "train_fixtures", train_fixtures)  # its dataclasses look themselves up there
+    module_spec.loader.exec_module(train_fixtures)
+    assert train_fixtures.loss_option("giou_gain=2") == ("giou_gain", 2)
+    assert train_fixtures.loss_option("obj_gain=4.0") == ("obj_gain", 4.0)
+    assert train_fixtures.loss_option("assigner=task_aligned") == ("assigner", "task_aligned")
+    with pytest.raises(SystemExit) as exit_info:
+        train_fixtures.main(["--families", "yolox", "--loss-option", "task_aligned"])
+    assert exit_info.value.code == 2
+    assert "expected NAME=VALUE (e.g. assigner=task_aligned), got 'task_aligned'" in capsys.readouterr().err
