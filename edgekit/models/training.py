@@ -825,12 +825,15 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> fl
 @dataclass(frozen=True)
 class CenterNetTargets:
     """heatmap float32 [B, nc, H, W] in [0, 1] (1 exactly at centres); size, offset float32
-    [B, 2, H, W] in grid units at the centre cells; mask bool [B, H, W]: cells that hold a centre."""
+    [B, 2, H, W] in grid units at the regression cells; mask bool [B, H, W]: cells that hold a
+    centre; weight float32 [B, H, W]: regression weight per cell (1 at centres, or with dense
+    regression each box's Gaussian over its cells, summing to 1 per box; 0 elsewhere)."""
 
     heatmap: Tensor
     size: Tensor
     offset: Tensor
     mask: Tensor
+    weight: Tensor
 
 
 @_register
@@ -851,12 +854,21 @@ class CenterNetLoss(DetectionLoss):
     scored on IoU, i.e. on the relative error; GIoU is scale-free. Off by default (``giou_gain=0``,
     CenterNet's original loss): on the fixture, 16 epochs with ``giou_gain=2`` gave mAP@.5:.95 0.461
     vs 0.459 without, and a lower mAP@.5 (0.709 vs 0.732).
+
+    ``dense_regression`` (TTFNet's idea, within CenterNet's decoder): CenterNet trains size and
+    offset only at the centre cell, but the decoder reads them at whichever cell peaks, and a peak
+    one cell off (a centre near a cell border) decodes a box from untrained outputs, shifted by
+    up to a cell. With the option every cell (r, c) inside a box's Gaussian window regresses that
+    box: size (w, h) and offset (cx - c, cy - r), which the decoder's (cell + offset) +- size / 2
+    turns back into the same box. Cell weights are the Gaussian values divided by their sum, so
+    each box still contributes 1 (the loss scale of the original); where windows overlap the
+    smaller box keeps the cell (boxes are written largest first), as in TTFNet.
     """
 
     kind = "centernet"
 
     def __init__(self, spec: ModelSpec, size_gain: float = 0.1, offset_gain: float = 1.0,
-                 min_overlap: float = 0.7, giou_gain: float = 0.0) -> None:
+                 min_overlap: float = 0.7, giou_gain: float = 0.0, dense_regression: bool = False) -> None:
         super().__init__(spec)
         stride = spec.head.params.get("stride")
         if not stride:
@@ -864,6 +876,7 @@ class CenterNetLoss(DetectionLoss):
         self.stride = float(stride)
         self.size_gain, self.offset_gain, self.min_overlap = size_gain, offset_gain, min_overlap
         self.giou_gain = giou_gain
+        self.dense_regression = bool(dense_regression)
 
     def build_targets(self, grid_size: tuple[int, int], targets: Targets) -> CenterNetTargets:
         h, w = grid_size
@@ -872,9 +885,13 @@ class CenterNetLoss(DetectionLoss):
         size = np.zeros((b, 2, h, w), np.float32)
         offset = np.zeros((b, 2, h, w), np.float32)
         mask = np.zeros((b, h, w), bool)
+        weight = np.zeros((b, h, w), np.float32)
         boxes = targets.boxes.numpy() / self.stride
         labels = targets.labels.numpy()
-        for i, j in zip(*np.nonzero(labels >= 0)):
+        areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        # Largest box first, so that with dense regression a smaller box overwrites shared cells.
+        order = sorted(zip(*np.nonzero(labels >= 0)), key=lambda ij: (ij[0], -areas[ij]))
+        for i, j in order:
             x1, y1, x2, y2 = boxes[i, j].tolist()
             bw, bh = x2 - x1, y2 - y1
             if bw <= 0 or bh <= 0:
@@ -891,11 +908,18 @@ class CenterNetLoss(DetectionLoss):
             patch = np.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)).astype(np.float32)
             region = heatmap[i, labels[i, j], r0:r1, c0:c1]
             np.maximum(region, patch, out=region)
-            size[i, :, row, col] = (bw, bh)
-            offset[i, :, row, col] = (cx - col, cy - row)
+            if self.dense_regression:
+                size[i, 0, r0:r1, c0:c1], size[i, 1, r0:r1, c0:c1] = bw, bh
+                offset[i, 0, r0:r1, c0:c1] = cx - np.arange(c0, c1)[None, :]
+                offset[i, 1, r0:r1, c0:c1] = cy - np.arange(r0, r1)[:, None]
+                weight[i, r0:r1, c0:c1] = patch / patch.sum()
+            else:
+                size[i, :, row, col] = (bw, bh)
+                offset[i, :, row, col] = (cx - col, cy - row)
+                weight[i, row, col] = 1.0
             mask[i, row, col] = True
         return CenterNetTargets(torch.from_numpy(heatmap), torch.from_numpy(size), torch.from_numpy(offset),
-                                torch.from_numpy(mask))
+                                torch.from_numpy(mask), torch.from_numpy(weight))
 
     def __call__(self, outputs: Sequence[Tensor], targets: Targets) -> LossResult:
         self._check_outputs(outputs, 3)
@@ -911,23 +935,29 @@ class CenterNetLoss(DetectionLoss):
         pos_loss = ((1 - p) ** 2 * log_p)[positive].sum()
         neg_loss = ((1 - t.heatmap) ** 4 * p ** 2 * log_not_p)[~positive].sum()
         heat_loss = -(pos_loss + neg_loss) / num
-        mask = t.mask[:, None].expand(-1, 2, -1, -1)
-        size_loss = self.size_gain * F.l1_loss(size_pred[mask], t.size[mask], reduction="sum") / num
-        offset_loss = self.offset_gain * F.l1_loss(offset_pred[mask], t.offset[mask], reduction="sum") / num
+        # Regression cells (centres, or every weighted cell with dense regression): [N_cells].
+        image, row, col = (t.weight > 0).nonzero(as_tuple=True)
+        cell_weight = t.weight[image, row, col][:, None]
+
+        def at_cells(x: Tensor) -> Tensor:
+            return x[image, :, row, col]  # [N_cells, 2]
+
+        size_loss = self.size_gain * (cell_weight * (at_cells(size_pred) - at_cells(t.size)).abs()).sum() / num
+        offset_loss = (self.offset_gain * (cell_weight * (at_cells(offset_pred) - at_cells(t.offset)).abs()).sum()
+                       / num)
         total = heat_loss + size_loss + offset_loss
         parts = {"heat": _value(heat_loss), "size": _value(size_loss), "offset": _value(offset_loss)}
         if self.giou_gain:
-            # Boxes at the centre cells in grid units: (cell + offset) -/+ size / 2, as the decoder does.
-            image, row, col = t.mask.nonzero(as_tuple=True)
+            # Boxes at the regression cells in grid units: (cell + offset) -/+ size / 2, as the decoder does.
             cells = torch.stack([col, row], dim=1).to(size_pred.dtype)
 
             def boxes(size: Tensor, offset: Tensor) -> Tensor:
-                centre = cells + offset[image, :, row, col]
-                half = size[image, :, row, col] / 2
+                centre = cells + at_cells(offset)
+                half = at_cells(size) / 2
                 return torch.cat([centre - half, centre + half], dim=1)
 
             giou = aligned_iou(boxes(size_pred, offset_pred), boxes(t.size, t.offset), "giou")
-            giou_loss = self.giou_gain * (1.0 - giou).sum() / num
+            giou_loss = self.giou_gain * (cell_weight[:, 0] * (1.0 - giou)).sum() / num
             total = total + giou_loss
             parts["giou"] = _value(giou_loss)
         return LossResult(total, parts)

@@ -34,6 +34,7 @@ from edgekit.models.training import (
 )
 from edgekit.errors import SpecError
 from edgekit.models import training as training_module
+from edgekit.runtime.decode import decode_centernet
 from edgekit.runtime.decode import decode as runtime_decode
 from edgekit.runtime.decode import ssd_priors
 from edgekit.spec import HeadSpec, ModelSpec, ResizeSpec
@@ -395,6 +396,37 @@ def test_centernet_giou_term_is_zero_for_the_exact_box_and_scale_free():
     assert giou_part((4, 4, 54, 44), 2.0) == pytest.approx(1.5, rel=1e-5)
     assert "giou" not in CenterNetLoss(spec, giou_gain=0.0)([heat, heat[:, :2], heat[:, :2]],
                                                             _targets([(10, 6, 30, 22, 2)])).parts
+
+
+def test_centernet_dense_regression_every_weighted_cell_decodes_the_box():
+    """Oracle: the runtime decoder. A heat peak put on any cell of a box's Gaussian window (not only
+    the centre) must decode, from the dense size/offset targets, to exactly that box."""
+    spec = _spec("centernet", {"stride": 4, "topk": 100}, ("heatmap", "wh", "offset"), size=(64, 64))
+    box = (10.0, 6.0, 42.0, 30.0)
+    t = CenterNetLoss(spec, dense_regression=True).build_targets((16, 16), _targets([(*box, 2)]))
+    cells = list(zip(*np.nonzero(t.weight[0].numpy())))
+    assert len(cells) > 1 and t.mask.sum() == 1  # several regression cells, one heat-map centre
+    assert float(t.weight.sum()) == pytest.approx(1.0, rel=1e-6)
+    for row, col in cells:
+        heat = np.full((1, 3, 16, 16), -10.0, np.float32)
+        heat[0, 2, row, col] = 10.0
+        decoded = decode_centernet([heat, t.size.numpy(), t.offset.numpy()], spec)
+        np.testing.assert_allclose(decoded.boxes[0, 0], box, atol=1e-4)
+    # Exact targets cost nothing in the regression terms; without the option only the centre regresses.
+    heat = torch.full((1, 3, 16, 16), -5.0)
+    parts = CenterNetLoss(spec, dense_regression=True, giou_gain=1.0)([heat, t.size, t.offset],
+                                                                       _targets([(*box, 2)])).parts
+    assert parts["size"] == parts["offset"] == pytest.approx(0.0, abs=1e-6) and parts["giou"] < 1e-5
+    sparse = CenterNetLoss(spec).build_targets((16, 16), _targets([(*box, 2)]))
+    assert int((sparse.weight > 0).sum()) == 1 and torch.equal(sparse.weight > 0, sparse.mask)
+
+
+def test_centernet_dense_regression_smaller_box_keeps_shared_cells():
+    spec = _spec("centernet", {"stride": 4, "topk": 100}, ("heatmap", "wh", "offset"), size=(64, 64))
+    large, small = (4.0, 4.0, 60.0, 60.0), (26.0, 26.0, 38.0, 38.0)  # same centre (32, 32) -> cell (8, 8)
+    for order in ([large, small], [small, large]):  # input order must not matter
+        t = CenterNetLoss(spec, dense_regression=True).build_targets((16, 16), _targets([(*b, 0) for b in order]))
+        assert t.size[0, :, 8, 8].tolist() == [3.0, 3.0]  # the small box's size in grid units
 
 
 def test_gaussian_radius_matches_centernet_formula():
