@@ -149,3 +149,41 @@ def test_rendered_coverage_matches_shape_area(label):
         relative_errors.append((float(alpha.sum()) - area) / area)
     assert abs(np.mean(relative_errors)) < 0.01
     assert np.max(np.abs(relative_errors)) < 0.1
+
+
+def test_is_current_tells_a_folder_from_an_earlier_generator_revision(tmp_path):
+    folder = synth.generate(tmp_path / "v", "val", seed=3, num_images=5, progress=False)
+    assert synth.is_current(folder, "val", 3)
+    assert not synth.is_current(folder, "val", 4)      # other seed
+    assert not synth.is_current(folder, "train", 3)    # other split
+    # An earlier revision drew other boxes under the same info: move one box of the last image.
+    path = folder / "annotations" / "instances.json"
+    coco = json.loads(path.read_text())
+    last_id = coco["images"][-1]["id"]
+    ann = next(a for a in coco["annotations"] if a["image_id"] == last_id)
+    ann["bbox"][0] += 0.5
+    path.write_text(json.dumps(coco))
+    assert not synth.is_current(folder, "val", 3)
+    path.write_text("{not json")
+    assert not synth.is_current(folder, "val", 3)
+    assert not synth.is_current(tmp_path / "missing", "val", 3)
+
+
+def test_train_fixtures_regenerates_a_stale_split(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "train_fixtures.py"
+    module_spec = importlib.util.spec_from_file_location("train_fixtures", script)
+    train_fixtures = importlib.util.module_from_spec(module_spec)
+    monkeypatch.setitem(sys.modules, "train_fixtures", train_fixtures)
+    module_spec.loader.exec_module(train_fixtures)
+
+    folder = synth.generate(tmp_path / "val-seed2", "val", seed=2, num_images=4, progress=False)
+    fresh = json.loads((folder / "annotations" / "instances.json").read_text())
+    stale = json.loads(json.dumps(fresh))
+    stale["annotations"][0]["bbox"][1] += 1.0
+    (folder / "annotations" / "instances.json").write_text(json.dumps(stale))
+    dataset = train_fixtures.ensure_split(tmp_path, "val", 2, 4)
+    assert json.loads((folder / "annotations" / "instances.json").read_text()) == fresh
+    assert len(dataset.items) == 4

@@ -41,6 +41,7 @@ from edgekit.models.training import (  # noqa: E402
     NO_AUGMENT, AugmentConfig, TrainConfig, TrainingSet, evaluate, make_loss, train,
 )
 from edgekit.runtime.preprocess import load_image  # noqa: E402
+from edgekit.validate import synth  # noqa: E402
 from edgekit.validate.datasets import Dataset, load_dataset  # noqa: E402
 
 FAMILIES = ("yolov8", "yolox", "yolov5", "yolov6", "centernet", "ssd")
@@ -86,23 +87,21 @@ FAMILY_RECIPES: dict[str, Recipe] = {
     "yolov5": Recipe(epochs=16),
     "yolov6": Recipe(epochs=16, channels_last=False),
     "centernet": Recipe(epochs=16),
-    "ssd": Recipe(),
+    "ssd": Recipe(input_size=(256, 256)),
 }
 
 
 def ensure_split(root: Path, split: str, seed: int, num_images: int) -> Dataset:
-    """The synthetic ``split`` in ``root``, generated with tools/synth.py when missing or too small.
+    """The synthetic ``split`` in ``root``, generated with tools/synth.py when missing, too small, or
+    drawn by an earlier revision of the generator (synth.is_current re-draws a few images to tell).
 
     Image i depends only on (seed, split, i), so a larger regeneration keeps the first images.
     """
-    sys.path.insert(0, str(REPO / "tools"))
-    import synth
-
     folder = root / f"{split}-seed{seed}"
     if folder.exists():
         try:
             dataset = load_dataset(folder)
-            if len(dataset.items) >= num_images:
+            if len(dataset.items) >= num_images and synth.is_current(folder, split, seed):
                 return dataset
         except EdgekitError:
             pass

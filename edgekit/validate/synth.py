@@ -432,6 +432,39 @@ def generate(out_dir: str | Path, split: str, seed: int, num_images: int | None 
     return out_dir
 
 
+def is_current(folder: str | Path, split: str, seed: int, probes: int = 3) -> bool:
+    """True when ``folder`` holds ``split``/``seed`` as this generator draws it today.
+
+    A folder written by an earlier revision of the generator keeps its ``info`` (split, seed) but
+    not its contents, and reusing it trains or scores on other data without a word. This re-draws
+    the annotations of ``probes`` images spread over the folder (first, last and between) and
+    compares labels and boxes with the ones on disk; annotations, not JPEG bytes, so a different
+    Pillow build does not count as a different dataset. Any unreadable or missing file -> False.
+    """
+    path = Path(folder) / "annotations" / "instances.json"
+    try:
+        coco = json.loads(path.read_text())
+        info, images = coco["info"], coco["images"]
+        if info.get("split") != split or info.get("seed") != int(seed) or not images:
+            return False
+        image_size = int(info["image_size"])
+        by_image: dict[int, list[tuple[int, list[float]]]] = {}
+        for ann in coco["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append((ann["category_id"] - 1, ann["bbox"]))
+        count = len(images)
+        for index in sorted({round(k * (count - 1) / max(probes - 1, 1)) for k in range(probes)}):
+            _, objects = render_image(image_rng(seed, split, index), image_size)
+            expected = [(obj["label"], [obj["box"][0], obj["box"][1], round(obj["box"][2] - obj["box"][0], 2),
+                                        round(obj["box"][3] - obj["box"][1], 2)]) for obj in objects]
+            on_disk = by_image.get(images[index]["id"], [])
+            if len(on_disk) != len(expected) or any(
+                    a[0] != b[0] or not np.allclose(a[1], b[1], atol=1e-6) for a, b in zip(on_disk, expected)):
+                return False
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate the seeded synthetic shapes detection dataset "
                                                  "(COCO + YOLO layouts in one folder).")
