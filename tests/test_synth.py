@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from edgekit.validate import synth
+from tests.helpers import load_tool
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
@@ -170,14 +171,7 @@ def test_is_current_tells_a_folder_from_an_earlier_generator_revision(tmp_path):
 
 
 def test_train_fixtures_regenerates_a_stale_split(tmp_path, monkeypatch):
-    import importlib.util
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "tools" / "train_fixtures.py"
-    module_spec = importlib.util.spec_from_file_location("train_fixtures", script)
-    train_fixtures = importlib.util.module_from_spec(module_spec)
-    monkeypatch.setitem(sys.modules, "train_fixtures", train_fixtures)
-    module_spec.loader.exec_module(train_fixtures)
+    train_fixtures = load_tool("train_fixtures", monkeypatch)
 
     folder = synth.generate(tmp_path / "val-seed2", "val", seed=2, num_images=4, progress=False)
     fresh = json.loads((folder / "annotations" / "instances.json").read_text())

@@ -30,6 +30,7 @@ from edgekit.errors import ConversionError, EdgekitError
 from edgekit.quant.pipeline import Int8Options
 from edgekit.runtime.artifact import Manifest, ModelEntry
 from edgekit.runtime.backends import get_runner_class
+from edgekit.runtime.preprocess import probe_input
 from edgekit.spec import ModelSpec
 from edgekit.targets import Target, load_target
 from edgekit.validate.compare import tensor_error
@@ -57,16 +58,6 @@ def tool_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def probe_input(spec: ModelSpec, seed: int = 0, batch: int = 1) -> np.ndarray:
-    """A normalised image-like float32 [B,3,H,W] tensor: uniform random pixels through the spec's normalisation."""
-    height, width = spec.input_size
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(batch, 3, height, width)).astype(np.float32)
-    norm = spec.normalization
-    mean = np.asarray(norm.mean, np.float32)[:, None, None]
-    std = np.asarray(norm.std, np.float32)[:, None, None]
-    return ((pixels * np.float32(norm.scale) - mean) / std).astype(np.float32)
 
 
 def torch_outputs(model: nn.Module, tensor: np.ndarray) -> list[np.ndarray]:

@@ -43,6 +43,7 @@ __all__ = [
     "load_image",
     "plain_resize",
     "preprocess",
+    "probe_input",
     "to_tensor",
 ]
 
@@ -375,3 +376,14 @@ def _check_rgb_uint8(image: np.ndarray, where: str) -> None:
             f"{where}: expected a non-empty HxWx3 uint8 RGB array (use load_image), "
             f"got shape {tuple(image.shape)} {image.dtype}"
         )
+
+
+def probe_input(spec: ModelSpec, seed: int = 0, batch: int = 1) -> np.ndarray:
+    """A normalised image-like float32 [B, 3, H, W] tensor: uniform random uint8 pixels through the spec's
+    normalisation (no resize). The input conversions and parity checks probe a model with."""
+    height, width = spec.input_size
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(batch, 3, height, width)).astype(np.float32)
+    norm = spec.normalization
+    mean = np.asarray(norm.mean, np.float32)[:, None, None]
+    std = np.asarray(norm.std, np.float32)[:, None, None]
+    return ((pixels * np.float32(norm.scale) - mean) / std).astype(np.float32)

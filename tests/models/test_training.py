@@ -35,6 +35,7 @@ from edgekit.models.training import (
 from edgekit.errors import SpecError
 from edgekit.models import training as training_module
 from edgekit.runtime.decode import decode_centernet
+from tests.helpers import load_tool
 from edgekit.runtime.decode import decode as runtime_decode
 from edgekit.runtime.decode import ssd_priors
 from edgekit.spec import HeadSpec, ModelSpec, ResizeSpec
@@ -603,15 +604,7 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
 
 
 def test_train_fixtures_loss_option_parses_numbers_and_refuses_malformed_text(capsys, monkeypatch):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "tools" / "train_fixtures.py"
-    module_spec = importlib.util.spec_from_file_location("train_fixtures", path)
-    train_fixtures = importlib.util.module_from_spec(module_spec)
-    monkeypatch.setitem(sys.modules, "train_fixtures", train_fixtures)  # its dataclasses look themselves up there
-    module_spec.loader.exec_module(train_fixtures)
+    train_fixtures = load_tool("train_fixtures", monkeypatch)
     assert train_fixtures.loss_option("giou_gain=2") == ("giou_gain", 2)
     assert train_fixtures.loss_option("obj_gain=4.0") == ("obj_gain", 4.0)
     assert train_fixtures.loss_option("assigner=task_aligned") == ("assigner", "task_aligned")

@@ -9,7 +9,6 @@ the ncnn binding, and without pnnx / torch (every test converts a real torch mod
 from __future__ import annotations
 
 import importlib.util
-import math
 import shutil
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from edgekit.quant.collect import calibrate, find_layers  # noqa: E402
 from edgekit.quant.ncnn_int8 import (INT8_TAG, emit_ncnn_int8, match_layers, read_ncnn_model,  # noqa: E402
                                      write_ncnn_int8)
 from edgekit.quant.result import CalibrationResult, file_sha256, int8_symmetric  # noqa: E402
+from tests.helpers import varied_weights  # noqa: E402
 
 #: a regular int8 convolution: ncnn computes exactly the simulated integer sum, then one float32
 #: multiply and add: agreement to a few float32 ulps of the output magnitude
@@ -133,25 +133,6 @@ def simulate_int8_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stri
 def image_batches(seed: int, count: int, shape: list[int]) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
-
-
-def varied(model: nn.Module, seed: int) -> nn.Module:
-    """Random conv weights / biases and BN statistics, so every layer's weights are distinct and outputs vary."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / math.sqrt(fan_in))
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-            elif isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.2)
-    return model.eval()
 
 
 def param_lines(path: Path) -> dict[str, str]:
@@ -325,7 +306,7 @@ MULTI_LAYER_TOLERANCE = 0.1
 def small_net(tmp_path_factory):
     """(model, fp32 param, fp32 bin, onnx path, minmax calibration result) of SmallNet at 32x32."""
     work = tmp_path_factory.mktemp("small-net")
-    model = varied(SmallNet(), seed=3)
+    model = varied_weights(SmallNet(), seed=3)
     shape = [1, 3, 32, 32]
     param, weights = convert(model, shape, work / "ncnn")
     onnx_path = export(model, shape, work / "model.onnx")
@@ -409,7 +390,7 @@ def test_emit_uses_the_results_scales_in_ncnn_convention(small_net, tmp_path):
 
 def test_fp16_blobs_of_float_layers_are_copied_byte_for_byte(tmp_path):
     """An fp16-weight model: the int8 layer is requantised from its fp16 weights, the others keep their fp16 blobs."""
-    model = varied(SmallNet(), seed=4)
+    model = varied_weights(SmallNet(), seed=4)
     param, weights = convert(model, [1, 3, 32, 32], tmp_path / "fp16", fp16=True)
     source = read_ncnn_model(param, weights)
     convs = source.quantizable_layers()
@@ -440,7 +421,7 @@ def test_match_layers_finds_every_conv_of_a_yolov8_export(tmp_path):
     from edgekit.models import ModelConfig, build_model
 
     torch.set_num_threads(1)
-    model = varied(build_model(ModelConfig("yolov8", num_classes=3, input_size=(64, 64), width=0.125),
+    model = varied_weights(build_model(ModelConfig("yolov8", num_classes=3, input_size=(64, 64), width=0.125),
                                ["a", "b", "c"]), seed=8)
     onnx_path = export_onnx(model, model.spec, tmp_path / "model.onnx")
     entry = NcnnBuilder().build(BuildSource(onnx_path, model.spec, model), "fp32", lambda name: tmp_path / name, {})

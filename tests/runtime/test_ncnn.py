@@ -9,7 +9,6 @@ the whole file skips when it is not installed, the conversion tests when pnnx is
 from __future__ import annotations
 
 import importlib.util
-import math
 import shutil
 from pathlib import Path
 
@@ -22,7 +21,9 @@ from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.backends.ncnn import NcnnRunner, read_param_io
 from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from edgekit.runtime.detector import Detector
+from edgekit.runtime.preprocess import probe_input
 from edgekit.validate.compare import compare_detections, tensor_error
+from tests.helpers import varied_weights
 
 pytestmark = pytest.mark.skipif(not NcnnRunner.is_available(),
                                 reason="ncnn is not installed (pip install 'edgekit[ncnn]')")
@@ -41,42 +42,6 @@ FP16_MIN_IOU = 0.95
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def image_like(spec, seed: int, batch: int = 1) -> np.ndarray:
-    """Random uint8 pixels through the spec's normalisation: float32 [B, 3, H, W]."""
-    height, width = spec.input_size
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(batch, 3, height, width)).astype(np.float32)
-    norm = spec.normalization
-    mean = np.asarray(norm.mean, np.float32)[:, None, None]
-    std = np.asarray(norm.std, np.float32)[:, None, None]
-    return ((pixels * np.float32(norm.scale) - mean) / std).astype(np.float32)
-
-
-def varied_weights(model, seed: int):
-    """Re-draw conv weights and BN statistics (unit gain) so outputs vary across the image.
-
-    A freshly initialised detector's outputs are dominated by its prior biases, so an error in
-    the weights (fp16 rounding, a wrong layout) would hardly show in them.
-    """
-    import torch
-    from torch import nn
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / math.sqrt(fan_in))
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-            elif isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.2)
-    return model.eval()
-
 
 def build_artifact(model, out_dir: Path, precisions=("fp32",)) -> Path:
     """export_artifact, then the NCNN builder into a second artifact that holds the ONNX model too.
@@ -187,7 +152,7 @@ def test_family_raw_outputs_match_onnxruntime(family_artifact, family, precision
     manifest = read_manifest(artifact)
     spec = manifest.spec
     entry = manifest.find("ncnn", precision)
-    batch = image_like(spec, seed=11, batch=2)  # not the builder's own check input; two images: the batch loop
+    batch = probe_input(spec, seed=11, batch=2)  # not the builder's own check input; two images: the batch loop
     reference = onnxruntime_outputs(artifact / "model.onnx", spec, batch)
     with NcnnRunner.from_artifact(artifact / entry.file, entry.options, threads=1) as runner:
         assert runner.output_names() == list(spec.head.output_names)
@@ -227,7 +192,7 @@ def test_fp16_variant_stores_half_precision_weights(family_artifact):
     fp16_size = (artifact / "model_fp16.ncnn.bin").stat().st_size
     assert 0.45 * fp32_size < fp16_size < 0.55 * fp32_size
     spec = manifest.spec
-    batch = image_like(spec, seed=3)
+    batch = probe_input(spec, seed=3)
     outputs = {}
     for precision in ("fp32", "fp16"):
         entry = manifest.find("ncnn", precision)
@@ -422,7 +387,7 @@ def test_unknown_precision_is_refused():
 def test_tiny_network_runs_and_checks_its_input(tiny_files):
     entry, folder = tiny_files
     runner = NcnnRunner.from_artifact(folder / entry.file, entry.options)
-    x = image_like(tiny_detector().spec, seed=4, batch=3)
+    x = probe_input(tiny_detector().spec, seed=4, batch=3)
     with runner:
         out = runner.infer({"images": x})["output"]
         with pytest.raises(InputError, match="expected shape"):

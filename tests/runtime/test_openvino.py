@@ -7,7 +7,6 @@ Nothing here mocks OpenVINO: the whole file skips when it is not installed.
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from edgekit.errors import BackendUnavailableError, ConversionError, EdgekitErro
 from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from edgekit.runtime.backends.openvino import OpenVinoRunner
 from edgekit.validate.compare import compare_detections, tensor_error
+from tests.helpers import varied_weights
 from tests.onnx_graphs import fastestdet_like_graph, fastestdet_like_spec, save
 
 pytestmark = pytest.mark.skipif(not OpenVinoRunner.is_available(), reason="openvino is not installed")
@@ -45,33 +45,6 @@ def image_like_input(shape: tuple[int, ...], seed: int) -> np.ndarray:
 def run(runner_class: type, path: Path, feeds: dict[str, np.ndarray], **options: object) -> dict[str, np.ndarray]:
     with runner_class(path, **options) as runner:
         return runner.infer(feeds)
-
-
-def spread_weights(model, seed: int):
-    """Re-draw conv weights and BN statistics so scores vary across the image.
-
-    A freshly built detector's heads start from prior biases (every anchor scores about the same),
-    which makes detection-level comparisons a test of tie-breaking; with random BN statistics and
-    unit-gain convolutions the score map is a random field without ties.
-    """
-    import torch
-    from torch import nn
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / math.sqrt(fan_in))
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-            elif isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.2)
-    return model.eval()
 
 
 def build_ir(onnx_path: Path, spec, out_dir: Path, precision: str, options: dict | None = None):
@@ -145,7 +118,7 @@ def family_onnx(tmp_path_factory):
                 model = build_model(ModelConfig(family, 3, SIZE))
             except Exception as exc:  # a family another helper is still writing
                 pytest.skip(f"build_model({family!r}) fails: {type(exc).__name__}: {exc}")
-            model = spread_weights(model, seed=0)
+            model = varied_weights(model, seed=0)
             path = export_onnx(model, model.spec, tmp_path_factory.mktemp(family) / "model.onnx")
             cache[family] = (model, path)
         return cache[family]
@@ -343,7 +316,7 @@ def test_detector_on_openvino_matches_onnxruntime_detector(tmp_path, family, con
         model = build_model(ModelConfig(family, 3, (160, 160)))
     except Exception as exc:
         pytest.skip(f"build_model({family!r}) fails: {type(exc).__name__}: {exc}")
-    artifact = build_openvino_artifact(spread_weights(model, seed=1), tmp_path)
+    artifact = build_openvino_artifact(varied_weights(model, seed=1), tmp_path)
     images = synth_images(4)
     with Detector.load(artifact, backend="onnxruntime", conf_threshold=conf) as detector:
         expected = detector.detect_batch(images)
@@ -487,7 +460,6 @@ def test_missing_and_non_model_files(tmp_path):
 
 
 def _graph_with(nodes, initializers=(), extra_opsets=(), output_shape=(1, 3, 8, 8)):
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(list(nodes), "bad", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],

@@ -1,0 +1,52 @@
+"""Small helpers shared by several test modules (import as ``from tests.helpers import ...``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def varied_weights(model, seed: int):
+    """Re-draw conv / transposed-conv weights and BN statistics; returns ``model`` in eval mode.
+
+    A freshly built detector's outputs are dominated by its prior biases (every anchor scores about
+    the same), so an error in the weights (fp16 rounding, a wrong layout, a bad quantisation scale)
+    would hardly show and detection-level comparisons turn into tests of tie-breaking. With
+    unit-gain convolutions (std 1/sqrt(fan_in)) and random BN statistics every layer's weights are
+    distinct and the score map is a random field without ties.
+    """
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / math.sqrt(fan_in))
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+            elif isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.2)
+    return model.eval()
+
+
+def load_tool(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import ``tools/<name>.py`` (a script, not a package module) for the duration of one test."""
+    path = REPO_ROOT / "tools" / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    monkeypatch.setitem(sys.modules, name, module)  # its dataclasses look themselves up there
+    module_spec.loader.exec_module(module)
+    return module
