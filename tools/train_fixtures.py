@@ -86,8 +86,8 @@ FAMILY_RECIPES: dict[str, Recipe] = {
     "yolox": Recipe(epochs=10),
     "yolov5": Recipe(epochs=16),
     "yolov6": Recipe(epochs=16, channels_last=False),
-    "centernet": Recipe(epochs=16),
-    "ssd": Recipe(input_size=(256, 256)),
+    "centernet": Recipe(width=0.5, epochs=16),
+    "ssd": Recipe(),
 }
 
 

@@ -25,8 +25,6 @@ MAP_BAR = 0.5
 BELOW_BAR: dict[str, str] = {
     "ssd": "0.27: at 160 px only 66 % of the validation boxes have an SSD prior at IoU >= 0.5 "
            "(benchmarks/ssd_prior_coverage.py); needs a larger input or another prior layout",
-    "centernet": "0.46 after 16 epochs: finds objects (mAP@.5 0.73) but localises them worse than the YOLO heads "
-                 "(benchmarks/RESULTS.md)",
 }
 #: the wheel's zoo budget (issue 3)
 ZOO_BUDGET_BYTES = 20_000_000
