@@ -22,10 +22,7 @@ MAP_BAR = 0.5
 #: fixtures bundled below the bar (trained, usable for parity and INT8 tests, not yet good enough):
 #: family -> why. Their bar test is a strict xfail, so reaching the bar turns it into a failure to
 #: clean up here.
-BELOW_BAR: dict[str, str] = {
-    "ssd": "0.27: at 160 px only 66 % of the validation boxes have an SSD prior at IoU >= 0.5 "
-           "(benchmarks/ssd_prior_coverage.py); needs a larger input or another prior layout",
-}
+BELOW_BAR: dict[str, str] = {}
 #: the wheel's zoo budget (issue 3)
 ZOO_BUDGET_BYTES = 20_000_000
 
