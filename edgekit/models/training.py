@@ -852,7 +852,7 @@ class CenterNetLoss(DetectionLoss):
     giou_gain * (1 - GIoU) of the box the centre cell decodes to, / N (as TTFNet adds): the L1
     terms weigh a 2-cell error on a 20-cell box like one on a 2-cell box, while mAP@0.5:0.95 is
     scored on IoU, i.e. on the relative error; GIoU is scale-free. Off by default (``giou_gain=0``,
-    CenterNet's original loss): on the fixture, 16 epochs with ``giou_gain=2`` gave mAP@.5:.95 0.461
+    CenterNet's original loss): on the width-0.25 fixture, 16 epochs with ``giou_gain=2`` gave mAP@.5:.95 0.461
     vs 0.459 without, and a lower mAP@.5 (0.709 vs 0.732).
 
     ``dense_regression`` (TTFNet's idea, within CenterNet's decoder): CenterNet trains size and
@@ -862,7 +862,9 @@ class CenterNetLoss(DetectionLoss):
     box: size (w, h) and offset (cx - c, cy - r), which the decoder's (cell + offset) +- size / 2
     turns back into the same box. Cell weights are the Gaussian values divided by their sum, so
     each box still contributes 1 (the loss scale of the original); where windows overlap the
-    smaller box keeps the cell (boxes are written largest first), as in TTFNet.
+    smaller box keeps the cell (boxes are written largest first), as in TTFNet. Off by default: on the
+    width-0.25 fixture it gave 0.457 after 16 epochs (0.459 without); width, not the peak-cell
+    offsets, was what that net lacked (benchmarks/RESULTS.md).
     """
 
     kind = "centernet"
