@@ -1290,22 +1290,20 @@ def detect_images(model: nn.Module, images: Sequence[np.ndarray], postprocess_sp
     return results
 
 
-def evaluate(model: nn.Module, dataset: Any, *, batch_size: int = 32, conf_threshold: float = 0.001,
-             iou_threshold: float = 0.6, max_detections: int = 100, images: Sequence[np.ndarray] | None = None) -> Any:
+def evaluate(model: nn.Module, dataset: Any, *, batch_size: int = 32,
+             images: Sequence[np.ndarray] | None = None) -> Any:
     """COCO mAP of a torch ``model`` (with ``.spec``) on ``dataset``: returns a ``MapResult``.
 
-    mAP-style postprocessing: a low score threshold (0.001), NMS IoU 0.6 and up to 100
-    detections per image, so the whole precision/recall curve is scored; NMS on/off,
-    class-agnostic and pre-NMS top-k come from ``model.spec``. ``images`` (uint8 RGB, in
-    ``dataset.items`` order) skips reading the files again. See :func:`detect_images`.
+    The post-processing is ``edgekit validate``'s mAP protocol (``edgekit.validate.run.map_postprocess``:
+    score 0.001, NMS IoU 0.6, up to 100 detections per image, NMS on/off and class-agnostic from
+    ``model.spec``), taken from there so a fixture's recorded mAP and a later validation cannot
+    drift apart. ``images`` (uint8 RGB, in ``dataset.items`` order) skips reading the files again.
+    See :func:`detect_images`.
     """
     from edgekit.validate.coco_eval import evaluate_detections
+    from edgekit.validate.run import map_postprocess
 
-    spec: ModelSpec = model.spec
-    post = PostprocessSpec(conf_threshold=conf_threshold, iou_threshold=iou_threshold, nms=spec.postprocess.nms,
-                           class_agnostic=spec.postprocess.class_agnostic,
-                           pre_nms_topk=max(spec.postprocess.pre_nms_topk, max_detections),
-                           max_detections=max_detections)
+    post = map_postprocess(model.spec)
     items = list(dataset.items)
     if images is None:
         images = [load_image(dataset.image_path(item)) for item in items]

@@ -50,6 +50,22 @@ def test_recorded_map_matches_a_fresh_evaluation(checkpoint, val_split):
     assert fresh.map_50 == pytest.approx(recorded["map_50"], abs=1e-3)
 
 
+def test_training_scores_a_model_as_validate_does(val_split):
+    """tools/train_fixtures.py records mAP with edgekit.models.training.evaluate (runtime decode + NMS);
+    validate runs the reference detector (torch NMS). Same protocol, same numbers: on a slice of the
+    val split, so the check costs seconds."""
+    from edgekit.models.training import evaluate
+
+    model = load_checkpoint(ZOO_DIR / "yolov8.pt")
+    subset = dataclasses.replace(val_split, items=val_split.items[:60])
+    by_training = evaluate(model, subset)
+    run = run_detector(ReferenceDetector(model, model.spec, map_postprocess(model.spec)), subset, "torch")
+    by_validate = evaluate_detections(subset, run.detections)
+    assert by_training.map_50 > 0.3  # a trained model, not an empty comparison
+    assert by_training.map_50_95 == pytest.approx(by_validate.map_50_95, abs=1e-4)
+    assert by_training.map_50 == pytest.approx(by_validate.map_50, abs=1e-4)
+
+
 def test_the_zoo_fits_its_size_budget():
     total = sum(p.stat().st_size for p in CHECKPOINTS)
     assert total <= ZOO_BUDGET_BYTES, f"edgekit/zoo/*.pt total {total / 1e6:.1f} MB > {ZOO_BUDGET_BYTES / 1e6:.0f} MB"
