@@ -1,9 +1,11 @@
 """COCO AP of fixture checkpoints broken down by object size and by class, on the synthetic val split.
 
 COCO's own small/medium/large split (32² / 96² px) puts almost every synthetic object (6-90 px on a
-160-px image) in "small", so this uses four bands of box area in pixels:
-tiny < 12², small 12²-24², mid 24²-48², large > 48². Same protocol as ``edgekit validate``
-(score 0.001, NMS IoU 0.6, 100 detections per image), scored by pycocotools.
+160-px image) in "small", so this uses four bands of object area in pixels: tiny < 12², small 12²-24²,
+mid 24²-48², large > 48². As in COCO, an object's area is its annotation's ``area`` (for the synthetic
+set: its visible pixel coverage, which is smaller than its box for stars, rings and occluded objects).
+Same post-processing as ``edgekit validate`` (``edgekit.validate.run.map_postprocess``), scored by
+pycocotools.
 
     python benchmarks/ap_by_size.py edgekit/zoo/centernet.pt edgekit/zoo/yolov8.pt [--data DIR]
 
@@ -17,7 +19,6 @@ import contextlib
 import io
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ def main() -> None:
     from edgekit.runtime.preprocess import load_image
     from edgekit.validate import synth
     from edgekit.validate.datasets import load_dataset
+    from edgekit.validate.run import map_postprocess
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or synth.generate(Path(tmp) / "val", "val", seed=0, progress=False)
@@ -61,8 +63,7 @@ def main() -> None:
         print("|---" * (4 + len(AREA_BANDS) - 1 + len(class_names)) + "|")
         for path in args.checkpoints:
             model = load_checkpoint(path).float().eval()
-            postprocess = replace(model.spec.postprocess, conf_threshold=0.001, iou_threshold=0.6, max_detections=100)
-            detections = detect_images(model, images, postprocess)
+            detections = detect_images(model, images, map_postprocess(model.spec))
             results = [{"image_id": image_id, "category_id": int(label) + 1, "score": float(score),
                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
                        for image_id, d in zip(image_ids, detections)

@@ -891,7 +891,8 @@ class CenterNetLoss(DetectionLoss):
         boxes = targets.boxes.numpy() / self.stride
         labels = targets.labels.numpy()
         areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-        # Largest box first, so that with dense regression a smaller box overwrites shared cells.
+        # Largest box first, so a smaller box overwrites the cells it shares with a larger one: its whole
+        # window with dense regression, or a shared centre cell without (before, the later box won).
         order = sorted(zip(*np.nonzero(labels >= 0)), key=lambda ij: (ij[0], -areas[ij]))
         for i, j in order:
             x1, y1, x2, y2 = boxes[i, j].tolist()

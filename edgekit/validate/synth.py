@@ -365,6 +365,12 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
                          f"({', '.join(sorted(entries - _OUTPUT_ENTRIES))}); refusing to overwrite it")
 
 
+def _coco_bbox(box: tuple[float, float, float, float]) -> list[float]:
+    """xyxy pixels -> COCO [x, y, w, h] as written to instances.json (sizes rounded to 0.01 px)."""
+    x1, y1, x2, y2 = box
+    return [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+
+
 def generate(out_dir: str | Path, split: str, seed: int, num_images: int | None = None,
              image_size: int = DEFAULT_IMAGE_SIZE, *, overwrite: bool = False,
              progress: bool = True) -> Path:
@@ -406,7 +412,7 @@ def generate(out_dir: str | Path, split: str, seed: int, num_images: int | None 
                 x1, y1, x2, y2 = obj["box"]
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": obj["label"] + 1,
-                    "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "bbox": _coco_bbox(obj["box"]),
                     "area": obj["area"], "iscrowd": 0, "visible_fraction": obj["visible_fraction"],
                 })
                 cx, cy = (x1 + x2) / 2 / image_size, (y1 + y2) / 2 / image_size
@@ -454,8 +460,7 @@ def is_current(folder: str | Path, split: str, seed: int, probes: int = 3) -> bo
         count = len(images)
         for index in sorted({round(k * (count - 1) / max(probes - 1, 1)) for k in range(probes)}):
             _, objects = render_image(image_rng(seed, split, index), image_size)
-            expected = [(obj["label"], [obj["box"][0], obj["box"][1], round(obj["box"][2] - obj["box"][0], 2),
-                                        round(obj["box"][3] - obj["box"][1], 2)]) for obj in objects]
+            expected = [(obj["label"], _coco_bbox(obj["box"])) for obj in objects]
             on_disk = by_image.get(images[index]["id"], [])
             if len(on_disk) != len(expected) or any(
                     a[0] != b[0] or not np.allclose(a[1], b[1], atol=1e-6) for a, b in zip(on_disk, expected)):

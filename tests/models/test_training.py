@@ -34,11 +34,10 @@ from edgekit.models.training import (
 )
 from edgekit.errors import SpecError
 from edgekit.models import training as training_module
-from edgekit.runtime.decode import decode_centernet
-from tests.helpers import load_tool
 from edgekit.runtime.decode import decode as runtime_decode
-from edgekit.runtime.decode import ssd_priors
+from edgekit.runtime.decode import decode_centernet, ssd_priors
 from edgekit.spec import HeadSpec, ModelSpec, ResizeSpec
+from tests.helpers import load_tool
 
 torch.set_num_threads(1)
 
