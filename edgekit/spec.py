@@ -30,6 +30,21 @@ implement exactly this:
   (logits, class 0 = background).
 - ``fastestdet``: one tensor ``[B, 5+nc, H, W]`` = (sigmoid objectness, raw reg x4, softmax classes);
   score = obj^0.6 * max(cls)^0.4.
+
+Heads decoded inside a third-party exported graph (``edgekit.runtime.onnx_import`` recognises them):
+
+- ``ultralytics_decoded`` (Ultralytics 8.x ONNX export): one tensor ``[B, 4+nc, N]`` = (cx, cy, w, h
+  in input pixels, nc sigmoid class scores in [0, 1]); score = max class, label = argmax; no objectness.
+- ``e2e_xyxy`` (Ultralytics end-to-end export, YOLOv10 / YOLO26, K = 300): one tensor ``[B, K, 6]`` =
+  (x1, y1, x2, y2 in input pixels, score, class index as a float); already NMS-free (postprocess nms=False).
+- ``yolo_decoded`` (classic YOLOv5 export; YOLOX export with ``decode_in_inference=True``): one tensor
+  ``[B, N, 5+nc]`` = (cx, cy, w, h in input pixels, objectness probability, nc class probabilities);
+  score = obj * cls.
+- ``yolox_flat`` params ``strides`` (official YOLOX ``tools/export_onnx.py`` without
+  ``--decode_in_inference``, its default): one tensor ``[B, N, 5+nc]``, N = sum over levels of
+  ceil(H/s)*ceil(W/s), level by level, cells row-major = (raw reg x4, objectness *probability*, class
+  *probabilities*: YOLOX's head applies the sigmoid before flattening in both modes, only the box
+  decode is skipped); ``xy = (reg + grid) * stride``, ``wh = exp(reg) * stride``, score = obj * cls.
 """
 
 from __future__ import annotations

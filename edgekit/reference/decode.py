@@ -280,3 +280,68 @@ def decode_fastestdet(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> Decod
     cls_score, labels = p[..., 5:].max(dim=-1)
     scores = p[..., 0].clamp(min=0) ** 0.6 * cls_score.clamp(min=0) ** 0.4
     return _xyxy(cx, cy, bw, bh), scores, labels
+
+
+# --- heads decoded inside the exported graph (third-party ONNX exports) -------------------------
+
+def _single(outputs: Sequence[torch.Tensor], spec: ModelSpec, ok, expected: str) -> torch.Tensor:
+    _expect_count(outputs, 1, spec)
+    out = outputs[0]
+    _expect(out.dim() == 3 and ok(out.shape), spec, 0, expected, out)
+    return out
+
+
+@register_decoder("ultralytics_decoded")
+def decode_ultralytics_decoded(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult:
+    """Ultralytics [B, 4+nc, N]: (cx, cy, w, h, class scores); score = max class score."""
+    nc = spec.num_classes
+    out = _single(outputs, spec, lambda s: s[1] == 4 + nc, f"[B, {4 + nc}, N]")
+    p = out.transpose(1, 2)  # [B, N, 4+nc]
+    scores, labels = p[..., 4:].max(dim=-1)
+    return _xyxy(p[..., 0], p[..., 1], p[..., 2], p[..., 3]), scores, labels
+
+
+@register_decoder("e2e_xyxy")
+def decode_e2e_xyxy(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult:
+    """End-to-end [B, K, 6]: (x1, y1, x2, y2, score, class index as a float), passed through."""
+    nc = spec.num_classes
+    out = _single(outputs, spec, lambda s: s[2] == 6, "[B, K, 6]")
+    labels = out[..., 5].round()
+    if ((out[..., 5] - labels).abs() > 0.01).any() or (labels < 0).any() or (labels >= nc).any():
+        raise OutputError(f"head 'e2e_xyxy' output 0: column 5 must be a class index in 0..{nc - 1}")
+    return out[..., :4].clone(), out[..., 4].clone(), labels.long()
+
+
+@register_decoder("yolo_decoded")
+def decode_yolo_decoded(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult:
+    """[B, N, 5+nc]: (cx, cy, w, h, obj prob, class probs); score = max over classes of obj * cls."""
+    nc = spec.num_classes
+    p = _single(outputs, spec, lambda s: s[2] == 5 + nc, f"[B, N, {5 + nc}]")
+    scores, labels = (p[..., 4:5] * p[..., 5:]).max(dim=-1)
+    return _xyxy(p[..., 0], p[..., 1], p[..., 2], p[..., 3]), scores, labels
+
+
+@register_decoder("yolox_flat")
+def decode_yolox_flat(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult:
+    """Official YOLOX export [B, N, 5+nc] over strides, level by level, cells row-major:
+    (raw reg, obj prob, class probs); xy = (reg + grid) * s, wh = exp(reg) * s, score = obj * cls."""
+    strides = _require(spec, "strides")
+    nc = spec.num_classes
+    in_h, in_w = spec.input_size
+    grids = [(-(-in_h // s), -(-in_w // s)) for s in strides]  # ceil division
+    total = sum(h * w for h, w in grids)
+    p = _single(outputs, spec, lambda s: s[1] == total and s[2] == 5 + nc, f"[B, {total}, {5 + nc}]")
+    # per-candidate cell coordinates and stride, concatenated level by level
+    cell_x, cell_y, stride_of = [], [], []
+    for (h, w), s in zip(grids, strides):
+        xs, ys = _grid(h, w)
+        cell_x.append(xs.flatten())
+        cell_y.append(ys.flatten())
+        stride_of.append(torch.full((h * w,), float(s)))
+    cx_cell, cy_cell, st = torch.cat(cell_x), torch.cat(cell_y), torch.cat(stride_of)
+    cx = (p[..., 0] + cx_cell) * st
+    cy = (p[..., 1] + cy_cell) * st
+    bw = torch.exp(p[..., 2]) * st
+    bh = torch.exp(p[..., 3]) * st
+    scores, labels = (p[..., 4:5] * p[..., 5:]).max(dim=-1)
+    return _xyxy(cx, cy, bw, bh), scores, labels

@@ -578,3 +578,117 @@ def decode_fastestdet(outputs: Sequence[np.ndarray], spec: ModelSpec,
     best, labels = _best_class(x[:, 5:], axis=1)
     scores = np.power(np.maximum(x[:, 0], 0.0), 0.6) * np.power(np.maximum(best, 0.0), 0.4)
     return Candidates(boxes, scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False))
+
+
+# --- heads decoded inside the exported graph (third-party ONNX exports) -------------------------
+
+def _check_single_3d(outputs: Sequence[np.ndarray], spec: ModelSpec, expected: Sequence[int | None],
+                     expected_text: str) -> np.ndarray:
+    """The one float32 ``[B, ., .]`` output of a head decoded in the graph, shape-checked."""
+    _check_count(outputs, 1, spec, f"one {expected_text} tensor")
+    arr = _as_float32(outputs[0])
+    _check_shape(arr, 0, spec, expected, expected_text)
+    return arr
+
+
+@register_decoder("ultralytics_decoded")
+def decode_ultralytics_decoded(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                               score_threshold: float | None = None) -> Candidates:
+    """Ultralytics 8.x detection export: one ``[B, 4+nc, N]`` = (cx, cy, w, h, nc class scores).
+
+    Boxes are centre/size in network-input pixels; class scores are sigmoid outputs in [0, 1]
+    (no objectness). score = max_c cls_c, label = argmax_c (first index on ties).
+    """
+    nc = spec.num_classes
+    arr = _check_single_3d(outputs, spec, (None, 4 + nc, None), f"[B, {4 + nc}, N] (cx, cy, w, h + {nc} class scores)")
+    b, _, n = arr.shape
+    boxes = np.empty((b, n, 4), np.float32)
+    _write_xyxy(boxes, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
+    scores, labels = _best_class(arr[:, 4:], axis=1)  # [B, N]
+    return Candidates(boxes, np.ascontiguousarray(scores, dtype=np.float32), labels.astype(np.int64, copy=False))
+
+
+#: how far the class column of an ``e2e_xyxy`` output may sit from an integer (fp16 holds 0..2048 exactly)
+_E2E_CLASS_TOLERANCE = 0.01
+
+
+@register_decoder("e2e_xyxy")
+def decode_e2e_xyxy(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                    score_threshold: float | None = None) -> Candidates:
+    """End-to-end (NMS-free) export: one ``[B, K, 6]`` = (x1, y1, x2, y2, score, class index).
+
+    Boxes are xyxy in network-input pixels, ``score`` the final score, ``class`` a float holding
+    the class index. The rows are passed through unchanged (no NMS is needed: the spec's
+    postprocess has ``nms=False``). A class value that is not an integer in 0..nc-1 means the
+    output is not this layout: OutputError.
+    """
+    nc = spec.num_classes
+    arr = _check_single_3d(outputs, spec, (None, None, 6), "[B, K, 6] (x1, y1, x2, y2, score, class)")
+    cls = arr[..., 5]
+    labels = np.rint(cls)
+    bad = (np.abs(cls - labels) > _E2E_CLASS_TOLERANCE) | (labels < 0) | (labels > nc - 1)
+    if bad.any():
+        value = float(cls[bad][0])
+        raise OutputError(f"head 'e2e_xyxy' output 0 ({_output_name(spec, 0)!r}): column 5 must be a class index "
+                          f"in 0..{nc - 1}, got {value:g}; is this an end-to-end [B, K, 6] export with {nc} classes?")
+    return Candidates(np.ascontiguousarray(arr[..., :4]), np.ascontiguousarray(arr[..., 4]),
+                      labels.astype(np.int64))
+
+
+@register_decoder("yolo_decoded")
+def decode_yolo_decoded(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                        score_threshold: float | None = None) -> Candidates:
+    """YOLOv5 / YOLOX (``decode_in_inference=True``) export: one ``[B, N, 5+nc]``.
+
+    Per candidate (cx, cy, w, h in network-input pixels, objectness probability, nc class
+    probabilities). score = obj * max_c cls_c (obj >= 0 is common to every class, so the best
+    class of obj * cls is the best class of cls), label = argmax_c cls_c.
+    """
+    nc = spec.num_classes
+    arr = _check_single_3d(outputs, spec, (None, None, 5 + nc),
+                           f"[B, N, {5 + nc}] (cx, cy, w, h, obj + {nc} class probabilities)")
+    b, n, _ = arr.shape
+    boxes = np.empty((b, n, 4), np.float32)
+    _write_xyxy(boxes, arr[..., 0], arr[..., 1], arr[..., 2], arr[..., 3])
+    best, labels = _best_class(arr[..., 5:], axis=2)
+    return Candidates(boxes, (arr[..., 4] * best).astype(np.float32, copy=False), labels.astype(np.int64, copy=False))
+
+
+def _flat_level_sizes(spec: ModelSpec, strides: Sequence[float]) -> list[tuple[int, int]]:
+    """(H, W) of each level's grid for a flattened multi-level head: ceil(input / stride) (stride-2 convs, pad 1)."""
+    in_h, in_w = spec.input_size
+    return [(math.ceil(in_h / s), math.ceil(in_w / s)) for s in strides]
+
+
+@register_decoder("yolox_flat")
+def decode_yolox_flat(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                      score_threshold: float | None = None) -> Candidates:
+    """Official YOLOX ONNX export (``tools/export_onnx.py``, ``decode_in_inference`` off, its default):
+    one ``[B, N, 5+nc]`` over the levels of ``params.strides``, level by level, cells row-major.
+
+    Per candidate (4 raw box regressions, objectness *probability*, nc class *probabilities*):
+    the YOLOX head applies the sigmoid to obj and cls before flattening, even in this mode; only
+    the box decode is left out. xy = (reg_xy + cell) * stride, wh = exp(reg_wh) * stride,
+    score = obj * max_c cls_c. N must be sum over levels of ceil(H/s) * ceil(W/s).
+    """
+    strides = _strides(spec)
+    nc = spec.num_classes
+    sizes = _flat_level_sizes(spec, strides)
+    total = sum(h * w for h, w in sizes)
+    arr = _check_single_3d(outputs, spec, (None, total, 5 + nc),
+                           f"[B, {total}, {5 + nc}] ({total} cells over strides {[int(s) for s in strides]} of "
+                           f"input {spec.input_size[0]}x{spec.input_size[1]}; 4 reg + obj + {nc} classes)")
+    b = arr.shape[0]
+    result = _allocate(b, total)
+    start = 0
+    for (h, w), stride in zip(sizes, strides):
+        n = h * w
+        x = arr[:, start:start + n]
+        gx, gy = _cell_xy(h, w)
+        _write_xyxy(result.boxes[:, start:start + n], (x[..., 0] + gx) * stride, (x[..., 1] + gy) * stride,
+                    np.exp(x[..., 2]) * stride, np.exp(x[..., 3]) * stride)
+        start += n
+    best, labels = _best_class(arr[..., 5:], axis=2)
+    np.multiply(arr[..., 4], best, out=result.scores)
+    result.labels[...] = labels
+    return result
