@@ -19,6 +19,9 @@ from edgekit.errors import EdgekitError, InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
+# Bounds on numbers a user types: beyond them a run hangs or allocates far more than any device has.
+MAX_THREADS = 256
+MAX_IMGSZ = 4096
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,8 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         return 130
+    except click.UsageError as exc:  # click's own "Usage: … Error: …" block becomes the one line every error is
+        command = exc.ctx.command_path.replace("edgekit", "", 1).strip() if exc.ctx is not None else ""
+        hint = f" (see `edgekit {command} --help`)" if command else " (see `edgekit --help`)"
+        click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -69,15 +77,59 @@ def _read_names(path: str | None) -> tuple[str, ...] | None:
 def _parse_imgsz(imgsz: int | None) -> tuple[int, int] | None:
     if imgsz is None:
         return None
-    if imgsz <= 0 or imgsz % 32:
-        raise InputError(f"--imgsz {imgsz}: expected a positive multiple of 32")
+    if imgsz <= 0 or imgsz % 32 or imgsz > MAX_IMGSZ:
+        raise InputError(f"--imgsz {imgsz}: expected a positive multiple of 32, at most {MAX_IMGSZ}")
     return (imgsz, imgsz)
+
+
+def _parse_backends(backends: str | None) -> list[str] | None:
+    """``--backends a,b`` -> names, each checked against the known runners (a typo must not be skipped silently)."""
+    if backends is None:
+        return None
+    from edgekit.runtime.backends import get_runner_class
+
+    names = [name.strip() for name in backends.split(",") if name.strip()]
+    if not names:
+        raise InputError("--backends: expected a comma-separated list of backend names")
+    for name in names:
+        get_runner_class(name)  # raises with the known names and a did-you-mean
+    return names
 
 
 def _load_model(checkpoint: str, family: str | None, names: str | None, imgsz: int | None):
     from edgekit.models.loading import load_checkpoint
 
-    return load_checkpoint(checkpoint, family=family, class_names=_read_names(names), input_size=_parse_imgsz(imgsz))
+    imports = _import_settings()
+    return load_checkpoint(checkpoint, family=family, class_names=_read_names(names), input_size=_parse_imgsz(imgsz),
+                           trust_upstream=imports.get("trust_upstream"), end2end=imports.get("end2end"))
+
+
+_IMPORT_META_KEY = "edgekit.import"
+
+
+def _remember_import_setting(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    """Keep --trust-upstream / --end2end for this invocation (ctx.meta), so every command loads checkpoints the same way."""
+    if value is not None:
+        ctx.meta.setdefault(_IMPORT_META_KEY, {})[param.name] = value
+    return value
+
+
+def _import_settings() -> dict:
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_IMPORT_META_KEY, {})) if ctx is not None else {}
+
+
+def _import_options(function):
+    """Options for checkpoints users bring (Ultralytics, YOLOv5): shared by export, convert, detect and validate."""
+    function = click.option("--end2end/--no-end2end", "end2end", default=None, expose_value=False,
+                            callback=_remember_import_setting,
+                            help="YOLO26 / end-to-end heads: use the one-to-one branch (top-k, no NMS) or the "
+                                 "one-to-many branch with NMS (default: what the checkpoint says).")(function)
+    function = click.option("--trust-upstream", "trust_upstream", metavar="PACKAGE", default=None, expose_value=False,
+                            callback=_remember_import_setting,
+                            help="Resolve only the layer classes edgekit does not implement (a fork's custom blocks) "
+                                 "from this installed package.")(function)
+    return function
 
 
 def expand_sources(sources: Sequence[str]) -> list[Path]:
@@ -208,6 +260,7 @@ def _model_options(function):
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
 @_pass_options
 @_model_options
+@_import_options
 def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, dynamic_batch: bool,
            skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, family: str | None,
            names: str | None) -> None:
@@ -230,11 +283,12 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
               help="Precision to build (default: the target's).")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Artifact folder (default: <checkpoint stem>_<target> next to the checkpoint).")
-@click.option("--imgsz", type=int, default=None, help="Square input size (multiple of 32); default: the target's.")
+@click.option("--imgsz", type=int, default=None, help="Square input size (multiple of 32); default: the size the checkpoint was trained at, else the target's.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
 @_pass_options
 @_int8_options
 @_model_options
+@_import_options
 def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: str | None, imgsz: int | None, opset: int,
             skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, calib: str | None,
             calib_method: str | None, calib_images: int | None, percentile: float | None, drift_budget: float | None,
@@ -285,12 +339,13 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
 @click.option("--precision", default=None, help="Precision of the artifact model to run (fp32, fp16, int8 …).")
 @click.option("--conf", type=click.FloatRange(0, 1), default=None, help="Score threshold (default from the spec).")
 @click.option("--iou", type=click.FloatRange(0, 1), default=None, help="NMS IoU threshold (default from the spec).")
-@click.option("--threads", type=click.IntRange(0), default=0, help="Backend threads (0 = backend default).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="Backend threads (0 = backend default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write detections in COCO results format.")
 @click.option("--save-dir", type=click.Path(file_okay=False), default=None, help="Save images with boxes drawn.")
 @click.option("--family", default=None, help="Model family of a plain state_dict checkpoint.")
 @click.option("--names", type=click.Path(dir_okay=False), default=None, help="Class names file (with --family).")
+@_import_options
 def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | None, conf: float | None,
            iou: float | None, threads: int, json_path: str | None, save_dir: str | None, family: str | None,
            names: str | None) -> None:
@@ -331,26 +386,35 @@ def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | 
 @click.option("--backends", default=None, help="Comma-separated backends to run (default: every model in the artifact).")
 @click.option("--reference", "reference_checkpoint", type=click.Path(dir_okay=False), default=None,
               help="The PyTorch checkpoint the artifact came from: Δ and agreement are measured against it.")
-@click.option("--threads", type=click.IntRange(0), default=0, help="Backend threads (0 = backend default).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="Backend threads (0 = backend default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write the drift report folder here: report.md, report.json, plots and sample images.")
+@click.option("--class-map", "class_map_path", type=click.Path(dir_okay=False), default=None,
+              help="Dataset class name -> model class name, for names that differ: a JSON object or "
+                   "'dataset name<TAB>model name' lines. Classes are otherwise matched by name.")
 @_model_options
+@_import_options
 def validate(artifact: str, data_path: str, backends: str | None, reference_checkpoint: str | None, threads: int,
-             json_path: str | None, report_dir: str | None, family: str | None, names: str | None) -> None:
+             json_path: str | None, report_dir: str | None, class_map_path: str | None, family: str | None,
+             names: str | None) -> None:
     """mAP, drift vs the reference, agreement and latency of every backend in ARTIFACT."""
     from tqdm import tqdm
 
-    from edgekit.validate.datasets import load_dataset
+    from edgekit.runtime.artifact import read_manifest
+    from edgekit.validate.datasets import load_class_map, load_dataset, map_to_model_classes
     from edgekit.validate.run import format_table, validate_artifact
 
-    dataset = load_dataset(data_path)
+    # dataset classes -> model classes by name, before any work (the report then names model classes)
+    dataset = map_to_model_classes(load_dataset(data_path), read_manifest(artifact).spec.class_names,
+                                   load_class_map(class_map_path) if class_map_path else None,
+                                   notice=lambda message: click.echo(f"warning: {message}", err=True))
     if report_dir:
         from edgekit.validate.report import check_report_dir
 
         check_report_dir(report_dir)  # an unwritable folder fails now, not after the whole validation
     reference = _load_model(reference_checkpoint, family, names, None) if reference_checkpoint else None
-    report = validate_artifact(artifact, dataset, backends=backends.split(",") if backends else None,
+    report = validate_artifact(artifact, dataset, backends=_parse_backends(backends),
                                reference_model=reference, threads=threads,
                                progress=lambda items, name: tqdm(items, desc=f"validate {name}", unit="img", leave=False))
     click.echo(format_table(report))
@@ -358,7 +422,6 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_path}")
     if report_dir:
-        from edgekit.runtime.artifact import read_manifest
         from edgekit.validate.report import write_drift_report
 
         written = write_drift_report(report, dataset, Path(report_dir), manifest=read_manifest(artifact))
@@ -372,7 +435,7 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
 @click.option("--backends", default=None, help="Comma-separated backends (default: every model in the artifact).")
 @click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs per model.")
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed warm-up runs.")
-@click.option("--threads", type=click.IntRange(0), default=0, help="Backend threads (0 = backend default).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="Backend threads (0 = backend default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for bench.json and bench.png (a bar chart of the stages).")
@@ -384,7 +447,7 @@ def bench(artifact: str, image_path: str | None, backends: str | None, runs: int
     from edgekit.bench import bench_artifact, format_bench, write_bench_report
 
     image = image_path or str(_bundled_image())
-    results = bench_artifact(artifact, image, backends=backends.split(",") if backends else None, runs=runs,
+    results = bench_artifact(artifact, image, backends=_parse_backends(backends), runs=runs,
                              warmup=warmup, threads=threads)
     click.echo(f"image: {image}   runs: {runs} (+{warmup} warm-up)   threads: {threads or 'default'}")
     click.echo(format_bench(results))

@@ -316,3 +316,10 @@ def _torch_allowed_globals() -> set[str]:
         return allowed
     except Exception:  # noqa: BLE001
         return set()
+
+
+def pickle_globals(path: Path) -> list[str]:
+    """Every global (``module.qualname``) the object pickles of a torch file name, in order; empty when the
+    file is not a readable pickle or zip checkpoint. Static disassembly only: nothing is unpickled."""
+    pickles = _object_pickles(Path(path))
+    return [name for data in pickles or [] for name in _globals_in_pickle(data)]

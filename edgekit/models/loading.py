@@ -5,12 +5,16 @@ edgekit's own format is a plain dict that ``torch.load(weights_only=True)`` read
     {"format": "edgekit", "version": 1, "config": ModelConfig dict, "spec": ModelSpec dict,
      "state_dict": {name: tensor}, "metrics": {...}}
 
-Third-party state_dicts load when the caller says which family they are (and the class names).
-Nothing from a file is ever executed: unpickling is restricted to tensors and plain containers.
+Checkpoints users bring load without flags: Ultralytics / classic YOLOv5 files (their pickled model objects are
+read as inert data and rebuilt from edgekit's own modules) and YOLOX official ``.pth`` files. Other third-party
+state_dicts load when the caller says which family they are (and the class names). Nothing from a file is ever
+executed: edgekit's own and state_dict files go through ``torch.load(weights_only=True)``, module pickles through
+the restricted unpickler of :mod:`edgekit.models.imports.pickled`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +26,7 @@ from torch import nn
 from edgekit.errors import ModelFileError
 from edgekit.models import FAMILIES, ModelConfig, build_model, family_names
 from edgekit.models.checkpoint import load_state_dict_strict, safe_torch_load
+from edgekit.models.imports.pickled import is_module_pickle
 from edgekit.spec import ModelSpec
 
 CHECKPOINT_FORMAT = "edgekit"
@@ -29,34 +34,101 @@ CHECKPOINT_VERSION = 1
 
 
 def load_checkpoint(path: str | Path, family: str | None = None, class_names: Sequence[str] | None = None,
-                    input_size: tuple[int, int] | None = None) -> nn.Module:
-    """Load a checkpoint into an ``nn.Module`` carrying ``.spec`` (ModelSpec) and ``.config``.
+                    input_size: tuple[int, int] | None = None, trust_upstream: str | None = None,
+                    end2end: bool | None = None) -> nn.Module:
+    """Load a checkpoint into an eval-mode ``nn.Module`` carrying ``.spec`` (ModelSpec).
 
-    ``path`` is an edgekit checkpoint, or a plain state_dict when ``family`` is given (then
-    ``class_names`` sets the number of classes). ``input_size`` (H, W) overrides the export size.
+    ``path`` is, without any flag:
+    - an edgekit checkpoint (``.config`` is attached too);
+    - an Ultralytics 8.x ``best.pt`` / ``last.pt`` (YOLOv5u, YOLOv8, YOLO11, YOLO26) or a classic YOLOv5 one: the
+      pickled model object is read as inert data (:mod:`edgekit.models.imports.pickled`) and rebuilt from edgekit's
+      own modules (:mod:`edgekit.models.imports.ultralytics`); ``trust_upstream`` names an installed package
+      allowed to provide the layer classes edgekit does not implement, ``end2end`` picks YOLO26's one-to-one head;
+    - a YOLOX official ``.pth`` (``{"model": state_dict}``), its scale found from the tensor shapes;
+    or a plain state_dict when ``family`` is given (then ``class_names`` sets the number of classes).
+
+    ``class_names`` renames the classes of an imported checkpoint (same count). ``input_size`` (H, W) overrides
+    the export size. ``model.input_size_from_checkpoint`` says whether ``spec.input_size`` is the size the file
+    says it was trained at (True) or a default edgekit assumed (False): a target profile's size applies only then.
     """
     path = Path(path)
-    payload = safe_torch_load(path)
-    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
-        model = _from_edgekit_payload(payload, str(path))
-        if family is not None and family != model.spec.family:
-            raise ModelFileError(f"{path}: is an edgekit {model.spec.family!r} checkpoint, not {family!r}")
+    if path.suffix.lower() == ".onnx":
+        raise ModelFileError(f"{path}: is an ONNX file, not a PyTorch checkpoint; pass it to detect/validate/convert "
+                             "as it is")
+    if family is None and is_module_pickle(path):
+        model = _from_module_pickle(path, trust_upstream, end2end)
     else:
-        if family is None:
-            raise ModelFileError(f"{path}: a plain state_dict does not say which model it belongs to; "
-                                 f"pass --family NAME (one of {', '.join(family_names())}) and --names FILE")
-        if not isinstance(payload, Mapping):
-            raise ModelFileError(f"{path}: expected a state_dict (a mapping of tensors), got {type(payload).__name__}")
-        names = tuple(class_names) if class_names else None
-        if names is None:
-            raise ModelFileError(f"{path}: pass --names FILE (one class name per line) with a plain state_dict")
-        size = tuple(input_size) if input_size else _default_input_size(family)
-        config = ModelConfig(family=family, num_classes=len(names), **({"input_size": size} if size else {}))
-        model = build_model(config, names)
-        load_state_dict_strict(model, payload, str(path))
+        payload = safe_torch_load(path)
+        if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
+            model = _from_edgekit_payload(payload, str(path))
+            model.input_size_from_checkpoint = True
+            if family is not None and family != model.spec.family:
+                raise ModelFileError(f"{path}: is an edgekit {model.spec.family!r} checkpoint, not {family!r}")
+        elif family is None and _yolox_tensors(payload) is not None:
+            from edgekit.models.imports.yolox_official import build_yolox_official
+
+            model = build_yolox_official(_yolox_tensors(payload), str(path), None, None)
+            model.input_size_from_checkpoint = False
+        else:
+            model = _from_state_dict(path, payload, family, class_names, input_size)
+            model.input_size_from_checkpoint = False
+    if class_names is not None and tuple(class_names) != tuple(model.spec.class_names):
+        names = tuple(str(n) for n in class_names)
+        if len(names) != model.spec.num_classes:
+            raise ModelFileError(f"{path}: --names lists {len(names)} classes, the checkpoint has {model.spec.num_classes}")
+        model.spec = dataclasses.replace(model.spec, class_names=names)
     if input_size is not None and tuple(input_size) != tuple(model.spec.input_size):
         model.spec = model.spec.with_input_size(tuple(input_size))
+        model.input_size_from_checkpoint = True  # the user's size is as binding as the file's
     return model.eval()
+
+
+def _from_module_pickle(path: Path, trust_upstream: str | None, end2end: bool | None) -> nn.Module:
+    """An Ultralytics / YOLOv5 checkpoint that pickles the model object, rebuilt from edgekit's modules."""
+    from edgekit.models.imports.pickled import PickledObject, load_pickled_checkpoint
+    from edgekit.models.imports.ultralytics import build_from_pickled
+
+    checkpoint = load_pickled_checkpoint(path)
+    payload = checkpoint.payload
+    # Ultralytics and YOLOv5 load the EMA weights when a (mid-training) file has them, else "model".
+    model_object = None
+    if isinstance(payload, Mapping):
+        model_object = payload.get("ema") if isinstance(payload.get("ema"), PickledObject) else payload.get("model")
+    if not isinstance(model_object, PickledObject) or not model_object.is_module:
+        shown = ", ".join(checkpoint.class_names[:6]) or "none"
+        raise ModelFileError(f"{path}: pickles objects ({shown}) but no model under 'model' or 'ema'; expected an "
+                             "Ultralytics or YOLOv5 checkpoint, an edgekit checkpoint or a state_dict")
+    model = build_from_pickled(checkpoint, str(path), end2end=end2end, trust_upstream=trust_upstream)
+    model.input_size_from_checkpoint = bool(getattr(model, "input_size_from_checkpoint", False))
+    return model
+
+
+def _yolox_tensors(payload: Any) -> Mapping[str, Any] | None:
+    """The state_dict of a YOLOX official checkpoint (``{"model": state_dict, ...}`` or a bare one), else None."""
+    from edgekit.models.imports.yolox_official import is_yolox_state_dict
+
+    for candidate in (payload.get("model") if isinstance(payload, Mapping) else None, payload):
+        if isinstance(candidate, Mapping) and candidate and is_yolox_state_dict(candidate):
+            return candidate
+    return None
+
+
+def _from_state_dict(path: Path, payload: Any, family: str | None, class_names: Sequence[str] | None,
+                     input_size: tuple[int, int] | None) -> nn.Module:
+    """A plain state_dict of a built-in family: the user says which family and which classes."""
+    if family is None:
+        raise ModelFileError(f"{path}: a plain state_dict does not say which model it belongs to; "
+                             f"pass --family NAME (one of {', '.join(family_names())}) and --names FILE")
+    if not isinstance(payload, Mapping):
+        raise ModelFileError(f"{path}: expected a state_dict (a mapping of tensors), got {type(payload).__name__}")
+    names = tuple(class_names) if class_names else None
+    if names is None:
+        raise ModelFileError(f"{path}: pass --names FILE (one class name per line) with a plain state_dict")
+    size = tuple(input_size) if input_size else _default_input_size(family)
+    config = ModelConfig(family=family, num_classes=len(names), **({"input_size": size} if size else {}))
+    model = build_model(config, names)
+    load_state_dict_strict(model, payload, str(path))
+    return model
 
 
 def _default_input_size(family: str) -> tuple[int, int] | None:

@@ -71,7 +71,9 @@ def test_tensorrt_target_writes_the_onnx_and_the_on_device_build_command(tmp_pat
     assert entry.options["build_command"].startswith("trtexec --onnx=model.onnx --saveEngine=model_fp16.engine --fp16")
     assert (tmp_path / "jetson" / "tensorrt_build.sh").read_text().count("--memPoolSize=workspace:2048") == 1
     assert "build the engine with" in out
-    assert manifest.spec.input_size == (640, 640)  # the target's input size
+    # the checkpoint's own size wins over the profile's 640, and the conflict is printed
+    assert manifest.spec.input_size == small_model().spec.input_size != (640, 640)
+    assert "suggests 640x640; keeping the checkpoint's own" in out
 
 
 def test_failed_backend_build_leaves_no_artifact(tmp_path):
