@@ -11,10 +11,14 @@ Two layouts are read:
   relative path, one object a line ``class cx cy w h`` (class 0-based, coordinates normalised to
   [0, 1] by the image width / height); ultralytics polygon lines ``class x1 y1 x2 y2 ...`` are
   read as the polygon's extent. Class names come from ``classes.txt`` (one a line, in the root
-  or in ``labels/``) or from ``data.yaml`` / ``dataset.yaml`` ``names``. A missing label file
+  or in ``labels/``) or from ``data.yaml`` / ``dataset.yaml`` ``names``; without any of them the
+  dataset is unnamed (``Dataset.named`` False, names "0", "1", ...). A missing label file
   means an image with no objects. Image ids are 1..N in sorted relative-path order.
 
 Everything in memory is xyxy float32 pixels with 0-based int64 labels. No torch here.
+
+A dataset's class indices are its own; ``map_to_model_classes`` maps them onto a model's classes
+BY NAME (optionally through a user's class map, ``load_class_map``) before anything is scored.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import ast
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -75,6 +79,8 @@ class Dataset:
     """A detection dataset: class names, and one ``Annotation`` per image in a stable order.
 
     ``category_ids[k]`` is the COCO category id of class index ``k`` (1..K for YOLO layouts).
+    ``named`` is False for a YOLO layout without classes.txt / data.yaml names: its class names
+    are then just "0", "1", ... up to the largest label seen.
     """
 
     root: Path
@@ -83,6 +89,7 @@ class Dataset:
     items: tuple[Annotation, ...]
     category_ids: tuple[int, ...]
     layout: str = "coco"
+    named: bool = True
 
     def image_path(self, item: Annotation) -> Path:
         return self.image_dir / item.file_name
@@ -318,7 +325,8 @@ def _names_without_yaml(text: str) -> list | dict | None:
     return None
 
 
-def _yolo_class_names(root: Path) -> list[str]:
+def _yolo_class_names(root: Path) -> list[str] | None:
+    """Names from classes.txt or data.yaml / dataset.yaml; None when the dataset has none of them."""
     for classes_txt in (root / "classes.txt", root / "labels" / "classes.txt"):
         if classes_txt.is_file():
             names = [line.strip() for line in classes_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -332,12 +340,15 @@ def _yolo_class_names(root: Path) -> list[str]:
             if names:
                 return names
             raise DatasetError(f"{yaml_path}: no 'names'; expected names: [class0, class1, ...]")
-    raise DatasetError(f"YOLO dataset {root}: no class names; expected classes.txt (one name a line) "
-                       "or data.yaml with 'names'")
+    return None
 
 
-def _read_yolo_labels(label_path: Path, num_classes: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Parse one label file -> (boxes float32 [N, 4] xyxy pixels, labels int64 [N])."""
+def _read_yolo_labels(label_path: Path, num_classes: int | None, width: int,
+                      height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one label file -> (boxes float32 [N, 4] xyxy pixels, labels int64 [N]).
+
+    ``num_classes`` None (an unnamed dataset): any non-negative integer class is accepted.
+    """
     boxes, labels = [], []
     for line_no, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), start=1):
         fields = line.split()
@@ -352,7 +363,9 @@ def _read_yolo_labels(label_path: Path, num_classes: int, width: int, height: in
             values = np.array([float(v) for v in fields[1:]], np.float64)
         except ValueError:
             raise DatasetError(f"{where}: {line.strip()!r} is not numeric; expected 'class cx cy w h'") from None
-        if not cls_value.is_integer() or not 0 <= cls_value < num_classes:
+        if num_classes is None and (not cls_value.is_integer() or cls_value < 0):
+            raise DatasetError(f"{where}: class {fields[0]}; expected a non-negative integer class index")
+        if num_classes is not None and (not cls_value.is_integer() or not 0 <= cls_value < num_classes):
             raise DatasetError(f"{where}: class {fields[0]} out of range; expected an integer in 0..{num_classes - 1}")
         if not np.all(np.isfinite(values)) or values.min() < -_NORMALISED_SLACK or values.max() > 1 + _NORMALISED_SLACK:
             raise DatasetError(f"{where}: coordinates {fields[1:]} not normalised; expected values in [0, 1]")
@@ -384,10 +397,157 @@ def _load_yolo(root: Path) -> Dataset:
             raise DatasetError(f"{image_path}: cannot read image header: {exc}") from None
         label_path = label_dir / relative.with_suffix(".txt")
         if label_path.is_file():
-            boxes, labels = _read_yolo_labels(label_path, len(class_names), width, height)
+            boxes, labels = _read_yolo_labels(label_path, len(class_names) if class_names is not None else None,
+                                              width, height)
         else:
             boxes, labels = _empty_boxes(), _empty_labels()
         items.append(Annotation(image_id=image_id, file_name=relative.as_posix(), width=width, height=height,
                                 boxes=boxes, labels=labels))
+    named = class_names is not None
+    if class_names is None:
+        # no names anywhere: the label indices are all there is (mapped onto a model by index, with a warning)
+        seen = max((int(item.labels.max()) for item in items if len(item.labels)), default=-1)
+        class_names = [str(k) for k in range(seen + 1)]
     return Dataset(root=root, image_dir=image_dir, class_names=tuple(class_names), items=tuple(items),
-                   category_ids=tuple(range(1, len(class_names) + 1)), layout="yolo")
+                   category_ids=tuple(range(1, len(class_names) + 1)), layout="yolo", named=named)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset classes -> model classes
+# ---------------------------------------------------------------------------------------------
+
+def load_class_map(path: str | Path) -> dict[str, str]:
+    """A user's class map: dataset class name -> model class name.
+
+    ``*.json``: one object ``{"motorcycle": "motorbike", ...}``. Any other file: one pair a line,
+    ``dataset name<TAB>model name`` (names may contain spaces, so the separator is a tab); blank
+    lines and lines starting with ``#`` are skipped. Raises ``DatasetError`` naming the file (and
+    line) on anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"class map {path} does not exist; expected a JSON object or 'dataset name<TAB>model name' lines")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"class map {path}: cannot read: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"class map {path}: malformed JSON at line {exc.lineno} column {exc.colno}: "
+                               f"{exc.msg}") from None
+        if not isinstance(data, dict):
+            raise DatasetError(f"class map {path}: expected a JSON object {{\"dataset name\": \"model name\", ...}}")
+        bad = [k for k, v in data.items() if not isinstance(v, str) or not v.strip()]
+        if bad:
+            raise DatasetError(f"class map {path}: entry {bad[0]!r} must map names to names (a non-empty string)")
+        return {str(k).strip(): v.strip() for k, v in data.items()}
+    mapping: dict[str, str] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if len(fields) != 2 or not all(fields):
+            raise DatasetError(f"{path}:{line_no}: {line.strip()!r}; expected 'dataset name<TAB>model name'")
+        if fields[0] in mapping:
+            raise DatasetError(f"{path}:{line_no}: {fields[0]!r} is mapped twice")
+        mapping[fields[0]] = fields[1]
+    return mapping
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    """`'name' (did you mean 'x'?)` when a choice is close, else `'name'`."""
+    from edgekit.targets import _did_you_mean  # the project's one did-you-mean helper
+
+    hint = _did_you_mean(name, choices)
+    return f"{name!r} ({hint.removeprefix('; ')})" if hint else repr(name)
+
+
+def map_to_model_classes(dataset: Dataset, model_names: tuple[str, ...] | list[str],
+                         class_map: dict[str, str] | None = None,
+                         notice: Callable[[str], None] | None = None) -> Dataset:
+    """The dataset with its labels renumbered into the model's class indices, matched BY NAME.
+
+    Each dataset class name ``n`` becomes model class ``class_map.get(n, n)``. Model classes the
+    dataset lacks are fine (they have no ground truth, hence no AP); a dataset name matching no
+    model class is a ``DatasetError`` listing every such name (with a did-you-mean). An unnamed
+    dataset (YOLO labels without classes.txt / data.yaml names) without a class map keeps its
+    indices as model indices, and ``notice`` (default ``warnings.warn``) gets one line saying so.
+    Returns ``dataset`` itself when the mapping is the identity; otherwise a copy whose
+    ``class_names`` are ``model_names`` and whose ``category_ids[j]`` is the dataset's id of the
+    class mapped to model class j (fresh ids above the dataset's for model-only classes).
+    Boxes are untouched (xyxy float32 pixels); labels stay int64.
+    """
+    model_names = tuple(str(n) for n in model_names)
+    where = f"dataset {dataset.root}"
+    if not dataset.named and not class_map:
+        if len(dataset.class_names) > len(model_names):
+            raise DatasetError(f"{where}: labels use class index {len(dataset.class_names) - 1} but the model has "
+                               f"{len(model_names)} classes; the dataset has no class names (add classes.txt) "
+                               "to map them by name")
+        message = (f"{where} has no class names (no classes.txt or data.yaml 'names'): its label indices are "
+                   f"taken as the model's class indices by index (0 = {model_names[0]!r}"
+                   f"{f', 1 = {model_names[1]!r}' if len(model_names) > 1 else ''}, ...); add classes.txt to map "
+                   "by name") if model_names else f"{where} has no class names"
+        if notice is None:
+            import warnings
+
+            warnings.warn(message, stacklevel=2)
+        else:
+            notice(message)
+        labels = np.arange(len(dataset.class_names), dtype=np.int64)
+        return _remapped(dataset, labels, model_names, list(range(1, len(model_names) + 1)))
+
+    class_map = dict(class_map or {})
+    if dataset.class_names == model_names and all(k == v for k, v in class_map.items()):
+        return dataset
+    unknown_keys = [k for k in class_map if k not in dataset.class_names]
+    if unknown_keys:
+        raise DatasetError(f"{where}: the class map names {', '.join(_suggest(k, list(dataset.class_names)) for k in unknown_keys)}, "
+                           f"not a class of the dataset ({len(dataset.class_names)} classes)")
+    model_index: dict[str, int] = {}
+    duplicated = set()
+    for j, name in enumerate(model_names):
+        if name in model_index:
+            duplicated.add(name)
+        model_index.setdefault(name, j)
+    targets = [class_map.get(name, name) for name in dataset.class_names]
+    for name in dataset.class_names:
+        if name in class_map and class_map[name] not in model_index:
+            raise DatasetError(f"{where}: the class map maps {name!r} to {class_map[name]!r}, which is not a model "
+                               f"class{_suggest(class_map[name], list(model_names)).removeprefix(repr(class_map[name]))}")
+    ambiguous = sorted({t for t in targets if t in duplicated})
+    if ambiguous:
+        raise DatasetError(f"model class name {ambiguous[0]!r} appears more than once in the model's "
+                           f"{len(model_names)} class names; a dataset class cannot be matched to it by name")
+    unmatched = [name for name, target in zip(dataset.class_names, targets) if target not in model_index]
+    if unmatched:
+        taken = set(targets)
+        free = [n for n in model_names if n not in taken]
+        listed = ", ".join(_suggest(name, free) for name in unmatched)
+        raise DatasetError(f"{where}: {len(unmatched)} of the dataset's {len(dataset.class_names)} class names match "
+                           f"no class of the model ({len(model_names)} classes): {listed}; rename them in the dataset "
+                           "or map them with --class-map FILE (JSON object or 'dataset name<TAB>model name' lines)")
+    labels = np.array([model_index[t] for t in targets], np.int64)
+    # COCO ids follow their class; model classes the dataset lacks get fresh ids above the dataset's.
+    category_ids: list[int | None] = [None] * len(model_names)
+    for k, j in enumerate(labels.tolist()):
+        if category_ids[j] is None:
+            category_ids[j] = dataset.category_ids[k]
+    fresh = max(dataset.category_ids, default=0)
+    for j, cid in enumerate(category_ids):
+        if cid is None:
+            fresh += 1
+            category_ids[j] = fresh
+    return _remapped(dataset, labels, model_names, category_ids)
+
+
+def _remapped(dataset: Dataset, lookup: np.ndarray, model_names: tuple[str, ...], category_ids: list) -> Dataset:
+    """``dataset`` with every label k replaced by ``lookup[k]`` (int64) and the model's class names."""
+    from dataclasses import replace
+
+    items = tuple(replace(item, labels=lookup[item.labels].astype(np.int64),
+                          crowd_labels=lookup[item.crowd_labels].astype(np.int64)) for item in dataset.items)
+    return replace(dataset, class_names=model_names, items=items, category_ids=tuple(int(c) for c in category_ids),
+                   named=True)

@@ -24,7 +24,7 @@ from edgekit.runtime.detections import Detections
 from edgekit.runtime.detector import Detector
 from edgekit.validate.agreement import AgreementResult, agreement
 from edgekit.validate.coco_eval import MapResult, evaluate_detections
-from edgekit.validate.datasets import Dataset
+from edgekit.validate.datasets import Dataset, map_to_model_classes
 
 #: mAP protocol (the YOLO-family val convention): keep low-confidence boxes so the precision/recall
 #: curve is complete, NMS at IoU 0.6, at most 100 detections per image (COCOeval's own cap).
@@ -119,28 +119,36 @@ def map_postprocess(spec: Any) -> Any:
 
 def validate_artifact(artifact: str | Path, dataset: Dataset, backends: Sequence[str] | None = None,
                       reference_model: Any | None = None, threads: int = 0,
-                      progress: Callable[[Sequence, str], Any] | None = None) -> ValidationReport:
+                      progress: Callable[[Sequence, str], Any] | None = None,
+                      class_map: dict[str, str] | None = None,
+                      notice: Callable[[str], None] | None = None) -> ValidationReport:
     """Evaluate every model in the artifact (or those of ``backends``) on ``dataset``.
 
     ``reference_model``: the PyTorch nn.Module (with .spec) the artifact was made from; when given,
     it is run through the reference detector and is what Δ and agreement are measured against.
     Without it the artifact's ONNX Runtime fp32 model is the reference (the export verified it
     against PyTorch, and the manifest records that error).
+    The dataset's classes are matched to the model's by name (``map_to_model_classes``, with the
+    optional ``class_map`` dataset name -> model name; ``notice`` gets its one-line warnings).
     """
-    return validate_artifacts([artifact], dataset, backends, reference_model, threads, progress)
+    return validate_artifacts([artifact], dataset, backends, reference_model, threads, progress, class_map, notice)
 
 
 def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backends: Sequence[str] | None = None,
                        reference_model: Any | None = None, threads: int = 0,
-                       progress: Callable[[Sequence, str], Any] | None = None) -> ValidationReport:
-    """One report over several artifacts of the same model; a backend/precision seen twice runs once."""
+                       progress: Callable[[Sequence, str], Any] | None = None,
+                       class_map: dict[str, str] | None = None,
+                       notice: Callable[[str], None] | None = None) -> ValidationReport:
+    """One report over several artifacts of the same model; a backend/precision seen twice runs once.
+
+    The dataset's classes are matched to the model's by name first (see ``validate_artifact``).
+    """
     if not dataset.items:
         raise EdgekitError(f"{dataset.root}: the dataset has no images")
     manifests = [(Path(a), read_manifest(a)) for a in artifacts]
     spec = manifests[0][1].spec
-    if len(dataset.class_names) != spec.num_classes:
-        raise EdgekitError(f"{dataset.root}: the dataset has {len(dataset.class_names)} classes, the model "
-                           f"{spec.num_classes}; they must be the same classes in the same order")
+    # labels are scored as model class indices: renumber the dataset's by name (an error names mismatches)
+    dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
     report = ValidationReport(dataset=str(dataset.root), reference="")
     if reference_model is not None:
         from edgekit.reference.detector import ReferenceDetector

@@ -194,8 +194,15 @@ def test_bad_yolo_label_line(synth_dir, tmp_path, line, expected):
 
 
 def test_yolo_without_class_names(synth_dir, tmp_path):
+    """No classes.txt / data.yaml: the dataset loads unnamed (validate then maps it by index, with a warning)."""
     root = _copy(synth_dir, tmp_path / "nonames", drop=("annotations", "classes.txt"))
-    assert "expected classes.txt" in _error(root)
+    named = load_dataset(synth_dir, layout="yolo")
+    unnamed = load_dataset(root)
+    assert not unnamed.named and named.named
+    seen = max(int(item.labels.max()) for item in named.items if len(item.labels))
+    assert unnamed.class_names == tuple(str(k) for k in range(seen + 1))
+    for a, b in zip(named.items, unnamed.items):
+        assert a.labels.tolist() == b.labels.tolist()
 
 
 def test_unreadable_image(synth_dir, tmp_path):
