@@ -20,6 +20,7 @@ from edgekit.runtime.backends import Runner, get_runner_class
 from edgekit.runtime.decode import decode, get_decoder
 from edgekit.runtime.detections import Detections
 from edgekit.runtime.nms import postprocess
+from edgekit.runtime.onnx_import import has_edgekit_spec, read_onnx_header, spec_from_third_party_onnx
 from edgekit.runtime.preprocess import ImageLike, boxes_to_original, load_image, preprocess
 from edgekit.spec import ModelSpec, PostprocessSpec
 
@@ -62,7 +63,8 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path, backend: str = "onnxruntime", precision: str | None = None,
              threads: int = 0, conf_threshold: float | None = None, iou_threshold: float | None = None) -> Detector:
-        """Open an artifact folder (edgekit.json inside) or a bare edgekit-exported ``.onnx`` file.
+        """Open an artifact folder (edgekit.json inside) or a bare ``.onnx`` file: edgekit-exported, or a
+        third-party export that describes itself (see ``edgekit.runtime.onnx_import``).
 
         Every file the chosen model needs is checked against its recorded sha256.
         """
@@ -77,7 +79,9 @@ class Detector:
             runner = runner_class.from_artifact(model_file, entry.options, threads=threads)
             spec = manifest.spec
         else:
-            spec = spec_from_onnx(path)
+            # a bare ONNX file: edgekit's own (spec embedded) or a recognised third-party export
+            header = read_onnx_header(path)
+            spec = spec_from_onnx(path) if has_edgekit_spec(header) else spec_from_third_party_onnx(path, header=header)
             runner = runner_class.from_artifact(path, {}, threads=threads)
         pp = spec.postprocess
         if conf_threshold is not None:

@@ -1,0 +1,114 @@
+"""Compare detections with an upstream project's own predictions (import as ``from tests.parity_helpers import ...``).
+
+Both sides are lists of COCO-style result dicts ``{"file_name", "category_id" (class index),
+"bbox" [x, y, w, h] in original-image pixels, "score"}`` — the format of the ``*.preds.conf*.json``
+files under ``../shared/models`` and of ``Detections.to_coco(..., file_name=...)``.
+
+Per image, upstream boxes are visited by descending score; each takes the not-yet-used detection of
+ours with the same class and the highest IoU. It counts as *matched* when IoU >= ``iou_min`` and
+|Δscore| <= ``score_tol``, and as *strict* when IoU >= ``strict_iou`` and |Δscore| <= ``strict_score``.
+An upstream box left unmatched whose score lies within ``margin`` of ``conf_threshold`` is counted
+as ``near_threshold`` (it may legitimately be on one side only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+
+@dataclass
+class ParityStats:
+    """Result of :func:`match_upstream`. Fractions are over the upstream boxes (1.0 when there are none)."""
+
+    upstream: int = 0
+    ours: int = 0
+    matched: int = 0
+    strict: int = 0
+    near_threshold: int = 0               # unmatched upstream boxes within the margin of the threshold
+    extra: int = 0                        # our detections no upstream box took
+    min_iou: float = 1.0                  # over matched pairs
+    max_score_delta: float = 0.0          # over matched pairs
+    unmatched: list[dict[str, Any]] = field(default_factory=list)  # upstream entries + best IoU/Δscore found
+
+    @property
+    def matched_fraction(self) -> float:
+        return self.matched / self.upstream if self.upstream else 1.0
+
+    @property
+    def strict_fraction(self) -> float:
+        return self.strict / self.upstream if self.upstream else 1.0
+
+    def summary(self) -> str:
+        return (f"{self.matched}/{self.upstream} upstream boxes matched ({self.matched_fraction:.1%}), strict "
+                f"{self.strict}/{self.upstream} ({self.strict_fraction:.1%}); ours {self.ours}, extra {self.extra}, "
+                f"unmatched near threshold {self.near_threshold}; min IoU {self.min_iou:.4f}, "
+                f"max |Δscore| {self.max_score_delta:.4f}")
+
+
+def load_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """A ``*.preds.conf*.json`` file: a JSON list of result dicts."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def box_iou_xywh(a: list[float], b: list[float]) -> float:
+    """IoU of two [x, y, w, h] boxes."""
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_upstream(upstream_preds: Iterable[dict[str, Any]], our_dets: Iterable[dict[str, Any]],
+                   iou_min: float = 0.9, score_tol: float = 0.03, strict_iou: float = 0.99,
+                   strict_score: float = 0.005, conf_threshold: float | None = None,
+                   margin: float = 0.02) -> ParityStats:
+    """Match our detections to the upstream's, per ``file_name``; see the module docstring."""
+    by_image_up: dict[str, list[dict]] = defaultdict(list)
+    by_image_ours: dict[str, list[dict]] = defaultdict(list)
+    for p in upstream_preds:
+        by_image_up[p["file_name"]].append(p)
+    for d in our_dets:
+        by_image_ours[d["file_name"]].append(d)
+    stats = ParityStats()
+    stats.ours = sum(len(v) for v in by_image_ours.values())
+    ious: list[float] = []
+    deltas: list[float] = []
+    used_total = 0
+    for image, ups in by_image_up.items():
+        ours = by_image_ours.get(image, [])
+        used = [False] * len(ours)
+        for up in sorted(ups, key=lambda p: -p["score"]):
+            stats.upstream += 1
+            best, best_iou = -1, -1.0
+            for j, det in enumerate(ours):
+                if used[j] or int(det["category_id"]) != int(up["category_id"]):
+                    continue
+                iou = box_iou_xywh(up["bbox"], det["bbox"])
+                if iou > best_iou:
+                    best, best_iou = j, iou
+            delta = abs(ours[best]["score"] - up["score"]) if best >= 0 else float("inf")
+            if best >= 0 and best_iou >= iou_min and delta <= score_tol:
+                used[best] = True
+                stats.matched += 1
+                ious.append(best_iou)
+                deltas.append(delta)
+                if best_iou >= strict_iou and delta <= strict_score:
+                    stats.strict += 1
+            else:
+                near = conf_threshold is not None and abs(up["score"] - conf_threshold) <= margin
+                stats.near_threshold += int(near)
+                stats.unmatched.append({**up, "best_iou": best_iou, "score_delta": delta, "near_threshold": near})
+        used_total += sum(used)
+    stats.extra = stats.ours - used_total
+    if ious:
+        stats.min_iou = float(np.min(ious))
+        stats.max_score_delta = float(np.max(deltas))
+    return stats
