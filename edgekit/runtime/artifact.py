@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from edgekit.errors import ModelFileError
@@ -19,6 +19,12 @@ from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 MANIFEST_NAME = "edgekit.json"
 MANIFEST_FORMAT = "edgekit-artifact"
 MANIFEST_VERSION = 1
+#: entry options that name one file, and the folder the runtime resolves each against ("entry": the
+#: folder of the entry's own ``file``, "artifact": the artifact folder). Every one is checked to stay
+#: inside the artifact folder when the manifest is read; so are options ending in ``_file``.
+FILE_OPTIONS = {"bin_file": "entry", "engine": "entry", "build_script": "artifact"}
+#: entry options that name a list of files, relative to the artifact folder
+FILE_LIST_OPTIONS = ("companion_files",)
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,75 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
         files = {str(k): str(v) for k, v in data["files"].items()}
     except (KeyError, TypeError, AttributeError) as exc:
         raise ModelFileError(f"{path}: malformed 'models' or 'files' section ({exc})") from None
+    check_manifest_paths(path, artifact_dir, models, files)
     for entry in models:
         if entry.file not in files:
             raise ModelFileError(f"{path}: model file {entry.file!r} has no sha256 in 'files'")
     return Manifest(spec=spec, models=models, files=files, info=dict(data.get("info", {})))
+
+
+def check_manifest_paths(manifest_path: Path, artifact_dir: Path, models: tuple[ModelEntry, ...],
+                         files: dict[str, str]) -> None:
+    """Every file the manifest names must lie inside ``artifact_dir``: the ``files`` map, each model
+    entry's ``file`` and its file-naming options (:data:`FILE_OPTIONS`, :data:`FILE_LIST_OPTIONS`,
+    any ``*_file`` option). Raises one-line ModelFileError naming the manifest, the entry and the path.
+
+    A manifest is input like any other: without this, ``"file": "../../elsewhere/model.onnx"`` (with its
+    sha256 in ``files``) would load and run a model from outside the folder, and ``inspect`` would hash
+    and list ``/etc/passwd``.
+    """
+    root = artifact_dir.resolve()
+    for index, entry in enumerate(models):  # entries first: their error says which model would have run it
+        where = f"models[{index}] ({entry.backend}/{entry.precision})"
+        _check_inside(manifest_path, root, root, f"{where} 'file'", entry.file)
+        entry_dir = (root / entry.file).parent
+        for key, value in entry.options.items():
+            if key in FILE_LIST_OPTIONS or key.endswith("_files"):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ModelFileError(f"{manifest_path}: {where} option '{key}' must be a list of file names, "
+                                         f"got {type(value).__name__}")
+                for item in value:
+                    _check_inside(manifest_path, root, root, f"{where} option '{key}'", item)
+            elif key in FILE_OPTIONS or key.endswith("_file"):
+                if value is None:
+                    continue
+                if not isinstance(value, str):
+                    raise ModelFileError(f"{manifest_path}: {where} option '{key}' must be a file name, "
+                                         f"got {type(value).__name__}")
+                base = entry_dir if FILE_OPTIONS.get(key) == "entry" else root
+                _check_inside(manifest_path, root, base, f"{where} option '{key}'", value)
+    for name in files:
+        _check_inside(manifest_path, root, root, "'files' entry", name)
+
+
+def _check_inside(manifest_path: Path, root: Path, base: Path, what: str, name: str) -> None:
+    """``name`` (relative to ``base``, itself inside the resolved ``root``) must stay inside ``root``.
+
+    Refused: empty names, NUL, absolute paths (POSIX ``/x``, Windows ``C:\\x``, ``C:x``, ``\\\\server``), any
+    ``..`` component (``/`` or ``\\`` separated: a manifest written on one OS is read on another), and a
+    path whose resolution (symlinks followed, existing or not) ends outside ``root``.
+    """
+    shown = f"'{name}'" if name.isprintable() else repr(name)
+    problem = None
+    if not name:
+        problem = "an empty name"
+    elif "\x00" in name:
+        problem = "a NUL character in the name"
+    elif PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive or PureWindowsPath(name).root:
+        problem = "an absolute path"
+    elif ".." in PureWindowsPath(name).parts:  # splits on both / and \\
+        problem = "a '..' component"
+    else:
+        try:
+            resolved = (base / name).resolve()  # follows symlinks, also when the file itself is missing
+        except (OSError, RuntimeError):  # a symlink loop
+            problem = "a symlink loop"
+        else:
+            if not resolved.is_relative_to(root):
+                problem = f"a symlink resolving to {resolved}"
+    if problem is not None:
+        raise ModelFileError(f"{manifest_path}: {what} {shown} leaves the artifact folder ({problem}); "
+                             "every file a manifest names must be a relative path inside its folder")
 
 
 def verify_file(artifact_dir: Path, manifest: Manifest, relative: str) -> Path:
