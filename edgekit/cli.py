@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from edgekit import __version__
+from edgekit.convert.artifact import Terminated
 from edgekit.errors import EdgekitError, InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -31,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgekitError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort
+        click.echo(f"error: {'interrupted' if isinstance(exc.__cause__, KeyboardInterrupt) else 'aborted'}", err=True)
         return 130
     except click.UsageError as exc:  # click's own "Usage: … Error: …" block becomes the one line every error is
         command = exc.ctx.command_path.replace("edgekit", "", 1).strip() if exc.ctx is not None else ""
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):  # Terminated: SIGTERM during a write, after its cleanup ran
         click.echo("error: interrupted", err=True)
         return 130
     except Exception as exc:  # a bug in edgekit or a backend failure nobody translated: still one line
@@ -258,17 +259,21 @@ def _model_options(function):
 @click.option("--imgsz", type=int, default=None, help="Square export input size (multiple of 32); default from the checkpoint.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at the output folder.")
 @_pass_options
 @_model_options
 @_import_options
-def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, dynamic_batch: bool,
+def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, dynamic_batch: bool, force: bool,
            skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, family: str | None,
            names: str | None) -> None:
     """Export CHECKPOINT to an ONNX artifact folder (model.onnx + edgekit.json)."""
+    from edgekit.convert.artifact import claim_destination
     from edgekit.convert.chain import export_artifact
 
-    model = _load_model(checkpoint, family, names, imgsz)
     out = Path(out_dir) if out_dir else Path(checkpoint).with_name(Path(checkpoint).stem + "_edgekit")
+    # lock the folder and refuse an existing artifact without --force, before any work; held until the command ends
+    click.get_current_context().with_resource(claim_destination(out, overwrite=force))
+    model = _load_model(checkpoint, family, names, imgsz)
     click.echo(f"exporting {checkpoint} ({model.spec.family}, {model.spec.input_size[0]}x{model.spec.input_size[1]}, "
                f"{model.spec.num_classes} classes) at opset {opset}")
     export_artifact(model, out, opset=opset, dynamic_batch=dynamic_batch, source=str(checkpoint),
@@ -285,12 +290,13 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
               help="Artifact folder (default: <checkpoint stem>_<target> next to the checkpoint).")
 @click.option("--imgsz", type=int, default=None, help="Square input size (multiple of 32); default: the size the checkpoint was trained at, else the target's.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at the output folder.")
 @_pass_options
 @_int8_options
 @_model_options
 @_import_options
 def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: str | None, imgsz: int | None, opset: int,
-            skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, calib: str | None,
+            force: bool, skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, calib: str | None,
             calib_method: str | None, calib_images: int | None, percentile: float | None, drift_budget: float | None,
             drift_data: str | None, calib_cache: str | None, force_calib: bool, family: str | None,
             names: str | None) -> None:
@@ -318,6 +324,10 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
         raise click.UsageError(f"{', '.join(int8_flags)} only apply with --precision int8")
     model = _load_model(checkpoint, family, names, None)
     out = Path(out_dir) if out_dir else Path(checkpoint).with_name(f"{Path(checkpoint).stem}_{target.name}")
+    # lock the folder and refuse an existing artifact without --force, before any work; held until the command ends
+    from edgekit.convert.artifact import claim_destination
+
+    click.get_current_context().with_resource(claim_destination(out, overwrite=force))
     click.echo(f"converting {checkpoint} ({model.spec.family}) for {target.name}: {target.backend} "
                f"{precision or target.precision} — {target.description}")
     manifest = convert_model(model, target, out, precision=precision, input_size=_parse_imgsz(imgsz), opset=opset,
