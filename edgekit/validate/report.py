@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -222,34 +221,17 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 def _make_staging_dir(out_dir: Path) -> Path:
-    """A new hidden sibling of ``out_dir`` (same file system, so the final rename is atomic).
+    """A new hidden sibling of ``out_dir``: the one staging helper artifacts use too."""
+    from edgekit.convert.artifact import make_staging_dir
 
-    Made with mkdir rather than tempfile.mkdtemp so it gets the umask's permissions, not 0700:
-    the report is meant to be shared.
-    """
-    for _ in range(100):
-        staging = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            staging.mkdir()
-            return staging
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name next to {out_dir}")
+    return make_staging_dir(out_dir)
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished report to ``out_dir``; an earlier report there is replaced as a whole."""
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    backup = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.old")
-    out_dir.rename(backup)
-    try:
-        staging.rename(out_dir)
-    except BaseException:
-        backup.rename(out_dir)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+    """Move the finished report to ``out_dir`` (an earlier report is replaced as a whole, never missing)."""
+    from edgekit.convert.artifact import swap_into_place
+
+    swap_into_place(staging, out_dir)
 
 
 def _write_contents(folder: Path, report: ValidationReport, dataset: Dataset, manifest: Manifest | None,
