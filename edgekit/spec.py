@@ -21,7 +21,8 @@ implement exactly this:
   cls logits); ``xy = (reg + grid) * stride``, ``wh = exp(reg) * stride``, score = sig(obj)*sig(cls).
 - ``dfl`` params ``strides``, ``reg_max``: one tensor per level ``[B, 4*reg_max + nc, H, W]``;
   distances ltrb = sum_i softmax(bins)_i * i * stride from anchor points (grid + 0.5) * stride;
-  score = sig(cls); no objectness.
+  score = sig(cls); no objectness. ``reg_max`` 1 (YOLO26) means no bins: the 4 box channels are the
+  raw ltrb distances in stride units, ltrb = raw * stride.
 - ``centernet`` params ``stride``, ``topk``: three tensors ``heatmap [B, nc, H, W]`` (logits),
   ``wh [B, 2, H, W]`` and ``offset [B, 2, H, W]`` in output-grid units; peaks by 3x3 max-pool
   suppression; no NMS.
@@ -61,6 +62,7 @@ ONNX_METADATA_KEY = "edgekit.spec"
 
 COLOR_ORDERS = ("RGB", "BGR")
 RESIZE_MODES = ("letterbox", "resize")
+RESIZE_ALIGNS = ("center", "top_left")
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,17 @@ class Normalization:
 
 @dataclass(frozen=True)
 class ResizeSpec:
-    """``letterbox`` keeps the aspect ratio and pads (centred) with ``pad_value``; ``resize`` stretches."""
+    """``letterbox`` keeps the aspect ratio and pads with ``pad_value``; ``resize`` stretches.
+
+    ``align`` places the letterboxed content: ``center`` (YOLOv5 / Ultralytics: padding split
+    between both sides, resized size rounded) or ``top_left`` (YOLOX ``preproc``: content at
+    pixel (0, 0), padding only right and bottom, resized size truncated ``int(side * r)``).
+    Ignored by ``resize``. Specs written before ``align`` existed load as ``center``.
+    """
 
     mode: str = "letterbox"
     pad_value: int = 114
+    align: str = "center"
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,8 @@ class ModelSpec:
             raise SpecError(f"spec.color_order must be one of {COLOR_ORDERS}, got {self.color_order!r}")
         if self.resize.mode not in RESIZE_MODES:
             raise SpecError(f"spec.resize.mode must be one of {RESIZE_MODES}, got {self.resize.mode!r}")
+        if self.resize.align not in RESIZE_ALIGNS:
+            raise SpecError(f"spec.resize.align must be one of {RESIZE_ALIGNS}, got {self.resize.align!r}")
         if not 0 <= int(self.resize.pad_value) <= 255:
             raise SpecError(f"spec.resize.pad_value must be in 0..255, got {self.resize.pad_value!r}")
         if len(self.normalization.mean) != 3 or len(self.normalization.std) != 3:

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from edgekit.errors import InputError, SpecError
 from edgekit.runtime.decode import ssd_priors
-from edgekit.runtime.preprocess import letterbox, load_image, plain_resize, to_tensor
+from edgekit.runtime.preprocess import load_image, resize_to_input, to_tensor
 from edgekit.spec import ModelSpec, PostprocessSpec
 
 __all__ = [
@@ -314,10 +314,7 @@ class TrainingSet:
         pad_value = int(self.spec.resize.pad_value)
         if aug is not None and rng is not None:
             image, boxes, labels = augment_sample(image, boxes, labels, aug, pad_value, rng)
-        if self.spec.resize.mode == "letterbox":
-            resized, t = letterbox(image, self.spec.input_size, pad_value)
-        else:
-            resized, t = plain_resize(image, self.spec.input_size)
+        resized, t = resize_to_input(image, self.spec)
         # Forward map of edgekit.runtime.preprocess: x_net = x_orig * scale_x + pad_x.
         scale = np.array([t.scale_x, t.scale_y, t.scale_x, t.scale_y], dtype=np.float64)
         shift = np.array([t.pad_x, t.pad_y, t.pad_x, t.pad_y], dtype=np.float64)

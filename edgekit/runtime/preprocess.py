@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgekit.errors import InputError
-from edgekit.spec import COLOR_ORDERS, ModelSpec
+from edgekit.spec import COLOR_ORDERS, RESIZE_ALIGNS, ModelSpec
 
 ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
 
@@ -44,6 +44,7 @@ __all__ = [
     "plain_resize",
     "preprocess",
     "probe_input",
+    "resize_to_input",
     "to_tensor",
 ]
 
@@ -195,8 +196,10 @@ class ResizeTransform:
         return boxes_to_original(boxes, self)
 
 
-def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value: int = 114) -> tuple[np.ndarray, ResizeTransform]:
-    """Resize keeping the aspect ratio, then pad to ``size_hw`` with ``pad_value``, content centred.
+def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value: int = 114,
+              align: str = "center") -> tuple[np.ndarray, ResizeTransform]:
+    """Resize keeping the aspect ratio, then pad to ``size_hw`` with ``pad_value``, content centred
+    (``align="center"``) or at the top-left corner (``align="top_left"``).
 
     image: HxWxC uint8 (C = 3 normally). Returns (``size_hw`` x C uint8, transform).
 
@@ -206,16 +209,28 @@ def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value: int = 114)
     YOLOv5 / Ultralytics ``LetterBox(auto=False)``: their ``round(dw / 2 - 0.1)`` with
     ``dw = W - new_w`` equals ``dw // 2`` for every integer ``dw`` (the odd pixel goes right/bottom).
     Images are scaled up as well as down. An image already of size ``size_hw`` is returned as is.
+
+    ``align="top_left"`` is YOLOX's ``preproc`` pixel for pixel: ``new_w = int(w * r)``,
+    ``new_h = int(h * r)`` (truncated, as YOLOX does, not rounded), content at (0, 0), padding
+    only on the right and bottom; the transform's ``pad_x = pad_y = 0``.
     """
     height, width = _check_resizable(image, size_hw)
     target_h, target_w = int(size_hw[0]), int(size_hw[1])
     if not 0 <= int(pad_value) <= 255:
         raise InputError(f"letterbox: pad_value must be in 0..255, got {pad_value!r}")
+    if align not in RESIZE_ALIGNS:
+        raise InputError(f"letterbox: align must be one of {RESIZE_ALIGNS}, got {align!r}")
     ratio = min(target_h / height, target_w / width)
-    new_w = min(target_w, max(1, int(round(width * ratio))))
-    new_h = min(target_h, max(1, int(round(height * ratio))))
-    left = (target_w - new_w) // 2
-    top = (target_h - new_h) // 2
+    if align == "top_left":
+        # Same float expression as YOLOX (r = min(H / h, W / w); int(w * r)) so the sizes agree exactly.
+        new_w = min(target_w, max(1, int(width * ratio)))
+        new_h = min(target_h, max(1, int(height * ratio)))
+        left = top = 0
+    else:
+        new_w = min(target_w, max(1, int(round(width * ratio))))
+        new_h = min(target_h, max(1, int(round(height * ratio))))
+        left = (target_w - new_w) // 2
+        top = (target_h - new_h) // 2
     transform = ResizeTransform(
         scale_x=new_w / width, scale_y=new_h / height, pad_x=float(left), pad_y=float(top),
         orig_width=width, orig_height=height,
@@ -344,13 +359,18 @@ def preprocess(images: Sequence[np.ndarray], spec: ModelSpec) -> tuple[np.ndarra
     transforms: list[ResizeTransform] = []
     for index, image in enumerate(images):
         _check_rgb_uint8(image, f"image {index}")
-        if spec.resize.mode == "letterbox":
-            out, transform = letterbox(image, spec.input_size, spec.resize.pad_value)
-        else:
-            out, transform = plain_resize(image, spec.input_size)
+        out, transform = resize_to_input(image, spec)
         resized.append(out)
         transforms.append(transform)
     return to_tensor(resized, spec), transforms
+
+
+def resize_to_input(image: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, ResizeTransform]:
+    """Resize one HxWxC uint8 image to ``spec.input_size`` as ``spec.resize`` says (mode, pad value,
+    alignment): the one place every preprocessing path (runtime, reference, training) resizes."""
+    if spec.resize.mode == "letterbox":
+        return letterbox(image, spec.input_size, spec.resize.pad_value, spec.resize.align)
+    return plain_resize(image, spec.input_size)
 
 
 def _as_image_list(images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
