@@ -16,7 +16,7 @@ import click
 
 from edgekit import __version__
 from edgekit.convert.artifact import Terminated
-from edgekit.errors import EdgekitError, InputError
+from edgekit.errors import EdgekitError, InputError, OutputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
@@ -199,8 +199,52 @@ def _onnx_input_size(path: Path) -> tuple[int, int]:
     return int(shape[2]), int(shape[3])
 
 
-def _image_id(path: Path, index: int) -> int:
-    return int(path.stem) if path.stem.isdigit() else index
+def _output_names(files: Sequence[Path]) -> list[tuple[int, str, str]]:
+    """Per input image: (COCO image id, file name, drawing name), each unique across ``files``.
+
+    A numeric stem is its own id (000123.jpg -> 123, the COCO convention) the first time it is
+    seen; every other image gets the next id above them. File names are the paths relative to the
+    inputs' common folder (d1/0.jpg and d2/0.jpg stay apart); drawings use the same relative path
+    with .jpg, and `a.png` next to `a.jpg` becomes `a.png.jpg` rather than overwriting it.
+    """
+    absolute = [p.absolute() for p in files]
+    base = Path(os.path.commonpath([p.parent for p in absolute])) if absolute else Path()
+    relative = [p.relative_to(base) for p in absolute]
+    ids: list[int | None] = [None] * len(files)
+    for i, path in enumerate(files):
+        if path.stem.isdigit() and int(path.stem) not in ids:
+            ids[i] = int(path.stem)
+    next_id = max((i for i in ids if i is not None), default=0) + 1
+    drawings: list[str] = []
+    for i, rel in enumerate(relative):
+        if ids[i] is None:
+            ids[i], next_id = next_id, next_id + 1
+        name = rel.with_suffix(".jpg").as_posix()
+        if name in drawings:
+            name = rel.with_name(rel.name + ".jpg").as_posix()
+        for n in range(2, len(files) + 2):
+            if name not in drawings:
+                break
+            name = rel.with_name(f"{rel.stem}_{n}.jpg").as_posix()  # the same file given twice
+        drawings.append(name)
+    return [(int(i), rel.as_posix(), d) for i, rel, d in zip(ids, relative, drawings)]
+
+
+def _check_output_path(path: str | None, option: str, folder: bool) -> None:
+    """An output a command writes at the end (``--json`` file, ``--save-dir``/``--report`` folder): refuse
+    now, before the work, a path that cannot be written. Creates nothing."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.exists() and target.is_dir() != folder:
+        raise OutputError(f"{option} {target}: is a {'file' if folder else 'folder'}; "
+                          f"expected a {'folder' if folder else 'file'} path")
+    existing = next(p for p in (target, *target.absolute().parents) if p.exists())
+    if existing != target and not existing.is_dir():
+        raise OutputError(f"{option} {target}: {existing} is a file, so nothing can be written below it")
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK | os.X_OK) or \
+            (existing == target and not os.access(target, os.W_OK)):
+        raise OutputError(f"{option} {target}: not writable ({existing} is read-only for this user)")
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -362,6 +406,8 @@ def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | 
     """Detect objects in SOURCES (images or folders) with MODEL (artifact, ONNX file or checkpoint)."""
     from tqdm import tqdm
 
+    _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
+    _check_output_path(save_dir, "--save-dir", folder=True)
     files = expand_sources(sources)
     detector = _open_detector(model, backend, precision, threads, conf, iou, family, names)
     class_names = detector.spec.class_names
@@ -375,8 +421,8 @@ def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | 
         click.echo(f"{path}: {len(detections)} detections{': ' + summary if summary else ''}{more}")
     if json_path:
         entries = []
-        for index, (path, detections) in enumerate(results):
-            entries.extend(detections.to_coco(_image_id(path, index), file_name=path.name))
+        for (_, detections), (image_id, file_name, _) in zip(results, _output_names(files)):
+            entries.extend(detections.to_coco(image_id, file_name=file_name))
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
         click.echo(f"wrote {len(entries)} detections to {json_path}")
@@ -385,8 +431,9 @@ def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | 
 
         out = Path(save_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for path, detections in results:
-            draw_detections(path, detections, class_names).save(out / (path.stem + ".jpg"), quality=92)
+        for (path, detections), (_, _, drawing) in zip(results, _output_names(files)):
+            (out / drawing).parent.mkdir(parents=True, exist_ok=True)
+            draw_detections(path, detections, class_names).save(out / drawing, quality=92)
         click.echo(f"saved {len(results)} images with boxes to {out}")
 
 
@@ -415,6 +462,7 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
     from edgekit.validate.datasets import load_class_map, load_dataset, map_to_model_classes
     from edgekit.validate.run import format_table, validate_artifact
 
+    _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
     # dataset classes -> model classes by name, before any work (the report then names model classes)
     dataset = map_to_model_classes(load_dataset(data_path), read_manifest(artifact).spec.class_names,
                                    load_class_map(class_map_path) if class_map_path else None,
@@ -456,6 +504,8 @@ def bench(artifact: str, image_path: str | None, backends: str | None, runs: int
 
     from edgekit.bench import bench_artifact, format_bench, write_bench_report
 
+    _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
+    _check_output_path(report_dir, "--report", folder=True)
     image = image_path or str(_bundled_image())
     results = bench_artifact(artifact, image, backends=_parse_backends(backends), runs=runs,
                              warmup=warmup, threads=threads)
