@@ -7,6 +7,7 @@ backend, never at duplicated pre/post-processing code.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,10 @@ class Detector:
     Images: file paths, PIL images, or HWC uint8 arrays (``color_order`` says whether arrays
     are RGB or BGR); grayscale and RGBA are converted. ``detect`` returns one Detections,
     ``detect_batch`` a list; boxes are xyxy float32 in original-image pixels.
+
+    Threads: a Detector may be shared by many threads. Each call keeps its images, tensors and
+    transforms in local variables; the Runner is thread-safe (see :class:`Runner`); only the
+    stage timers are shared, and they are updated under a lock.
     """
 
     def __init__(self, runner: Runner, spec: ModelSpec, postprocess_spec: PostprocessSpec | None = None) -> None:
@@ -55,6 +60,7 @@ class Detector:
         self.spec = spec
         self.postprocess_spec = postprocess_spec or spec.postprocess
         self.times = StageTimes()
+        self._times_lock = threading.Lock()
         self.runner.activate()
         self._check_model_io()
 
@@ -167,11 +173,12 @@ class Detector:
         t2 = time.perf_counter()
         detections = self.postprocess(outputs, transforms)
         t3 = time.perf_counter()
-        self.times.preprocess += t1 - t0
-        self.times.inference += t2 - t1
-        self.times.postprocess += t3 - t2
-        self.times.images += len(arrays)
-        self.times.per_call.append((t1 - t0, t2 - t1, t3 - t2))
+        with self._times_lock:  # `+=` on shared floats loses updates when threads interleave
+            self.times.preprocess += t1 - t0
+            self.times.inference += t2 - t1
+            self.times.postprocess += t3 - t2
+            self.times.images += len(arrays)
+            self.times.per_call.append((t1 - t0, t2 - t1, t3 - t2))
         return detections
 
     def postprocess(self, outputs: Sequence[np.ndarray], transforms: Sequence) -> list[Detections]:

@@ -8,6 +8,7 @@ so a backend module only has to move arrays in and out of its library.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ class Runner(ABC):
     Use as a context manager (``with Runner(...) as r: r.infer(feeds)``) or call
     ``activate()`` / ``deactivate()`` yourself. Subclasses implement ``_activate``,
     ``_infer``, ``_deactivate`` and ``input_specs``; the feeds are checked here.
+
+    Threads: an active runner may be shared; ``infer`` may be called from many threads at once
+    and each call gets its own inputs' outputs. Every backend's ``_infer`` must keep that promise
+    (per-call or pooled backend objects, or a lock around the one it has); activation happens once
+    under a lock. Deactivating while other threads are still inferring is the caller's error.
     """
 
     #: backend name used by Detector.load(backend=...), CLI flags and target profiles
@@ -62,6 +68,8 @@ class Runner(ABC):
     def __init__(self, model_path: str | Path) -> None:
         self.model_path = Path(model_path)
         self._active = False
+        # re-entrant: a backend's _activate may call methods that activate() on their own
+        self._lifecycle_lock = threading.RLock()
 
     @classmethod
     def from_artifact(cls, model_path: Path, options: Mapping[str, object], threads: int = 0) -> Runner:
@@ -89,16 +97,19 @@ class Runner(ABC):
     # --- lifecycle -----------------------------------------------------------------------
 
     def activate(self) -> Runner:
-        if not self._active:
-            self.require()
-            self._activate()
-            self._active = True
+        if not self._active:  # checked again under the lock: two threads' first infer() activate once
+            with self._lifecycle_lock:
+                if not self._active:
+                    self.require()
+                    self._activate()
+                    self._active = True
         return self
 
     def deactivate(self) -> None:
-        if self._active:
-            self._deactivate()
-            self._active = False
+        with self._lifecycle_lock:
+            if self._active:
+                self._deactivate()
+                self._active = False
 
     def __enter__(self) -> Runner:
         return self.activate()

@@ -56,6 +56,11 @@ class NcnnRunner(Runner):
     threads: CPU threads (0 = ncnn's default, one per big core). use_fp16: fp16 storage, packing and
     arithmetic where the CPU supports them (otherwise ncnn silently computes in fp32). use_int8: run
     the int8 layers of an int8 model (``model_int8.ncnn.*``) in int8.
+
+    Threads: one runner may serve many threads. The loaded ``Net`` is shared and read-only;
+    ``Net.create_extractor`` is thread-safe, and each image of each call gets a new Extractor
+    (ncnn's documented pattern: an Extractor is used for one input and thrown away), which holds
+    that inference's blobs.
     """
 
     name = "ncnn"

@@ -27,6 +27,9 @@ class OnnxRuntimeRunner(Runner):
     threads: intra-op threads (0 = onnxruntime's default, one per core).
     graph_optimization: False disables every onnxruntime graph rewrite — the plain oracle
     used to check graph passes.
+
+    Threads: one runner may serve many threads; ``InferenceSession.run`` is thread-safe (each call
+    has its own inputs, outputs and intermediate buffers), so calls run concurrently without a lock.
     """
 
     name = "onnxruntime"

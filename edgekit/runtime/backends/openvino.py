@@ -11,8 +11,10 @@ compute (native on iGPUs; a CPU without fp16 arithmetic ignores it and computes 
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,11 @@ class OpenVinoRunner(Runner):
 
     Output names are the model's tensor names, which edgekit's builder sets to the ONNX graph's
     output names (the spec's ``head.output_names``).
+
+    Threads: one runner may serve many threads. An OpenVINO InferRequest runs one inference at a
+    time, so each :meth:`infer` borrows a request from a pool of at most the compiled model's
+    ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (1 under LATENCY: its one stream runs one request at a time
+    anyway; one per stream under THROUGHPUT); further callers wait for a request to come back.
     """
 
     name = "openvino"
@@ -103,7 +110,7 @@ class OpenVinoRunner(Runner):
         self.inference_precision = normalize_precision_hint(inference_precision)
         self._core: Any = None
         self._compiled: Any = None
-        self._request: Any = None
+        self._requests: _RequestPool | None = None
         self._output_ports: list[tuple[str, Any]] = []
 
     @classmethod
@@ -137,7 +144,8 @@ class OpenVinoRunner(Runner):
             if "Cannot load library" in text or "not registered" in text:
                 raise BackendUnavailableError(self._device_message(f"cannot be used here ({text[:200]})")) from None
             raise ModelFileError(f"{self.model_path}: OpenVINO cannot compile this model for {self.device} ({text})") from None
-        self._request = self._compiled.create_infer_request()
+        limit = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._requests = _RequestPool(self._compiled, limit)
         self._output_ports = [(port.get_any_name(), port) for port in self._compiled.outputs]
 
     def _read_model(self) -> Any:
@@ -184,7 +192,7 @@ class OpenVinoRunner(Runner):
         return f"openvino: device {self.device!r} {problem}; available devices: {devices}"
 
     def _deactivate(self) -> None:
-        self._request = None
+        self._requests = None
         self._compiled = None
         self._core = None
         self._output_ports = []
@@ -207,10 +215,11 @@ class OpenVinoRunner(Runner):
     # --- inference -----------------------------------------------------------------------
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # share_outputs=False (the default) copies the results out of the request's buffers,
-        # which the next call overwrites.
-        results = self._request.infer(feeds)
-        return {name: np.asarray(results[port]) for name, port in self._output_ports}
+        with self._requests.lend() as request:
+            # share_outputs=False (the default) copies the results out of the request's buffers,
+            # which the request's next inference (maybe another thread's) overwrites.
+            results = request.infer(feeds)
+            return {name: np.asarray(results[port]) for name, port in self._output_ports}
 
     def infer_many(self, feeds_list: Sequence[Mapping[str, np.ndarray]], jobs: int = 0) -> list[dict[str, np.ndarray]]:
         """Run many independent feeds asynchronously; results come back in input order.
@@ -270,3 +279,47 @@ class OpenVinoRunner(Runner):
         """A property of the compiled model, e.g. ``"INFERENCE_PRECISION_HINT"`` or ``"NUM_STREAMS"``."""
         self.activate()
         return self._compiled.get_property(name)
+
+
+class _RequestPool:
+    """Infer requests of one compiled model, each lent to one caller at a time.
+
+    An InferRequest holds its inputs and outputs and runs one inference at a time ("Infer Request
+    is busy" otherwise), so concurrent callers need one each. Requests are created on demand up to
+    ``limit`` (the first at construction, so a single-threaded caller always reuses that one and
+    pays no creation cost per call); a caller finding all of them lent out waits for one.
+    """
+
+    def __init__(self, compiled: Any, limit: int) -> None:
+        self._compiled = compiled
+        self._limit = max(1, int(limit))
+        self._idle: list[Any] = [compiled.create_infer_request()]
+        self._created = 1
+        self._available = threading.Condition()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @contextmanager
+    def lend(self) -> Iterator[Any]:
+        with self._available:
+            while not self._idle and self._created >= self._limit:
+                self._available.wait()
+            request = self._idle.pop() if self._idle else None
+            if request is None:
+                self._created += 1  # counted now, created below outside the lock
+        if request is None:
+            try:
+                request = self._compiled.create_infer_request()
+            except BaseException:
+                with self._available:
+                    self._created -= 1
+                    self._available.notify()
+                raise
+        try:
+            yield request
+        finally:
+            with self._available:
+                self._idle.append(request)
+                self._available.notify()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,10 @@ class TensorRtRunner(Runner):
     chunks of that maximum. Each call copies the inputs to device buffers (kept between calls and
     grown when needed), runs ``execute_async_v3`` on the runner's own stream, copies the outputs back
     and waits for the stream: the returned arrays are new numpy arrays owned by the caller.
+
+    Threads: the execution context, its stream and the device buffers are one set, so concurrent
+    :meth:`infer` calls take turns (a lock around each call). The GPU runs one engine's kernels at a
+    time on one stream anyway; a per-thread context would need its own stream and buffers each.
     """
 
     name = "tensorrt"
@@ -142,6 +147,8 @@ class TensorRtRunner(Runner):
         self._outputs: list[tuple[str, np.dtype]] = []
         self._max_batch: dict[str, int] = {}
         self._buffers: dict[str, tuple[int, int]] = {}  # tensor name -> (device pointer, capacity in bytes)
+        # one context + stream + buffers: held for the whole of each inference (input shapes, copies, outputs)
+        self._infer_lock = threading.Lock()
 
     @classmethod
     def from_artifact(cls, model_path: Path, options: Mapping[str, object], threads: int = 0) -> TensorRtRunner:
@@ -254,6 +261,10 @@ class TensorRtRunner(Runner):
         return [name for name, _ in self._outputs]
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._infer_lock:
+            return self._infer_locked(feeds)
+
+    def _infer_locked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         limit = min((self._max_batch[n] for n in feeds if n in self._max_batch), default=None)
         batches = {int(a.shape[0]) for a in feeds.values() if a.ndim}
         total = batches.pop() if len(batches) == 1 else None
