@@ -114,6 +114,21 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, Tensor], 
                 f"but {tuple(model_tensor.shape)} in the model"
             )
 
+    # Non-finite weights (a diverged run, a corrupt file) export "fine": NaN outputs compare as no
+    # error everywhere downstream. Refused here, naming the first such tensor in the model's order.
+    for key in expected:
+        tensor = tensors.get(key)
+        if tensor is None or not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        if bool(torch.isfinite(tensor).all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        inf = int(torch.isinf(tensor).sum())
+        held = " and ".join(f"{count} {word} value{'s' if count != 1 else ''}"
+                            for count, word in ((nan, "NaN"), (inf, "Inf")) if count)
+        raise ModelFileError(f"{source}: tensor {key!r} holds {held} (of {tensor.numel()}); the weights are not "
+                             "finite (a diverged training run or a corrupt file): use a checkpoint from a good epoch")
+
     complete = OrderedDict(tensors)
     for key in expected:
         if key not in complete:  # only tolerated num_batches_tracked buffers reach this point

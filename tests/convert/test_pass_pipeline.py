@@ -236,10 +236,12 @@ def test_onnx_pass_producing_invalid_model_is_named() -> None:
 
 def test_output_error_handles_non_finite() -> None:
     ref = [np.array([1.0, np.nan, np.inf, -2.0], np.float32)]
-    assert output_error(ref, [ref[0].copy()]).max_rel == 0.0
+    # NaN / Inf are never "equal", not even to themselves (issue 13; tests/convert/test_non_finite.py)
+    assert output_error(ref, [ref[0].copy()]).max_rel == float("inf")
     assert output_error(ref, [np.array([1.0, 0.0, np.inf, -2.0], np.float32)]).max_rel == float("inf")
-    worse = output_error(ref, [np.array([1.0, np.nan, np.inf, -1.0], np.float32)])
-    assert worse.max_abs == 1.0 and worse.max_rel == 0.5  # relative to the largest finite |reference|
+    finite = [np.array([1.0, 0.5, 4.0, -2.0], np.float32)]
+    worse = output_error(finite, [np.array([1.0, 0.5, 4.0, -1.0], np.float32)])
+    assert worse.max_abs == 1.0 and worse.max_rel == 0.25  # relative to the largest |reference|
     with pytest.raises(ValueError):
         output_error(ref, [np.zeros(3, np.float32)])
 

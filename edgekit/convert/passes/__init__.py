@@ -12,8 +12,10 @@ After every pass the runner evaluates the model before and after on the same inp
 tensor and one seeded random tensor of the same shape and similar statistics — with torch (module
 passes) or ONNX Runtime with graph optimisation disabled (ONNX passes), and records the largest
 absolute difference and the relative one, ``max |before - after| / max |before|`` per output (as in
-:func:`edgekit.validate.compare.tensor_error`; NaN / inf must match exactly). Beyond ``tolerance``
-the run aborts with a :class:`~edgekit.errors.ConversionError` naming the pass. Passes work on
+:func:`edgekit.validate.compare.tensor_error`). Beyond ``tolerance`` the run aborts with a
+:class:`~edgekit.errors.ConversionError` naming the pass. NaN and Inf are never "equal": a model whose
+outputs are not finite before any pass is refused, and a pass whose outputs stop being finite aborts
+(see :func:`output_error`). Passes work on
 copies, so the caller's model is never modified, whatever happens.
 
 Module passes run, and are checked, in float64 (the model is converted back at the end). Their
@@ -127,32 +129,38 @@ def check_skip_names(skip: Sequence[str] | str | None, extra_passes: Sequence[Pa
 
 
 def output_error(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> TensorError:
-    """:func:`tensor_error` (max abs, and max abs / max |reference| per output) that also handles
-    non-finite values: NaN where the reference has NaN and equal infinities count as equal; any other
-    non-finite mismatch is an infinite error. Raises ValueError on a count or shape mismatch."""
+    """:func:`tensor_error` (max abs, and max abs / max |reference| per output) where any NaN or Inf,
+    on either side, is an infinite error — NaN against NaN included: a NaN model is never "equal" to
+    anything, and ``nan > tolerance`` would be False. Raises ValueError on a count or shape mismatch."""
     if len(reference) != len(candidate):
         raise ValueError(f"{len(reference)} outputs before vs {len(candidate)} after")
-    finite_ref, finite_cand = [], []
-    mismatch = False
     for ref, cand in zip(reference, candidate):
         if ref.shape != cand.shape:
             raise ValueError(f"output shape {ref.shape} before vs {cand.shape} after")
-        ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
-        if np.isfinite(ref64).all() and np.isfinite(cand64).all():
-            finite_ref.append(ref64)
-            finite_cand.append(cand64)
-            continue
-        same = (ref64 == cand64) | (np.isnan(ref64) & np.isnan(cand64))
-        with np.errstate(invalid="ignore"):  # inf - inf where they differ in sign: NaN, a mismatch anyway
-            if not np.isfinite(np.where(same, 0.0, cand64 - ref64)).all():
-                mismatch = True
-        # equal positions compare as equal; finite ones keep their value so max |reference| is unchanged
-        fill = np.where(np.isfinite(ref64), ref64, 0.0)
-        finite_ref.append(np.where(same, fill, ref64))
-        finite_cand.append(np.where(same, fill, cand64))
-    if mismatch:
+    if non_finite_summary(reference) or non_finite_summary(candidate):
         return TensorError(math.inf, math.inf)
-    return tensor_error(finite_ref, finite_cand)
+    return tensor_error([np.asarray(r, np.float64) for r in reference], [np.asarray(c, np.float64) for c in candidate])
+
+
+def non_finite_summary(outputs: Sequence[np.ndarray]) -> str:
+    """"" when every value is finite, else what is not, e.g. ``"12 NaN values and 1 Inf value"``."""
+    nan = inf = 0
+    for output in outputs:
+        array = np.asarray(output)
+        if array.dtype.kind not in "fc" or np.isfinite(array).all():
+            continue
+        nan += int(np.isnan(array).sum())
+        inf += int(np.isinf(array).sum())
+    return " and ".join(f"{count} {word} value{'s' if count != 1 else ''}"
+                        for count, word in ((nan, "NaN"), (inf, "Inf")) if count)
+
+
+def _require_finite(stage: str, what: str, outputs: list[list[np.ndarray]]) -> None:
+    """ConversionError when the model's outputs before any pass are not finite: no pass can be judged then."""
+    held = non_finite_summary([o for per_input in outputs for o in per_input])
+    if held:
+        raise ConversionError(f"{stage}: {what} hold {held} on the check inputs before any pass ran; its weights "
+                              "or buffers are not finite (NaN/Inf): use a checkpoint from a good epoch")
 
 
 def _check(name: str, reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
@@ -163,6 +171,10 @@ def _check(name: str, reference: list[list[np.ndarray]], candidate: list[list[np
             error = output_error(ref, cand)
         except ValueError as exc:
             raise ConversionError(f"pass {name!r} changed the model's outputs: {exc}") from None
+        held = non_finite_summary(cand)
+        if held:  # the reference is finite (checked before the first pass, and every accepted pass after)
+            raise ConversionError(f"pass {name!r} broke equivalence: max relative error inf (its outputs hold "
+                                  f"{held} where the model before it gave finite values)")
         worst = TensorError(max(worst.max_abs, error.max_abs), max(worst.max_rel, error.max_rel))
     if not worst.max_rel <= tolerance:  # also catches NaN
         raise ConversionError(f"pass {name!r} broke equivalence: max relative error {worst.max_rel:.3g} "
@@ -281,6 +293,7 @@ def run_module_passes(model: nn.Module, example: torch.Tensor, skip: Sequence[st
         else:
             current, inputs, reference, check_dtype = wide, wide_inputs, wide_reference, torch.float64
     dtype_name = str(check_dtype or example.dtype).removeprefix("torch.")
+    _require_finite("module passes", "the model's outputs", reference)
     records = []
     for index, p in enumerate(passes, start=1):
         before = module_count(current)
@@ -426,6 +439,7 @@ def run_onnx_passes(model: onnx_lib.ModelProto, example: np.ndarray | Mapping[st
             raise
         except Exception as exc:
             raise ConversionError(f"ONNX passes: ONNX Runtime cannot run the input model ({_first_line(exc)})") from None
+        _require_finite("ONNX passes", "the input model's outputs", reference)
         for index, p in enumerate(passes, start=1):
             before = _node_count(current)
             if p.name in skip_names:
@@ -470,6 +484,7 @@ __all__ = [
     "all_pass_names",
     "check_skip_names",
     "legalization_passes",
+    "non_finite_summary",
     "output_error",
     "run_module_passes",
     "run_onnx_passes",
