@@ -9,6 +9,8 @@ the error lands in the manifest; an fp32 stage beyond tolerance aborts, naming t
 
 from __future__ import annotations
 
+import math
+
 import importlib.metadata
 import platform
 import time
@@ -48,6 +50,8 @@ ONNX_PASS_TOLERANCE = 1e-4
 PASS_CHECK_SIZE = 160
 
 Progress = Callable[[str], None]
+#: the reference a conversion is checked against: input tensor [1, 3, H, W] -> outputs in spec order
+Reference = Callable[[np.ndarray], "list[np.ndarray]"]
 
 
 def tool_versions() -> dict[str, str]:
@@ -179,14 +183,7 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
     the ONNX Runtime Q/DQ model is always added (``onnxruntime/int8``: the int8 reference), and the
     target's backend emits its own int8 model from the same result.
     """
-    target = load_target(target) if isinstance(target, str) else target
-    precision = precision or target.precision
-    if precision not in target.precisions:
-        raise ConversionError(f"--precision {precision}: target {target.name!r} supports {', '.join(target.precisions)}")
-    if precision == "int8" and int8 is not None and int8.cache is None and int8.calib_dir is not None:
-        from edgekit.quant.calibration import check_calibration_folder
-
-        check_calibration_folder(int8.calib_dir)  # before the export: a typo in --calib should not cost one
+    target, precision = _target_precision(target, precision, int8)
     spec: ModelSpec = model.spec
     size, note = resolve_input_size(tuple(spec.input_size), getattr(model, "input_size_from_checkpoint", True),
                                     input_size, target)
@@ -199,26 +196,10 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
         onnx_path = writer.path(ONNX_FILE)
         stage = _export_stage(model, spec, onnx_path, opset, target.dynamic_batch, skip_passes, no_passes,
                               Path(dump_dir) if dump_dir else None, progress)
-        entries = [ModelEntry(*BASELINE, ONNX_FILE)]
         parity = {"onnxruntime/fp32": stage["export_error"]}
-        extra: dict[str, Any] = {}
         # the builder gets the pass-optimised module (e.g. Focus already a 6x6 conv) for converters that trace torch
-        source_model = BuildSource(onnx_path, spec, stage["model"])
-        if precision == "int8":
-            source_model = replace(source_model, calibration=_calibrate(onnx_path, spec, target, int8, writer, extra,
-                                                                        progress))
-            qdq_entry = get_builder("onnxruntime").build(source_model, "int8", writer.path, {})
-            entries.append(qdq_entry)
-            parity["onnxruntime/int8"] = _check_backend(qdq_entry, writer, spec, model, progress)
-        if (target.backend, precision) not in (BASELINE, ("onnxruntime", "int8")):
-            builder = get_builder(target.backend)
-            options = dict(target.backend_options)
-            entry = builder.build(source_model, precision, writer.path, options)
-            entries.append(entry)
-            parity[f"{entry.backend}/{entry.precision}"] = _check_backend(entry, writer, spec, model, progress)
-            if entry.options.get("built_on_device"):
-                extra["on_device"] = (f"on the device, build the engine with: ./{entry.options['build_script']}  "
-                                      f"({entry.options['build_command']})")
+        entries, extra = _build_target(BuildSource(onnx_path, spec, stage["model"]), target, precision, int8, writer,
+                                       parity, lambda tensor: torch_outputs(model, tensor), "PyTorch", progress)
         info = {**extra, "producer": "edgekit convert", "source": source, "target": asdict(target), "precision": precision,
                 "opset": opset, "tools": tool_versions(), "passes": stage["passes"], "parity": parity,
                 "seconds": round(time.perf_counter() - started, 2)}
@@ -243,9 +224,10 @@ def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Optio
     return result
 
 
-def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, model: nn.Module,
-                   progress: Progress) -> dict[str, Any]:
-    """Run the freshly built backend model against PyTorch, when the backend runs on this machine."""
+def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, reference: Reference,
+                   reference_name: str, progress: Progress) -> dict[str, Any]:
+    """Run the freshly built backend model against the reference (PyTorch, or ONNX Runtime on a third-party
+    ONNX file), when the backend runs on this machine."""
     if entry.options.get("built_on_device"):  # TensorRT: the engine does not exist until the device builds it
         progress(f"build   {entry.backend}/{entry.precision}: ONNX + build script written; the engine is built on the device")
         return {"checked": False}
@@ -257,11 +239,131 @@ def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, m
         progress(f"build   {entry.backend}/{entry.precision}: built; not run here (backend library not installed)")
         return {"checked": False}
     tensor = probe_input(spec, seed=2)
-    error = tensor_error(torch_outputs(model, tensor),
+    error = tensor_error(reference(tensor),
                          runner_outputs(entry.backend, writer.path(entry.file), entry.options, spec, tensor)).to_dict()
     tolerance = TENSOR_TOLERANCE.get(entry.precision)
+    if not math.isfinite(error["max_rel"]):  # NaN/Inf: wrong at any precision (fp16 overflow too)
+        raise ConversionError(f"build {entry.backend}/{entry.precision}: outputs hold NaN or Inf where "
+                              f"{reference_name}'s do not (or {reference_name}'s are not finite): the model does not "
+                              "run correctly on this backend")
     if entry.precision == "fp32" and error["max_rel"] > tolerance:
-        raise ConversionError(f"build {entry.backend}/fp32: output differs from PyTorch by {error['max_rel']:.2e} "
-                              f"(relative), above the fp32 tolerance {tolerance:.0e}")
-    progress(f"build   {entry.backend}/{entry.precision}: max rel error vs PyTorch {error['max_rel']:.1e}")
+        raise ConversionError(f"build {entry.backend}/fp32: output differs from {reference_name} by "
+                              f"{error['max_rel']:.2e} (relative), above the fp32 tolerance {tolerance:.0e}")
+    progress(f"build   {entry.backend}/{entry.precision}: max rel error vs {reference_name} {error['max_rel']:.1e}")
     return {"checked": True, **error, "tolerance": tolerance}
+
+
+def _target_precision(target: Target | str, precision: str | None, int8: Int8Options | None) -> tuple[Target, str]:
+    """The target profile and the precision to build (default: the target's), checked before any work."""
+    target = load_target(target) if isinstance(target, str) else target
+    precision = precision or target.precision
+    if precision not in target.precisions:
+        raise ConversionError(f"--precision {precision}: target {target.name!r} supports {', '.join(target.precisions)}")
+    if precision == "int8" and int8 is not None and int8.cache is None and int8.calib_dir is not None:
+        from edgekit.quant.calibration import check_calibration_folder
+
+        check_calibration_folder(int8.calib_dir)  # before the export: a typo in --calib should not cost one
+    return target, precision
+
+
+def _build_target(source_model: BuildSource, target: Target, precision: str, int8: Int8Options | None,
+                  writer: ArtifactWriter, parity: dict[str, Any], reference: Reference, reference_name: str,
+                  progress: Progress) -> tuple[list[ModelEntry], dict[str, Any]]:
+    """Backend builds of an artifact whose fp32 ONNX is written: (manifest entries, extra manifest info).
+
+    int8: calibrate once, always add the ONNX Runtime Q/DQ model, then the target backend's own int8.
+    Each build is checked against ``reference`` (its error lands in ``parity``).
+    """
+    spec = source_model.spec
+    entries = [ModelEntry(*BASELINE, ONNX_FILE)]
+    extra: dict[str, Any] = {}
+    if precision == "int8":
+        source_model = replace(source_model, calibration=_calibrate(source_model.onnx_path, spec, target, int8, writer,
+                                                                    extra, progress))
+        qdq_entry = get_builder("onnxruntime").build(source_model, "int8", writer.path, {})
+        entries.append(qdq_entry)
+        parity["onnxruntime/int8"] = _check_backend(qdq_entry, writer, spec, reference, reference_name, progress)
+    if (target.backend, precision) not in (BASELINE, ("onnxruntime", "int8")):
+        builder = get_builder(target.backend)
+        options = dict(target.backend_options)
+        entry = builder.build(source_model, precision, writer.path, options)
+        entries.append(entry)
+        parity[f"{entry.backend}/{entry.precision}"] = _check_backend(entry, writer, spec, reference, reference_name,
+                                                                      progress)
+        if entry.options.get("built_on_device"):
+            extra["on_device"] = (f"on the device, build the engine with: ./{entry.options['build_script']}  "
+                                  f"({entry.options['build_command']})")
+    return entries, extra
+
+
+def onnx_runtime_reference(onnx_path: Path, spec: ModelSpec) -> Reference:
+    """ONNX Runtime (graph optimisation off: the plain oracle) on ``onnx_path`` as a Reference."""
+    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    def run(tensor: np.ndarray) -> list[np.ndarray]:
+        with OnnxRuntimeRunner(onnx_path, graph_optimization=False) as runner:
+            outputs = runner.infer({spec.input_name: tensor})
+        return [np.asarray(outputs[name], dtype=np.float32) for name in spec.head.output_names]
+
+    return run
+
+
+def convert_onnx(onnx_file: str | Path, spec: ModelSpec, target: Target | str, out_dir: str | Path,
+                 precision: str | None = None, source: str | None = None, skip_passes: Sequence[str] = (),
+                 no_passes: bool = False, dump_dir: str | Path | None = None, int8: Int8Options | None = None,
+                 progress: Progress = lambda line: None) -> Manifest:
+    """``edgekit convert MODEL.onnx``: an artifact for ``target`` from an ONNX file exported elsewhere.
+
+    ``spec`` describes the file (``edgekit.runtime.onnx_import.spec_from_third_party_onnx``); its
+    ``input_name`` / ``head.output_names`` are the file's. The input size is the file's own (a fixed
+    input cannot be re-sized; the target's input size is not applied). Stages: the ONNX passes (each
+    checked as in :func:`convert`), the spec embedded as ``model.onnx``, then the backend builds.
+    The reference every stage is measured against is ONNX Runtime on the original file (there is no
+    PyTorch model); errors beyond the fp32 tolerance abort, and the artifact is written atomically.
+    """
+    from edgekit.convert.passes import check_skip_names, run_onnx_passes
+
+    target, precision = _target_precision(target, precision, int8)
+    onnx_file = Path(onnx_file)
+    check_skip_names(skip_passes)
+    if target.input_size and tuple(target.input_size) != tuple(spec.input_size):
+        h, w = spec.input_size
+        progress(f"input   {h}x{w} from {onnx_file.name} (the target's {target.input_size[0]}x{target.input_size[1]} "
+                 "applies to models edgekit exports)")
+    reference = onnx_runtime_reference(onnx_file, spec)
+    started = time.perf_counter()
+    try:
+        original = onnx.load(str(onnx_file))
+    except Exception as exc:
+        raise ConversionError(f"{onnx_file}: not a readable ONNX file ({type(exc).__name__})") from None
+    with ArtifactWriter(out_dir) as writer:
+        onnx_path = writer.path(ONNX_FILE)
+        records: list[dict[str, Any]] = []
+        model = original
+        if not no_passes:
+            model, onnx_records = run_onnx_passes(original, probe_input(spec, seed=1), skip=skip_passes,
+                                                  tolerance=ONNX_PASS_TOLERANCE,
+                                                  dump_dir=Path(dump_dir) if dump_dir else None)
+            records = [r.to_dict() for r in onnx_records]
+            for r in onnx_records:
+                progress("pass    " + r.summary())
+        embed_spec(model, spec)
+        onnx.save(model, str(onnx_path))
+        tensor = probe_input(spec, seed=0)
+        error = tensor_error(reference(tensor), onnx_runtime_reference(onnx_path, spec)(tensor)).to_dict()
+        if error["max_rel"] > TENSOR_TOLERANCE["fp32"]:
+            raise ConversionError(f"onnx passes: ONNX Runtime output differs from {onnx_file.name} by "
+                                  f"{error['max_rel']:.2e} (relative), above the fp32 tolerance "
+                                  f"{TENSOR_TOLERANCE['fp32']:.0e}")
+        progress(f"onnx    {onnx_file.name} after passes: max rel error vs the original {error['max_rel']:.1e}")
+        parity = {"onnxruntime/fp32": error}
+        entries, extra = _build_target(BuildSource(onnx_path, spec, None), target, precision, int8, writer, parity,
+                                       reference, f"ONNX Runtime on {onnx_file.name}", progress)
+        info = {**extra, "producer": "edgekit convert (third-party ONNX)", "source": source or str(onnx_file),
+                "target": asdict(target), "precision": precision, "opset": _opset(original), "tools": tool_versions(),
+                "passes": records, "parity": parity, "seconds": round(time.perf_counter() - started, 2)}
+        return writer.commit(spec, entries, info)
+
+
+def _opset(model: onnx.ModelProto) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

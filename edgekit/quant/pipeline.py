@@ -118,12 +118,10 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
     from edgekit.quant.sensitivity import AgreementJudge, MapJudge, layer_sensitivity, partial_quantize
 
     if options.drift_data is not None:
-        from edgekit.validate.datasets import load_dataset
+        from edgekit.validate.datasets import load_dataset, map_to_model_classes
 
-        dataset = load_dataset(options.drift_data)
-        if len(dataset.class_names) != spec.num_classes:
-            raise CalibrationError(f"--drift-data {options.drift_data}: {len(dataset.class_names)} classes, the model has "
-                                   f"{spec.num_classes}")
+        # by name, as validate does: a dataset whose ids are permuted must not steer the search silently wrong
+        dataset = map_to_model_classes(load_dataset(options.drift_data), spec.class_names)
         judge = MapJudge(onnx_path, spec, dataset)
     else:
         judge = AgreementJudge(onnx_path, spec, holdout)

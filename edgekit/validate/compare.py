@@ -6,6 +6,8 @@ applies to which backend and precision.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +38,8 @@ def tensor_error(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray
             raise ValueError(f"tensor_error: shapes differ {ref.shape} vs {cand.shape}")
         if not ref.size:
             continue
+        if not (np.isfinite(ref).all() and np.isfinite(cand).all()):
+            return TensorError(math.inf, math.inf)  # NaN/Inf on either side is never "no error"
         diff = float(np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64))))
         scale = float(np.max(np.abs(ref)))
         max_abs = max(max_abs, diff)
