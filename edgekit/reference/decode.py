@@ -152,7 +152,8 @@ def decode_yolox(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResu
 
 @register_decoder("dfl")
 def decode_dfl(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult:
-    """DFL: ltrb = sum_i softmax(bins)_i * i * stride from anchor (grid + 0.5) * stride; score = sig(cls)."""
+    """DFL: ltrb = sum_i softmax(bins)_i * i * stride from anchor (grid + 0.5) * stride (reg_max 1: ltrb = raw
+    channels * stride); score = sig(cls)."""
     strides = _require(spec, "strides")
     reg_max = int(_require(spec, "reg_max"))
     _expect_count(outputs, len(strides), spec)
@@ -161,10 +162,13 @@ def decode_dfl(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult
     for i, (out, stride) in enumerate(zip(outputs, strides)):
         _expect(out.dim() == 4 and out.shape[1] == 4 * reg_max + nc, spec, i, f"[B, {4 * reg_max + nc}, H, W]", out)
         b, _, h, w = out.shape
-        bins = out[:, :4 * reg_max].reshape(b, 4, reg_max, h * w)
-        probs = F.softmax(bins, dim=2)
-        project = torch.arange(reg_max, dtype=torch.float32).view(1, 1, reg_max, 1)
-        ltrb = (probs * project).sum(dim=2) * stride  # [B, 4, H*W]
+        if reg_max == 1:  # raw ltrb distances in stride units (YOLO26)
+            ltrb = out[:, :4].reshape(b, 4, h * w) * stride
+        else:
+            bins = out[:, :4 * reg_max].reshape(b, 4, reg_max, h * w)
+            probs = F.softmax(bins, dim=2)
+            project = torch.arange(reg_max, dtype=torch.float32).view(1, 1, reg_max, 1)
+            ltrb = (probs * project).sum(dim=2) * stride  # [B, 4, H*W]
         xs, ys = _grid(h, w)
         ax = (xs.flatten() + 0.5) * stride
         ay = (ys.flatten() + 0.5) * stride

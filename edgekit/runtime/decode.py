@@ -307,7 +307,8 @@ def decode_dfl(outputs: Sequence[np.ndarray], spec: ModelSpec,
 
     The first 4*reg_max channels are (side in l, t, r, b) x (bin 0..reg_max-1) logits; each
     side's distance is the expectation sum_i softmax(bins)_i * i, in stride units, measured from
-    the anchor point (cell + 0.5) * stride. score = sig(max_c cls_c) (no objectness).
+    the anchor point (cell + 0.5) * stride. reg_max == 1 (YOLO26) means no bins: the 4 channels are the
+    raw ltrb distances in stride units. score = sig(max_c cls_c) (no objectness).
     """
     strides = _strides(spec)
     reg_max = int(_param(spec, "reg_max"))
@@ -363,12 +364,15 @@ def _dfl_boxes(bins_flat: np.ndarray, gx: np.ndarray, gy: np.ndarray, stride: fl
     ``e_i = exp(bin_i - max bin)`` (stable), times the stride, from the anchor (cell + 0.5) * stride.
     """
     b, _, n = bins_flat.shape
-    bins = bins_flat.reshape(b, 4, reg_max, n)
-    e = bins - bins.max(axis=2, keepdims=True)
-    np.exp(e, out=e)
-    dist = np.matmul(bin_index, e)  # [B, 4, n]
-    dist /= e.sum(axis=2)
-    dist *= stride
+    if reg_max == 1:  # YOLO26: no bins, the 4 channels are the ltrb distances in stride units
+        dist = bins_flat * np.float32(stride)  # [B, 4, n], a fresh array
+    else:
+        bins = bins_flat.reshape(b, 4, reg_max, n)
+        e = bins - bins.max(axis=2, keepdims=True)
+        np.exp(e, out=e)
+        dist = np.matmul(bin_index, e)  # [B, 4, n]
+        dist /= e.sum(axis=2)
+        dist *= stride
     ax = (gx + 0.5) * stride
     ay = (gy + 0.5) * stride
     np.subtract(ax, dist[:, 0], out=out[..., 0])
