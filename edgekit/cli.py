@@ -170,22 +170,49 @@ def _open_detector(model: str, backend: str, precision: str | None, threads: int
         return ReferenceDetector(torch_model, torch_model.spec, pp)
     from edgekit.runtime.detector import Detector
 
-    if path.is_file() and family is not None:
-        # a third-party ONNX file: the family (and --names) describe it, the file gives the tensor names
-        from edgekit.models import ModelConfig, build_model
-
-        class_names = _read_names(names)
-        if class_names is None:
-            raise InputError(f"{path}: --family needs --names FILE (one class name per line)")
-        detector = Detector.from_third_party_onnx(
-            path, build_model(ModelConfig(family, len(class_names), _onnx_input_size(path)), class_names).spec,
-            backend=backend, threads=threads)
+    spec = _bare_onnx_spec(path, family, names) if path.is_file() else None
+    if spec is not None:
+        # a third-party ONNX file: its metadata/layout (or --family, --names) describe it, the file gives the tensor names
+        detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads)
         pp = detector.postprocess_spec
         detector.postprocess_spec = replace(pp, **{k: v for k, v in (("conf_threshold", conf), ("iou_threshold", iou))
                                                    if v is not None})
         return detector
     return Detector.load(path, backend=backend, precision=precision, threads=threads,
                          conf_threshold=conf, iou_threshold=iou)
+
+
+def _bare_onnx_spec(path: Path, family: str | None, names: str | None, imgsz: int | None = None):
+    """The ModelSpec of a model file that is not an edgekit artifact, or None for an edgekit-exported ONNX
+    (its embedded spec is read by Detector.load / spec_from_onnx).
+
+    ``--family`` of a built-in family (e.g. fastestdet, with ``--names``) describes any raw head; otherwise
+    an ``.onnx`` file describes itself (Ultralytics metadata) or is told apart by ``--family yolov5|yolox``
+    (see ``edgekit.runtime.onnx_import``).
+    """
+    from edgekit.runtime.onnx_import import (THIRD_PARTY_FAMILIES, has_edgekit_spec, read_onnx_header,
+                                             spec_from_third_party_onnx)
+
+    header = read_onnx_header(path) if path.suffix.lower() == ".onnx" else None
+    single_output = header is not None and len(header.outputs) == 1
+    if family is not None and not (family in THIRD_PARTY_FAMILIES and single_output):
+        from edgekit.models import ModelConfig, build_model
+
+        class_names = _read_names(names)
+        if class_names is None:
+            raise InputError(f"{path}: --family needs --names FILE (one class name per line)")
+        spec = build_model(ModelConfig(family, len(class_names), _onnx_input_size(path)), class_names).spec
+        if header is not None and len(header.inputs) == 1 and len(header.outputs) == len(spec.head.output_names):
+            from dataclasses import replace
+
+            # the family gives the layout, the file its tensor names (in the file's output order)
+            spec = replace(spec, input_name=header.inputs[0][0],
+                           head=replace(spec.head, output_names=tuple(n for n, _ in header.outputs)))
+        return spec
+    if header is None or has_edgekit_spec(header):
+        return None
+    return spec_from_third_party_onnx(path, family=family, class_names=_read_names(names),
+                                      input_size=_parse_imgsz(imgsz), header=header)
 
 
 def _onnx_input_size(path: Path) -> tuple[int, int]:
@@ -366,18 +393,32 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
     target = load_target(target_name)
     if int8_flags and (precision or target.precision) != "int8":
         raise click.UsageError(f"{', '.join(int8_flags)} only apply with --precision int8")
-    model = _load_model(checkpoint, family, names, None)
     out = Path(out_dir) if out_dir else Path(checkpoint).with_name(f"{Path(checkpoint).stem}_{target.name}")
     # lock the folder and refuse an existing artifact without --force, before any work; held until the command ends
     from edgekit.convert.artifact import claim_destination
 
     click.get_current_context().with_resource(claim_destination(out, overwrite=force))
-    click.echo(f"converting {checkpoint} ({model.spec.family}) for {target.name}: {target.backend} "
-               f"{precision or target.precision} — {target.description}")
-    manifest = convert_model(model, target, out, precision=precision, input_size=_parse_imgsz(imgsz), opset=opset,
-                             source=str(checkpoint),
-                             skip_passes=skip_passes, no_passes=no_passes, dump_dir=dump_dir, int8=int8,
-                             progress=click.echo)
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        # an ONNX file made elsewhere (or by edgekit): passes + backend builds, checked against ONNX Runtime on it
+        from edgekit.convert.chain import convert_onnx
+        from edgekit.runtime.artifact import spec_from_onnx
+
+        if not Path(checkpoint).is_file():
+            raise InputError(f"{checkpoint}: no such ONNX file")
+        spec = _bare_onnx_spec(Path(checkpoint), family, names, imgsz) or spec_from_onnx(checkpoint)
+        click.echo(f"converting {checkpoint} ({spec.family}, {spec.head.kind}, {spec.input_size[0]}x{spec.input_size[1]}) "
+                   f"for {target.name}: {target.backend} {precision or target.precision} — {target.description}")
+        manifest = convert_onnx(checkpoint, spec, target, out, precision=precision, source=str(checkpoint),
+                                skip_passes=skip_passes, no_passes=no_passes, dump_dir=dump_dir, int8=int8,
+                                progress=click.echo)
+    else:
+        model = _load_model(checkpoint, family, names, None)
+        click.echo(f"converting {checkpoint} ({model.spec.family}) for {target.name}: {target.backend} "
+                   f"{precision or target.precision} — {target.description}")
+        manifest = convert_model(model, target, out, precision=precision, input_size=_parse_imgsz(imgsz), opset=opset,
+                                 source=str(checkpoint),
+                                 skip_passes=skip_passes, no_passes=no_passes, dump_dir=dump_dir, int8=int8,
+                                 progress=click.echo)
     for entry in manifest.models:
         click.echo(f"  {entry.backend}/{entry.precision}: {entry.file}")
     if "on_device" in manifest.info:
@@ -460,11 +501,17 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
 
     from edgekit.runtime.artifact import read_manifest
     from edgekit.validate.datasets import load_class_map, load_dataset, map_to_model_classes
-    from edgekit.validate.run import format_table, validate_artifact
+    from edgekit.validate.run import format_table, validate_artifact, validate_onnx_file
 
     _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
+    # a bare ONNX file (third-party or edgekit's own) is validated as one ONNX Runtime model
+    onnx_spec = None
+    if Path(artifact).is_file():
+        from edgekit.runtime.artifact import spec_from_onnx
+
+        onnx_spec = _bare_onnx_spec(Path(artifact), family, names) or spec_from_onnx(artifact)
     # dataset classes -> model classes by name, before any work (the report then names model classes)
-    dataset = map_to_model_classes(load_dataset(data_path), read_manifest(artifact).spec.class_names,
+    dataset = map_to_model_classes(load_dataset(data_path), (onnx_spec or read_manifest(artifact).spec).class_names,
                                    load_class_map(class_map_path) if class_map_path else None,
                                    notice=lambda message: click.echo(f"warning: {message}", err=True))
     if report_dir:
@@ -472,9 +519,13 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
 
         check_report_dir(report_dir)  # an unwritable folder fails now, not after the whole validation
     reference = _load_model(reference_checkpoint, family, names, None) if reference_checkpoint else None
-    report = validate_artifact(artifact, dataset, backends=_parse_backends(backends),
-                               reference_model=reference, threads=threads,
-                               progress=lambda items, name: tqdm(items, desc=f"validate {name}", unit="img", leave=False))
+    progress = lambda items, name: tqdm(items, desc=f"validate {name}", unit="img", leave=False)  # noqa: E731
+    if onnx_spec is not None:
+        report = validate_onnx_file(artifact, onnx_spec, dataset, reference_model=reference, threads=threads,
+                                    progress=progress)
+    else:
+        report = validate_artifact(artifact, dataset, backends=_parse_backends(backends),
+                                   reference_model=reference, threads=threads, progress=progress)
     click.echo(format_table(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
@@ -482,7 +533,9 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
     if report_dir:
         from edgekit.validate.report import write_drift_report
 
-        written = write_drift_report(report, dataset, Path(report_dir), manifest=read_manifest(artifact))
+        written = write_drift_report(report, dataset, Path(report_dir),
+                                     manifest=None if onnx_spec is not None else read_manifest(artifact),
+                                     conf_threshold=onnx_spec.postprocess.conf_threshold if onnx_spec else None)
         click.echo(f"report written to {written['report.md']}")
 
 

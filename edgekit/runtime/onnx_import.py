@@ -72,7 +72,7 @@ def read_onnx_header(path: str | Path) -> OnnxHeader:
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
-            raise ModelFileError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from None
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({_first_line(exc)})") from None
         initializers = {t.name for t in model.graph.initializer}
 
         def shape_of(value) -> tuple:
@@ -181,7 +181,8 @@ def spec_from_third_party_onnx(path: str | Path, family: str | None = None,
     output_name, out_shape = header.outputs[0]
     if len(out_shape) != 3:
         raise ModelFileError(f"{name}: output {output_name!r} has shape {_shape_text(out_shape)}; expected "
-                             "[B, 4+nc, N], [B, K, 6] or [B, N, 5+nc]")
+                             "[B, 4+nc, N], [B, K, 6] or [B, N, 5+nc]; for a raw grid head pass --family FAMILY --names FILE "
+                             "of a built-in family (e.g. fastestdet)")
     if ultralytics:
         return _ultralytics_spec(name, meta, family, class_names, size, input_name, output_name, out_shape)
     return _grid_spec(name, header, family, class_names, size, input_name, output_name, out_shape)

@@ -183,6 +183,11 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
                 report.reference = name
     if not report.runs:
         raise EdgekitError(f"no model could run here ({'; '.join(f'{n}: {r}' for n, r in report.skipped)})")
+    return _score_runs(report, dataset, spec)
+
+
+def _score_runs(report: ValidationReport, dataset: Dataset, spec: Any) -> ValidationReport:
+    """mAP of every run, and its agreement with the reference run at the spec's deployment threshold."""
     conf = spec.postprocess.conf_threshold
     reference_view = above(report.run(report.reference).detections, conf)
     for index, run in enumerate(report.runs):
@@ -190,6 +195,36 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
         agree = agreement(above(run.detections, conf), reference_view)
         report.runs[index] = replace(run, metrics=metrics, agreement=agree)
     return report
+
+
+def validate_onnx_file(path: str | Path, spec: Any, dataset: Dataset, reference_model: Any | None = None,
+                       threads: int = 0, progress: Callable[[Sequence, str], Any] | None = None,
+                       class_map: dict[str, str] | None = None,
+                       notice: Callable[[str], None] | None = None) -> ValidationReport:
+    """Evaluate a bare ONNX file (e.g. a third-party export) with ONNX Runtime fp32, as one run.
+
+    ``spec`` describes the file (``edgekit.runtime.onnx_import.spec_from_third_party_onnx`` or the
+    embedded edgekit spec). Classes, the mAP protocol and ``reference_model`` work as in
+    :func:`validate_artifact`; without a reference the file's own run is the reference.
+    """
+    if not dataset.items:
+        raise EdgekitError(f"{dataset.root}: the dataset has no images")
+    path = Path(path)
+    dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
+    report = ValidationReport(dataset=str(dataset.root), reference="")
+    if reference_model is not None:
+        from edgekit.reference.detector import ReferenceDetector
+
+        reference = ReferenceDetector(reference_model, spec, map_postprocess(spec))
+        report.runs.append(run_detector(reference, dataset, "torch/fp32", progress))
+        report.reference = "torch/fp32"
+    name = "onnxruntime/fp32"
+    with Detector.from_third_party_onnx(path, spec, threads=threads) as detector:
+        detector.postprocess_spec = map_postprocess(spec)
+        run = run_detector(detector, dataset, name, progress)
+    report.runs.append(replace(run, size_bytes=path.stat().st_size))
+    report.reference = report.reference or name
+    return _score_runs(report, dataset, spec)
 
 
 def format_table(report: ValidationReport) -> str:

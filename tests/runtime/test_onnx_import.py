@@ -200,6 +200,8 @@ def test_yolox_raw_and_decoded_exports(tmp_path):
     spec = spec_from_third_party_onnx(raw, family="yolox")
     assert spec.head.kind == "yolox_flat" and spec.head.params == {"strides": [8, 16, 32]}
     assert spec.color_order == "BGR" and spec.normalization.scale == 1.0 and spec.resize.pad_value == 114
+    # YOLOX pads bottom/right; an edgekit whose ResizeSpec has no ``align`` yet can only centre
+    assert getattr(spec.resize, "align", "top_left") == "top_left"
     decoded = constant_output_graph(tmp_path / "yolox_decoded.onnx", classic_output(nc=3, anchors=1),
                                     extra_ops=("Exp",))
     assert spec_from_third_party_onnx(decoded, family="yolox").head.kind == "yolo_decoded"
@@ -264,7 +266,7 @@ def test_file_level_refusals(tmp_path):
     with pytest.raises(ModelFileError, match="ONNX model file not found"):
         spec_from_third_party_onnx(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all \x00\xff")
-    with pytest.raises(ModelFileError, match="junk.onnx: not a readable ONNX file"):
+    with pytest.raises(ModelFileError, match="junk.onnx: not a loadable ONNX model"):
         spec_from_third_party_onnx(tmp_path / "junk.onnx")
     two = constant_output_graph(tmp_path / "two.onnx", np.zeros((1, 7, 84), np.float32), outputs=2)
     with pytest.raises(ModelFileError, match=r"outputs \['output0', 'output1'\]; edgekit reads single-output"):
@@ -298,3 +300,18 @@ def test_metadata_parsers():
         parse_ultralytics_names("{True: 'a'}", "m")   # bool is not a class index
     assert grid_cells((320, 320)) == 2100 and grid_cells((40, 72)) == 66 == sum(
         math.ceil(40 / s) * math.ceil(72 / s) for s in (8, 16, 32))
+
+
+def test_yolox_raw_export_boxes_map_back_through_a_top_left_letterbox(tmp_path):
+    out = np.zeros((1, 84, 8), np.float32)          # 64x64 input, 3 classes
+    out[0, 9] = [0.5, 0.5, math.log(2), 0.0, 0.9, 0.1, 0.8, 0.1]  # level 0 (stride 8), row 1, column 1
+    path = constant_output_graph(tmp_path / "yolox.onnx", out)
+    spec = spec_from_third_party_onnx(path, family="yolox")
+    if not hasattr(spec.resize, "align"):
+        pytest.skip("this edgekit's ResizeSpec has no top-left letterbox")
+    with Detector.from_third_party_onnx(path, spec) as detector:
+        found = detector.detect(grey(32, 64))      # 64 wide, 32 high: scale 1, padding below the image only
+    # centre ((0.5 + 1) * 8, (0.5 + 1) * 8) = (12, 12), size (exp(ln 2) * 8, 8) = (16, 8); no vertical offset
+    np.testing.assert_allclose(found.boxes, [[4, 8, 20, 16]], atol=1e-5)
+    np.testing.assert_allclose(found.scores, [0.72], rtol=1e-6)
+    np.testing.assert_array_equal(found.labels, [1])
