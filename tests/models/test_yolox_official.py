@@ -280,7 +280,7 @@ def test_partly_depthwise_state_dict_is_reported(oracle) -> None:
 def test_non_finite_weights_are_reported(oracle) -> None:
     tensors = _pattern_tensors(oracle, "yolox_nano")
     tensors["head.obj_preds.2.bias"] = torch.tensor([float("nan")])
-    with pytest.raises(ModelFileError, match=r"'head\.obj_preds\.2\.bias' holds NaN"):
+    with pytest.raises(ModelFileError, match=r"nan.pth: tensor 'head\.obj_preds\.2\.bias' holds 1 NaN"):
         build_yolox_official(tensors, "nan.pth", None, None)
 
 
@@ -323,3 +323,41 @@ def test_exports_to_onnx_and_onnxruntime_matches_pytorch(oracle, tmp_path: Path)
     for ours, theirs in zip(_run(model, x), onnx_outputs):
         assert theirs.shape == ours.shape
         np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4 * float(np.abs(ours).max()))
+
+
+def test_exported_artifact_detects_like_the_pytorch_reference(oracle, tmp_path: Path) -> None:
+    """Runtime path (top-left letterbox, BGR, no /255, decode, class-agnostic NMS) on the ONNX model vs the
+    torch reference detector, on images of several aspect ratios."""
+    pytest.importorskip("onnxruntime")
+    from edgekit.convert.chain import export_artifact
+    from edgekit.reference.detector import ReferenceDetector
+    from edgekit.runtime.detector import Detector
+    from edgekit.validate.compare import compare_detections
+
+    weights, _ = _recorded(oracle, "yolox_s")
+    for key in [k for k in weights if k.startswith(("head.cls_preds.", "head.obj_preds.", "head.reg_preds."))]:
+        # Tempered predictions: on noise images the recorded weights saturate sigmoid to 1.0 and throw boxes
+        # far off the image (clipped to zero area), which would test tie-breaking rather than the conversion.
+        weights[key] = weights[key] * 0.1
+    model = build_yolox_official(weights, "s.pth", None, (160, 192))
+    export_artifact(model, tmp_path / "art")
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((120, 200, 3), (300, 150, 3), (160, 192, 3))]
+    reference = ReferenceDetector(model, model.spec).detect_batch(images)
+    with Detector.load(tmp_path / "art") as detector:
+        candidate = [detector.detect(image) for image in images]
+    assert [len(d) for d in candidate] == [len(d) for d in reference]
+    # Random weights also place boxes wholly in the padding or off the image; clipped to zero area they have
+    # no IoU with anything, so only boxes with some area are matched.
+    reference, candidate = [[_with_area(d) for d in side] for side in (reference, candidate)]
+    stats = compare_detections(reference, candidate, iou_threshold=0.999)
+    assert stats.reference_count >= 30, "the tempered weights give detections above the demo threshold"
+    assert stats.matched == stats.reference_count == stats.candidate_count, stats
+    assert stats.max_score_delta <= 1e-4, stats
+
+
+def _with_area(detections):
+    from edgekit.runtime.detections import Detections
+
+    keep = np.prod(detections.boxes[:, 2:] - detections.boxes[:, :2], axis=1) >= 1.0
+    return Detections(detections.boxes[keep], detections.scores[keep], detections.labels[keep])

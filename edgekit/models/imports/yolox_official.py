@@ -339,12 +339,6 @@ def infer_layout(checkpoint: Mapping[str, Tensor] | Any, source: str) -> YOLOXLa
     )
 
 
-def _check_finite(tensors: Mapping[str, Tensor], source: str) -> None:
-    for key, value in tensors.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ModelFileError(f"{source}: key {key!r} holds NaN or infinite values")
-
-
 def yolox_official_spec(layout: YOLOXLayout, class_names: Sequence[str] | None,
                         input_size: tuple[int, int] | None) -> ModelSpec:
     """The ModelSpec of an official YOLOX model: BGR 0..255 input, top-left letterbox padded with 114,
@@ -387,15 +381,14 @@ def build_yolox_official(tensors: Mapping[str, Tensor] | Any, source: str, class
 
     The module has ``.spec`` (:func:`yolox_official_spec`), ``.config = None`` and ``.layout``
     (:class:`YOLOXLayout`). Raises ModelFileError (one line naming ``source``) for a state_dict that is not
-    YOLOX-like or whose tensor shapes disagree with the layout its stem, depths and head imply (naming the key
-    and the two shapes); SpecError for bad class names or input size.
+    YOLOX-like, whose tensor shapes disagree with the layout its stem, depths and head imply (naming the key
+    and the two shapes) or that holds NaN / Inf; SpecError for bad class names or input size.
     """
     layout = infer_layout(tensors, source)
     spec = yolox_official_spec(layout, class_names, input_size)
-    state_dict = _tensors(tensors, source)
-    _check_finite(state_dict, source)
     model = YOLOXOfficial(layout)
-    load_state_dict_strict(model, state_dict, source)
+    # Strict: every key, every shape (one line naming the key and both shapes), finite values.
+    load_state_dict_strict(model, _tensors(tensors, source), source)
     model.float().eval()
     model.spec = spec
     model.config = None
