@@ -190,9 +190,9 @@ def _resolve_trusted(names: Sequence[str], package: str, source: str) -> dict[st
             raise ModelFileError(f"{source}: --trust-upstream {package}: cannot import {module_name} "
                                  f"({type(exc).__name__}: {exc})") from None
         cls = getattr(module, attr, None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)
-                and str(getattr(cls, "__module__", "")).startswith(package + ".") or
-                isinstance(cls, type) and cls.__module__ == package and issubclass(cls, nn.Module)):
+        defined_in = str(getattr(cls, "__module__", ""))
+        inside = defined_in == package or defined_in.startswith(package + ".")
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module) and inside):
             raise ModelFileError(f"{source}: --trust-upstream {package}: {name} is not an nn.Module class defined "
                                  f"in {package} (refused)")
         resolved[name] = cls
