@@ -57,7 +57,8 @@ def detect_json(model, tmp_path, capsys, *extra) -> list[dict]:
     out_json = tmp_path / "dets.json"
     code, out, err = run(["detect", model, *parity_images(), "--json", out_json, *extra], capsys)
     assert code == 0, err
-    return json.loads(out_json.read_text())
+    # file_name is the path relative to the inputs' common folder; the upstream files hold base names
+    return [{**e, "file_name": Path(e["file_name"]).name} for e in json.loads(out_json.read_text())]
 
 
 def assert_matches_upstream(ours: list[dict]) -> None:
