@@ -22,7 +22,15 @@ _LAZY = {
     "load_checkpoint": "edgekit.models.loading",
     "save_checkpoint": "edgekit.models.loading",
     "export_artifact": "edgekit.convert.chain",
+    "convert_onnx": "edgekit.convert.chain",
+    "load_target": "edgekit.targets",
+    "validate_artifact": "edgekit.validate.run",
 }
+
+
+# ``convert`` and ``validate`` are also subpackage names (edgekit.convert, edgekit.validate): a lazy attribute of
+# that name would be shadowed by the subpackage once imported, so the functions live at edgekit.convert.chain.convert
+# and edgekit.validate.run.validate_artifact (exported here as validate_artifact).
 
 
 def __getattr__(name: str) -> Any:
@@ -34,5 +42,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
 
 
-__all__ = ["Detections", "Detector", "EdgekitError", "ModelSpec", "export_artifact", "load_checkpoint",
-           "save_checkpoint", "__version__"]
+__all__ = ["Detections", "Detector", "EdgekitError", "ModelSpec", "convert_onnx", "export_artifact",
+           "load_checkpoint", "load_target", "save_checkpoint", "validate_artifact", "__version__"]
