@@ -504,6 +504,10 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
     from edgekit.validate.run import format_table, validate_artifact, validate_onnx_file
 
     _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
+    if Path(artifact).is_file() and Path(artifact).suffix.lower() in CHECKPOINT_SUFFIXES:
+        # a checkpoint (edgekit, Ultralytics, YOLOv5, YOLOX): the PyTorch reference alone, as imported by edgekit
+        _validate_checkpoint(artifact, data_path, class_map_path, family, names, json_path, report_dir)
+        return
     # a bare ONNX file (third-party or edgekit's own) is validated as one ONNX Runtime model
     onnx_spec = None
     if Path(artifact).is_file():
@@ -537,6 +541,29 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
                                      manifest=None if onnx_spec is not None else read_manifest(artifact),
                                      conf_threshold=onnx_spec.postprocess.conf_threshold if onnx_spec else None)
         click.echo(f"report written to {written['report.md']}")
+
+
+def _validate_checkpoint(checkpoint: str, data_path: str, class_map_path: str | None, family: str | None,
+                         names: str | None, json_path: str | None, report_dir: str | None) -> None:
+    from tqdm import tqdm
+
+    from edgekit.validate.datasets import load_class_map, load_dataset
+    from edgekit.validate.run import format_table, validate_checkpoint
+
+    if report_dir:
+        raise InputError("--report needs an artifact or ONNX file to compare with the reference; for a checkpoint, "
+                         "convert it first and pass --reference CHECKPOINT")
+    dataset = load_dataset(data_path)
+    class_map = load_class_map(class_map_path) if class_map_path else None
+    model = _load_model(checkpoint, family, names, None)
+    report = validate_checkpoint(model, dataset, class_map=class_map,
+                                 notice=lambda message: click.echo(f"warning: {message}", err=True),
+                                 progress=lambda items, name: tqdm(items, desc=f"validate {name}", unit="img",
+                                                                   leave=False))
+    click.echo(format_table(report))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path}")
 
 
 @cli.command()

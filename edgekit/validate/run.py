@@ -227,6 +227,26 @@ def validate_onnx_file(path: str | Path, spec: Any, dataset: Dataset, reference_
     return _score_runs(report, dataset, spec)
 
 
+def validate_checkpoint(model: Any, dataset: Dataset, progress: Callable[[Sequence, str], Any] | None = None,
+                        class_map: dict[str, str] | None = None,
+                        notice: Callable[[str], None] | None = None) -> ValidationReport:
+    """mAP of a PyTorch model (with ``.spec``) through edgekit's reference decoder and NMS, as one run.
+
+    What a user checks before converting: does edgekit's import of *their* checkpoint score what their trainer
+    reported? Classes and the mAP protocol are those of :func:`validate_artifact`.
+    """
+    from edgekit.reference.detector import ReferenceDetector
+
+    if not dataset.items:
+        raise EdgekitError(f"{dataset.root}: the dataset has no images")
+    spec = model.spec
+    dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
+    report = ValidationReport(dataset=str(dataset.root), reference="torch/fp32")
+    report.runs.append(run_detector(ReferenceDetector(model, spec, map_postprocess(spec)), dataset, "torch/fp32",
+                                    progress))
+    return _score_runs(report, dataset, spec)
+
+
 def format_table(report: ValidationReport) -> str:
     """A markdown table: one row per backend/precision."""
     reference = report.run(report.reference).metrics

@@ -46,3 +46,23 @@ def test_a_module_pickle_without_a_model_is_refused_in_one_line(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no model" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_validate_scores_a_real_checkpoint_as_edgekit_imports_it(tmp_path, capsys):
+    """`edgekit validate best.pt --data …`: the user's first check that the import scores what their trainer did."""
+    import json
+
+    from tests.conftest import SHARED_DIR
+
+    checkpoint = SHARED_DIR / "models" / "ultralytics" / "yolov5n.pt"
+    dataset = SHARED_DIR / "datasets" / "coco8"
+    if not checkpoint.is_file() or not dataset.is_dir():
+        pytest.skip("../shared is not present")
+    out = tmp_path / "v.json"
+    assert main(["validate", str(checkpoint), "--data", str(dataset), "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["name"] for run in runs] == ["torch/fp32"]
+    # a real COCO yolov5n finds most of coco8's objects; a wrong import (class order, anchors, letterbox) scores ~0
+    assert runs[0]["map_50"] > 0.6
+    assert main(["validate", str(checkpoint), "--data", str(dataset), "--report", str(tmp_path / "r")]) != 0
+    assert "--report needs an artifact" in capsys.readouterr().err
