@@ -2,9 +2,11 @@
 
 Every backend x precision model in the artifact runs through the same ``Detector`` on the same
 dataset. mAP uses the COCO convention (score threshold 0.001, at most 100 detections per image);
-agreement with the reference uses the deployment thresholds of the spec, by filtering the same
-detections (greedy NMS visits boxes in score order, so the boxes above the deployment threshold
-are exactly what NMS at that threshold keeps).
+agreement with the reference uses the deployment score threshold of the spec, by filtering the same
+detections. Both sides of an agreement went through the same NMS (the mAP protocol's IoU), so agreement
+measures the drift between two models exactly; it equals agreement of the deployed outputs when the spec's
+NMS IoU is the protocol's (greedy NMS visits boxes in score order, so the boxes above a score threshold are
+what NMS at that threshold keeps), and approximates it otherwise (e.g. Ultralytics' 0.7).
 """
 
 from __future__ import annotations
