@@ -9,6 +9,11 @@ ours with the same class and the highest IoU. It counts as *matched* when IoU >=
 |Δscore| <= ``score_tol``, and as *strict* when IoU >= ``strict_iou`` and |Δscore| <= ``strict_score``.
 An upstream box left unmatched whose score lies within ``margin`` of ``conf_threshold`` is counted
 as ``near_threshold`` (it may legitimately be on one side only).
+
+Zero-area boxes: an upstream that clips boxes to the image turns a box lying wholly outside it into a
+zero-width or zero-height box (YOLO26's one-to-many branch predicts a few), whose IoU with anything is
+0/0 — taken as 0 by :func:`box_iou_xywh`. :func:`pair_iou` counts two zero-area boxes whose coordinates
+agree within ``zero_area_tol`` pixels as IoU 1 (the same clipped box), so they match like any other.
 """
 
 from __future__ import annotations
@@ -66,11 +71,29 @@ def box_iou_xywh(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+#: a box side at most this long (pixels) makes a zero-area box (clipped wholly outside the image)
+ZERO_SIDE = 1e-3
+
+
+def is_zero_area(box: list[float]) -> bool:
+    """True for an [x, y, w, h] box with (practically) zero width or height."""
+    return box[2] <= ZERO_SIDE or box[3] <= ZERO_SIDE
+
+
+def pair_iou(a: list[float], b: list[float], zero_area_tol: float = 0.5) -> float:
+    """IoU of two [x, y, w, h] boxes, except that two zero-area boxes whose four numbers agree within
+    ``zero_area_tol`` pixels give 1.0 (the IoU 0/0 of the same clipped box); zero-area vs any other box is 0."""
+    if is_zero_area(a) and is_zero_area(b):
+        return 1.0 if max(abs(p - q) for p, q in zip(a, b)) <= zero_area_tol else 0.0
+    return box_iou_xywh(a, b)
+
+
 def match_upstream(upstream_preds: Iterable[dict[str, Any]], our_dets: Iterable[dict[str, Any]],
                    iou_min: float = 0.9, score_tol: float = 0.03, strict_iou: float = 0.99,
                    strict_score: float = 0.005, conf_threshold: float | None = None,
-                   margin: float = 0.02) -> ParityStats:
-    """Match our detections to the upstream's, per ``file_name``; see the module docstring."""
+                   margin: float = 0.02, zero_area_tol: float = 0.5) -> ParityStats:
+    """Match our detections to the upstream's, per ``file_name``; see the module docstring (zero-area boxes:
+    :func:`pair_iou` with ``zero_area_tol`` pixels)."""
     by_image_up: dict[str, list[dict]] = defaultdict(list)
     by_image_ours: dict[str, list[dict]] = defaultdict(list)
     for p in upstream_preds:
@@ -91,7 +114,7 @@ def match_upstream(upstream_preds: Iterable[dict[str, Any]], our_dets: Iterable[
             for j, det in enumerate(ours):
                 if used[j] or int(det["category_id"]) != int(up["category_id"]):
                     continue
-                iou = box_iou_xywh(up["bbox"], det["bbox"])
+                iou = pair_iou(up["bbox"], det["bbox"], zero_area_tol)
                 if iou > best_iou:
                     best, best_iou = j, iou
             delta = abs(ours[best]["score"] - up["score"]) if best >= 0 else float("inf")
