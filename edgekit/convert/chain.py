@@ -214,14 +214,33 @@ def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Optio
     """Calibrate the artifact's fp32 graph once; the result goes into the artifact and to every builder."""
     from edgekit.quant.pipeline import calibrate_artifact
 
-    result, record = calibrate_artifact(onnx_path, spec, int8 or Int8Options(), target.calibration.method,
-                                        target.calibration.images, target.calibration.percentile, progress=progress)
+    from edgekit.quant.gate import AgreementGate
+
+    result, record, (gate_paths, gate_source) = calibrate_artifact(
+        onnx_path, spec, int8 or Int8Options(), target.calibration.method, target.calibration.images,
+        target.calibration.percentile, progress=progress)
     result.save(writer.path(CALIBRATION_FILE))
     extra["int8"] = {**record, "calibration_file": CALIBRATION_FILE,
-                     "quantized_layers": len(result.quantized_layers), "layers": len(result.layers)}
+                     "quantized_layers": len(result.quantized_layers), "layers": len(result.layers), "agreement": {}}
     progress(f"int8    {len(result.quantized_layers)} of {len(result.layers)} layers in int8 "
              f"({result.method}, {result.num_images} images)")
-    return result
+    return result, AgreementGate(onnx_path, spec, gate_paths, gate_source)
+
+
+def _gate_int8(entry: ModelEntry, writer: ArtifactWriter, gate, extra: dict[str, Any], progress: Progress) -> None:
+    """Every int8 model that runs here must agree with its fp32 graph (``quant.gate``): fail instead of shipping
+    a broken one; the agreement lands in the manifest (``info.int8.agreement``)."""
+    if entry.options.get("built_on_device"):
+        return
+    try:
+        runner_class = get_runner_class(entry.backend)
+    except EdgekitError:
+        return
+    if not runner_class.is_available():
+        return
+    name = f"{entry.backend}/{entry.precision}"
+    runner = runner_class.from_artifact(writer.path(entry.file), entry.options)
+    extra["int8"]["agreement"][name] = gate.check(name, runner, progress)
 
 
 def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, reference: Reference,
@@ -263,6 +282,10 @@ def _target_precision(target: Target | str, precision: str | None, int8: Int8Opt
         from edgekit.quant.calibration import check_calibration_folder
 
         check_calibration_folder(int8.calib_dir)  # before the export: a typo in --calib should not cost one
+    if precision == "int8" and int8 is not None and int8.cache is not None:
+        from edgekit.quant.result import CalibrationResult
+
+        CalibrationResult.load(int8.cache)  # readable, schema and values: a truncated cache should not cost an export
     return target, precision
 
 
@@ -278,11 +301,12 @@ def _build_target(source_model: BuildSource, target: Target, precision: str, int
     entries = [ModelEntry(*BASELINE, ONNX_FILE)]
     extra: dict[str, Any] = {}
     if precision == "int8":
-        source_model = replace(source_model, calibration=_calibrate(source_model.onnx_path, spec, target, int8, writer,
-                                                                    extra, progress))
+        calibration, gate = _calibrate(source_model.onnx_path, spec, target, int8, writer, extra, progress)
+        source_model = replace(source_model, calibration=calibration)
         qdq_entry = get_builder("onnxruntime").build(source_model, "int8", writer.path, {})
         entries.append(qdq_entry)
         parity["onnxruntime/int8"] = _check_backend(qdq_entry, writer, spec, reference, reference_name, progress)
+        _gate_int8(qdq_entry, writer, gate, extra, progress)
     if (target.backend, precision) not in (BASELINE, ("onnxruntime", "int8")):
         builder = get_builder(target.backend)
         options = dict(target.backend_options)
@@ -290,6 +314,8 @@ def _build_target(source_model: BuildSource, target: Target, precision: str, int
         entries.append(entry)
         parity[f"{entry.backend}/{entry.precision}"] = _check_backend(entry, writer, spec, reference, reference_name,
                                                                       progress)
+        if precision == "int8":
+            _gate_int8(entry, writer, gate, extra, progress)
         if entry.options.get("built_on_device"):
             extra["on_device"] = (f"on the device, build the engine with: ./{entry.options['build_script']}  "
                                   f"({entry.options['build_command']})")

@@ -66,16 +66,27 @@ def _progress_bar(iterable, description: str):
 def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, default_method: str,
                        default_images: int, default_percentile: float = DEFAULT_PERCENTILE,
                        progress: Progress = lambda line: None, show_bars: bool = True,
-                       warn: Callable[[str], None] | None = None) -> tuple[CalibrationResult, dict[str, Any]]:
-    """Calibrate ``onnx_path`` (the artifact's fp32 graph); returns the result and a manifest record."""
+                       warn: Callable[[str], None] | None = None
+                       ) -> tuple[CalibrationResult, dict[str, Any], tuple[list[Path], str]]:
+    """Calibrate ``onnx_path`` (the artifact's fp32 graph); returns the result, a manifest record, and the
+    images the int8 builds' agreement gate runs on with where they come from (``quant.gate.gate_images``)."""
+    from edgekit.quant.gate import GATE_IMAGES, check_result_against_model, gate_images, probe_tensors
+
     bars = _progress_bar if show_bars else None
     warn = warn or (lambda message: progress(f"warning {message}"))
     if options.cache is not None:
         result = CalibrationResult.load(options.cache)
         result.check_model(onnx_path)
+        # the hash says which model, not that the numbers are sane (a hand-edited cache keeps it)
+        check_result_against_model(result, onnx_path, probe_tensors(spec, options.calib_dir), str(options.cache))
         progress(f"int8    reusing calibration {options.cache} ({result.method}, {result.num_images} images)")
+        gate_paths: list[Path] = []
+        if options.calib_dir is not None:
+            gate_paths = list(find_calibration_images(options.calib_dir, limit=GATE_IMAGES, force=True,
+                                                      warn=lambda message: None).paths)
         return result, {"method": result.method, "cache": str(options.cache), "images": result.num_images,
-                        "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers)}
+                        "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers)}, \
+            gate_images([], gate_paths)
     folder = Path(options.calib_dir) if options.calib_dir else default_calibration_dir()
     method = options.method or default_method
     limit = options.images or default_images
@@ -94,7 +105,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
         result, partial = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars)
         record["partial_quantization"] = partial
     record["float_layers"] = dict(result.float_layers)
-    return result, record
+    return result, record, gate_images(holdout, calib_set.paths)
 
 
 def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[CalibrationImages, list[Path]]:

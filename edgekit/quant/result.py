@@ -116,13 +116,41 @@ class CalibrationResult:
             raise CalibrationError(f"{source}: calibration result version {data.get('version')!r} is not supported")
         try:
             ranges = {str(k): (float(v[0]), float(v[1])) for k, v in data["activation_ranges"].items()}
-            return cls(model_sha256=str(data["model_sha256"]), method=str(data["method"]),
-                       num_images=int(data["num_images"]), images_sha256=str(data["images_sha256"]),
-                       activation_ranges=ranges, layers=tuple(QuantLayer.from_dict(d) for d in data["layers"]),
-                       float_layers={str(k): str(v) for k, v in data.get("float_layers", {}).items()},
-                       notes=dict(data.get("notes", {})))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            result = cls(model_sha256=str(data["model_sha256"]), method=str(data["method"]),
+                         num_images=int(data["num_images"]), images_sha256=str(data["images_sha256"]),
+                         activation_ranges=ranges, layers=tuple(QuantLayer.from_dict(d) for d in data["layers"]),
+                         float_layers={str(k): str(v) for k, v in data.get("float_layers", {}).items()},
+                         notes=dict(data.get("notes", {})))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CalibrationError(f"{source}: malformed calibration result ({type(exc).__name__}: {exc})") from None
+        result.check_values(source)
+        return result
+
+    def check_values(self, source: str = "calibration result") -> None:
+        """CalibrationError (one line naming the tensor / layer and the value) unless every number can be used:
+        activation ranges finite with lo <= hi, weight scales finite and > 0, every layer's quantised input
+        and output has a range, float layers are layers of the result. Checks the content only; whether the
+        ranges fit the model is ``quant.gate.check_result_against_model``."""
+        for name, (lo, hi) in self.activation_ranges.items():
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise CalibrationError(f"{source}: activation range of tensor {name!r} is [{lo}, {hi}]; "
+                                       "expected finite numbers")
+            if lo > hi:
+                raise CalibrationError(f"{source}: activation range of tensor {name!r} is [{lo:g}, {hi:g}]; "
+                                       "expected lo <= hi")
+        names = set()
+        for layer in self.layers:
+            names.add(layer.name)
+            bad = next((s for s in layer.weight_scales if not (math.isfinite(s) and s > 0)), None)
+            if bad is not None or not layer.weight_scales:
+                raise CalibrationError(f"{source}: layer {layer.name!r} has weight scale {bad}; expected finite "
+                                       "scales > 0, one per output channel")
+            missing = next((t for t in (layer.input, layer.output) if t not in self.activation_ranges), None)
+            if missing is not None:
+                raise CalibrationError(f"{source}: layer {layer.name!r}: tensor {missing!r} has no activation range")
+        unknown = sorted(set(self.float_layers) - names)
+        if unknown:
+            raise CalibrationError(f"{source}: float layer {unknown[0]!r} is not a layer of the result")
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

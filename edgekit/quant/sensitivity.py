@@ -126,11 +126,26 @@ class AgreementJudge:
 
     def _detect(self, onnx_path: Path):
         from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+        return self.detect_with(OnnxRuntimeRunner(onnx_path))
+
+    def detect_with(self, runner) -> dict:
+        """Detections of any backend's ``runner`` (closed afterwards) on the held-out images, mAP-protocol
+        thresholds: {image index: Detections (xyxy, original-image pixels)}."""
         from edgekit.runtime.detector import Detector
         from edgekit.validate.run import map_postprocess
 
-        with Detector(OnnxRuntimeRunner(onnx_path), self.spec, map_postprocess(self.spec)) as detector:
+        with Detector(runner, self.spec, map_postprocess(self.spec)) as detector:
             return {index: detector.detect(path) for index, path in enumerate(self.images)}
+
+    def deployment_agreement(self, detections):
+        """``validate.agreement`` of ``detections`` (from ``detect_with``) with the fp32 detections, both cut at
+        the spec's deployment threshold: precision / recall of boxes matched at IoU 0.5 (same class)."""
+        from edgekit.validate.agreement import agreement
+        from edgekit.validate.run import above
+
+        threshold = self.spec.postprocess.conf_threshold
+        return agreement(above(detections, threshold), above(self.reference, threshold))
 
     def _score(self, detections) -> float:
         from edgekit.validate.agreement import agreement
@@ -140,7 +155,11 @@ class AgreementJudge:
         return agreement(detections, pseudo_truth).map_50
 
     def drift(self, onnx_path: Path) -> float:
-        return (self.reference_score - self._score(self._detect(onnx_path))) * 100.0
+        return self.drift_of(self._detect(onnx_path))
+
+    def drift_of(self, detections) -> float:
+        """Agreement-mAP@0.5 points ``detections`` (from ``detect_with``) lost against the fp32 graph."""
+        return (self.reference_score - self._score(detections)) * 100.0
 
 
 @dataclass
