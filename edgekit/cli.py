@@ -18,11 +18,17 @@ from edgekit import __version__
 from edgekit.convert.artifact import Terminated
 from edgekit.errors import EdgekitError, InputError, OutputError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
 # Bounds on numbers a user types: beyond them a run hangs or allocates far more than any device has.
 MAX_THREADS = 256
 MAX_IMGSZ = 4096
+# ONNX opsets edgekit exports at: from convert/export.MIN_OPSET (per-channel quantisation, modern operators) to the
+# TorchScript exporter's highest (torch.onnx ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET): above it torch only warns and stamps
+# the newer opset on operators built to the older definitions. Numbers here so the CLI need not import torch (a test
+# keeps them equal to the libraries').
+OPSET_RANGE = (17, 20)
+# images the early --calib check decodes at most: find_calibration_images' min_images, enough to tell "too few"
+CALIB_CHECK_IMAGES = 16
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,16 +140,23 @@ def _import_options(function):
 
 
 def expand_sources(sources: Sequence[str]) -> list[Path]:
-    """Image files from paths and folders (folders: their images, sorted); errors name the bad path."""
+    """Image files from paths and folders (folders: their images, sorted); errors name the bad path.
+
+    A folder's images and a single image file have the same suffixes (``runtime.preprocess.IMAGE_SUFFIXES``).
+    """
+    from edgekit.runtime.preprocess import IMAGE_SUFFIXES
+
     files: list[Path] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise InputError(f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             files.extend(found)
         elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(f"{path}: not an image file name; expected one of {', '.join(sorted(IMAGE_SUFFIXES))}")
             files.append(path)
         else:
             raise InputError(f"{path}: no such image file or folder")
@@ -328,7 +341,8 @@ def _model_options(function):
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Artifact folder to write (default: <checkpoint stem>_edgekit next to the checkpoint).")
 @click.option("--imgsz", type=int, default=None, help="Square export input size (multiple of 32); default from the checkpoint.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--opset", type=click.IntRange(*OPSET_RANGE), default=17, show_default=True,
+              help=f"ONNX opset ({OPSET_RANGE[0]}..{OPSET_RANGE[1]}).")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at the output folder.")
 @_pass_options
@@ -360,7 +374,8 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Artifact folder (default: <checkpoint stem>_<target> next to the checkpoint).")
 @click.option("--imgsz", type=int, default=None, help="Square input size (multiple of 32); default: the size the checkpoint was trained at, else the target's.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--opset", type=click.IntRange(*OPSET_RANGE), default=17, show_default=True,
+              help=f"ONNX opset ({OPSET_RANGE[0]}..{OPSET_RANGE[1]}).")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at the output folder.")
 @_pass_options
 @_int8_options
@@ -393,6 +408,17 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
     target = load_target(target_name)
     if int8_flags and (precision or target.precision) != "int8":
         raise click.UsageError(f"{', '.join(int8_flags)} only apply with --precision int8")
+    if calib is not None:
+        # the folder is read after the export: check it now as calibration will read it (exists, holds readable
+        # images, enough of them unless forced; a cache needs only one, for its checks), decoding a few images
+        from edgekit.quant.calibration import find_calibration_images
+
+        find_calibration_images(calib, limit=min(calib_images or target.calibration.images, CALIB_CHECK_IMAGES),
+                                force=force_calib or calib_cache is not None, warn=lambda message: None)
+    if calib_cache is not None:
+        from edgekit.quant.result import CalibrationResult
+
+        CalibrationResult.load(calib_cache)  # truncated / not JSON / wrong schema / bad numbers: now, not after an export
     out = Path(out_dir) if out_dir else Path(checkpoint).with_name(f"{Path(checkpoint).stem}_{target.name}")
     # lock the folder and refuse an existing artifact without --force, before any work; held until the command ends
     from edgekit.convert.artifact import claim_destination

@@ -51,11 +51,13 @@ Heads decoded inside a third-party exported graph (``edgekit.runtime.onnx_import
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import SpecError
+from edgekit.errors import EdgekitError, SpecError
 
 SPEC_VERSION = 1
 ONNX_METADATA_KEY = "edgekit.spec"
@@ -155,6 +157,7 @@ class ModelSpec:
             raise SpecError(f"spec.normalization.std must be non-zero, got {self.normalization.std!r}")
         if not self.class_names:
             raise SpecError("spec.class_names is empty: a detector needs at least one class")
+        check_class_names(self.class_names, "spec.class_names")
         if not self.head.kind or not isinstance(self.head.kind, str):
             raise SpecError(f"spec.head.kind must be a decoder name, got {self.head.kind!r}")
         if not self.head.output_names:
@@ -244,12 +247,51 @@ def _tuple_fields(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any
     return {k: (tuple(v) if k in names else v) for k, v in data.items()}
 
 
+def check_class_names(names: Sequence[str], source: str, locations: Sequence[str] | None = None,
+                      error: type[EdgekitError] = SpecError) -> None:
+    """Raise ``error`` (default SpecError) naming where the first bad class name is.
+
+    Classes are matched BY NAME (datasets to models, class maps), so a name must be non-empty
+    text without control characters (a binary file read as names, a tab that would split a class
+    map line) and unique (two classes called "car" cannot both be matched by name).
+    ``locations``: where each name is written (e.g. ``"coco.names:7"``); default
+    ``"<source>: class <index>"``.
+    """
+    where_all = list(locations) if locations is not None else [f"{source}: class {i}" for i in range(len(names))]
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        where = where_all[index]
+        if not isinstance(name, str) or not name.strip():
+            raise error(f"{where}: empty class name {name!r}; expected a non-empty name")
+        bad = next((c for c in name if c == "\ufffd" or unicodedata.category(c) in ("Cc", "Cs")), None)
+        if bad is not None:
+            raise error(f"{where}: class name {name[:40]!r} holds the control/undecodable character {bad!r}; "
+                        "expected text (is this a binary file?)")
+        if name in first:
+            raise error(f"{where}: class name {name!r} repeats {where_all[first[name]]}; expected unique class "
+                        "names (classes are matched by name)")
+        first[name] = index
+
+
 def load_class_names(path: str | Path) -> tuple[str, ...]:
-    """Read class names, one per line (blank lines ignored), e.g. ``coco.names``."""
+    """Read class names, one per line (blank lines ignored), e.g. ``coco.names``.
+
+    The file must be UTF-8 text; names must be unique and free of control characters
+    (:func:`check_class_names`). Errors name the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: class names file not found (expected one class name per line)")
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); expected one class name "
+                        "per line (is this a binary file?)") from None
+    numbered = [(number, line.strip()) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    names = tuple(name for _, name in numbered)
     if not names:
         raise SpecError(f"{path}: no class names found (expected one class name per line)")
+    check_class_names(names, str(path), [f"{path}:{number}" for number, _ in numbered])
     return names

@@ -22,9 +22,11 @@ rounding of ``new_w``; YOLOv5's ``scale_boxes`` uses ``r`` and is off by up to h
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import BinaryIO, Union
 
 import cv2
 import numpy as np
@@ -40,13 +42,19 @@ __all__ = [
     "ResizeTransform",
     "boxes_to_original",
     "letterbox",
+    "IMAGE_SUFFIXES",
     "load_image",
+    "open_image",
     "plain_resize",
     "preprocess",
     "probe_input",
     "resize_to_input",
     "to_tensor",
 ]
+
+#: Image file suffixes (compared lower-case) that folder scans pick up and that a single image path
+#: may have: the one list for ``edgekit detect`` sources and YOLO dataset folders.
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 # PIL modes whose samples are wider than 8 bits. PIL's convert('RGB') *clips* these to 0..255
 # instead of rescaling, which silently produces a wrong (mostly white) image, so we refuse them.
@@ -83,8 +91,8 @@ def load_image(source: ImageLike, color_order: str = "RGB") -> np.ndarray:
 
     Raises InputError (one line naming the file, or 'array' / 'PIL image') for: a missing file,
     an unreadable, corrupt or truncated file, images with samples wider than 8 bits (PIL modes
-    'I;16*', 'I', 'F'; uint16/float arrays), empty images, arrays of the wrong rank, channel
-    count or dtype.
+    'I;16*', 'I', 'F'; uint16/float arrays), empty images, files above Pillow's decompression-bomb
+    limit (``open_image``), arrays of the wrong rank, channel count or dtype.
     """
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, color_order)
@@ -104,13 +112,13 @@ def _load_file(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise InputError(f"{path}: is not a file (expected an image file such as .jpg or .png)")
     try:
-        with Image.open(path) as image:
+        with open_image(path, path) as image:
             return _pil_to_rgb(image, path)
     except InputError:
         raise
     except UnidentifiedImageError:
         raise InputError(
-            f"{path}: not a readable image (expected a JPEG, PNG, BMP, TIFF or WebP file)"
+            f"{path}: not a readable image (expected a JPEG, PNG, BMP, TIFF, WebP or GIF file)"
         ) from None
     except Image.DecompressionBombError as exc:
         raise InputError(f"{path}: refused to decode ({exc})") from None
@@ -118,6 +126,26 @@ def _load_file(path: str) -> np.ndarray:
         # Pillow reports truncated / corrupt data as OSError ("image file is truncated"),
         # and some plugins as SyntaxError or ValueError.
         raise InputError(f"{path}: image file is corrupt or truncated ({exc})") from None
+
+
+def open_image(source: str | os.PathLike | BinaryIO, name: str) -> Image.Image:
+    """``Image.open`` (reads the header only) that refuses an image above Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` (89.5 megapixels by default) with one InputError naming ``name``,
+    instead of Pillow's raw ``DecompressionBombWarning`` (or its error at twice the limit). Such a
+    file is a decompression bomb or far larger than any detector input: decoding it would cost
+    gigabytes only to shrink it to a few hundred pixels. Other failures propagate as Pillow raises them.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow checks the header's size inside Image.open: its warning becomes an exception here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(source)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too large"
+        limit = Image.MAX_IMAGE_PIXELS or 0
+        raise InputError(f"{name}: image is {size}, above the {limit / 1e6:.1f} megapixel limit on decoded images "
+                         "(Pillow's decompression-bomb limit); downscale it first") from None
 
 
 def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:

@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
 from edgekit.errors import EdgekitError
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+from edgekit.runtime.preprocess import IMAGE_SUFFIXES, open_image
+from edgekit.spec import check_class_names, load_class_names
 
 # YOLO coordinates are normalised; allow a hair past [0, 1] for writers that round outward.
+# COCO boxes (pixels) get the same 0.1 % of the image side, at least one pixel. Beyond that a box
+# outside the image is refused, not clipped: a silently clipped ground truth changes the mAP.
 _NORMALISED_SLACK = 1e-3
 
 
@@ -185,6 +186,18 @@ def _require(entry: object, keys: tuple[str, ...], where: str) -> dict:
     return entry
 
 
+def _integer(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DatasetError(f"{where}: {value!r}; expected an integer")
+    try:
+        number = float(value)
+    except ValueError:
+        raise DatasetError(f"{where}: {value!r}; expected an integer") from None
+    if not number.is_integer():
+        raise DatasetError(f"{where}: {value!r}; expected an integer")
+    return int(number)
+
+
 def _load_coco(json_path: Path) -> Dataset:
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
@@ -203,19 +216,33 @@ def _load_coco(json_path: Path) -> Dataset:
     categories = [_require(c, ("id", "name"), f"{json_path}: categories[{i}]") for i, c in enumerate(data["categories"])]
     if not categories:
         raise DatasetError(f"{json_path}: no categories; expected at least one entry in 'categories'")
+    for i, c in enumerate(categories):
+        _integer(c["id"], f"{json_path}: categories[{i}].id")
     categories.sort(key=lambda c: int(c["id"]))
     category_ids = tuple(int(c["id"]) for c in categories)
     if len(set(category_ids)) != len(category_ids):
         raise DatasetError(f"{json_path}: duplicate category ids in 'categories'")
+    for c in categories:
+        if isinstance(c["name"], bool) or not isinstance(c["name"], (str, int)):
+            raise DatasetError(f"{json_path}: category id {c['id']}: name {c['name']!r}; expected a string")
+    check_class_names([str(c["name"]) for c in categories], str(json_path),
+                      [f"{json_path}: category id {c['id']}" for c in categories], error=DatasetError)
     class_index = {cid: k for k, cid in enumerate(category_ids)}
 
     images = [_require(im, ("id", "file_name", "width", "height"), f"{json_path}: images[{i}]")
               for i, im in enumerate(data["images"])]
-    image_ids = [int(im["id"]) for im in images]
+    image_ids = [_integer(im["id"], f"{json_path}: images[{i}].id") for i, im in enumerate(images)]
     if len(set(image_ids)) != len(image_ids):
         raise DatasetError(f"{json_path}: duplicate image ids in 'images'")
 
     per_image: dict[int, tuple[list, list, list, list]] = {iid: ([], [], [], []) for iid in image_ids}
+    image_sizes: dict[int, tuple[float, float]] = {}
+    for i, im in enumerate(images):
+        size = (im["width"], im["height"])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                   for v in size):
+            raise DatasetError(f"{json_path}: images[{i}]: width/height {list(size)!r}; expected positive numbers")
+        image_sizes[int(im["id"])] = (float(size[0]), float(size[1]))
     for i, ann in enumerate(annotations):
         where = f"{json_path}: annotations[{i}]"
         _require(ann, ("image_id", "category_id", "bbox"), where)
@@ -228,8 +255,14 @@ def _load_coco(json_path: Path) -> Dataset:
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
             raise DatasetError(f"{where}: bbox {bbox!r}; expected [x, y, width, height] of 4 finite numbers")
         x, y, w, h = (float(v) for v in bbox)
-        if w < 0 or h < 0:
-            raise DatasetError(f"{where}: bbox {bbox!r} has a negative width or height")
+        if w <= 0 or h <= 0:
+            raise DatasetError(f"{where}: bbox {bbox!r} has zero or negative width or height; expected a box of "
+                               "positive area")
+        width, height = image_sizes[ann["image_id"]]
+        slack_x, slack_y = max(1.0, _NORMALISED_SLACK * width), max(1.0, _NORMALISED_SLACK * height)
+        if x < -slack_x or y < -slack_y or x + w > width + slack_x or y + h > height + slack_y:
+            raise DatasetError(f"{where}: bbox {bbox!r} reaches outside its {width}x{height} image; expected "
+                               "0 <= x, x + width <= image width (same for y)")
         boxes, labels, crowd_boxes, crowd_labels = per_image[ann["image_id"]]
         target_boxes, target_labels = (crowd_boxes, crowd_labels) if ann.get("iscrowd", 0) else (boxes, labels)
         target_boxes.append((x, y, x + w, y + h))
@@ -264,7 +297,10 @@ def _parse_yaml_names(yaml_path: Path) -> list[str] | None:
 
     Uses PyYAML when installed; otherwise reads just these three common forms.
     """
-    text = yaml_path.read_text(encoding="utf-8")
+    try:
+        text = yaml_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{yaml_path}: cannot read as UTF-8 text ({exc})") from None
     try:
         import yaml  # optional dependency
     except ImportError:
@@ -329,15 +365,13 @@ def _yolo_class_names(root: Path) -> list[str] | None:
     """Names from classes.txt or data.yaml / dataset.yaml; None when the dataset has none of them."""
     for classes_txt in (root / "classes.txt", root / "labels" / "classes.txt"):
         if classes_txt.is_file():
-            names = [line.strip() for line in classes_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if not names:
-                raise DatasetError(f"{classes_txt}: no class names; expected one name a line")
-            return names
+            return list(load_class_names(classes_txt))  # one reader for names files: UTF-8, unique, no control chars
     for yaml_name in ("data.yaml", "dataset.yaml"):
         yaml_path = root / yaml_name
         if yaml_path.is_file():
             names = _parse_yaml_names(yaml_path)
             if names:
+                check_class_names(names, f"{yaml_path}: 'names'", error=DatasetError)
                 return names
             raise DatasetError(f"{yaml_path}: no 'names'; expected names: [class0, class1, ...]")
     return None
@@ -350,7 +384,11 @@ def _read_yolo_labels(label_path: Path, num_classes: int | None, width: int,
     ``num_classes`` None (an unnamed dataset): any non-negative integer class is accepted.
     """
     boxes, labels = [], []
-    for line_no, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = label_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{label_path}: cannot read as UTF-8 text ({exc})") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -375,6 +413,11 @@ def _read_yolo_labels(label_path: Path, num_classes: int | None, width: int,
         else:
             xs, ys = values[0::2], values[1::2]
             x1, y1, x2, y2 = xs.min(), ys.min(), xs.max(), ys.max()
+        if not (x2 > x1 and y2 > y1):
+            raise DatasetError(f"{where}: box {fields[1:]} has zero width or height; expected a box of positive area")
+        if min(x1, y1) < -_NORMALISED_SLACK or max(x2, y2) > 1 + _NORMALISED_SLACK:
+            raise DatasetError(f"{where}: box {fields[1:]} reaches outside the image (x {x1:.4f}..{x2:.4f}, "
+                               f"y {y1:.4f}..{y2:.4f}); expected cx +- w/2 and cy +- h/2 within [0, 1]")
         boxes.append((x1 * width, y1 * height, x2 * width, y2 * height))
         labels.append(int(cls_value))
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64).reshape(-1)
@@ -391,8 +434,10 @@ def _load_yolo(root: Path) -> Dataset:
     for image_id, image_path in enumerate(image_paths, start=1):
         relative = image_path.relative_to(image_dir)
         try:
-            with Image.open(image_path) as im:  # reads the header only, not the pixels
+            with open_image(image_path, str(image_path)) as im:  # reads the header only, not the pixels
                 width, height = im.size
+        except EdgekitError:
+            raise
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{image_path}: cannot read image header: {exc}") from None
         label_path = label_dir / relative.with_suffix(".txt")

@@ -33,8 +33,10 @@ Builder ``options`` (a target profile's ``[backend_options]``): ``device`` ("CPU
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +115,8 @@ def write_ir(source: BuildSource, xml_path: Path, compress_to_fp16: bool) -> Pat
     import openvino as ov
 
     try:
-        model = ov.convert_model(str(source.onnx_path))
+        with telemetry_off():
+            model = ov.convert_model(str(source.onnx_path))
     except Exception as exc:  # OpConversionFailure, GeneralFailure, RuntimeError
         raise ConversionError(describe_conversion_failure(exc, source.onnx_path)) from None
     output_names = _onnx_output_names(source.onnx_path)
@@ -128,6 +131,33 @@ def write_ir(source: BuildSource, xml_path: Path, compress_to_fp16: bool) -> Pat
     except Exception as exc:
         raise ConversionError(f"openvino: cannot write the IR to {xml_path} ({openvino_error_text(exc)})") from None
     return xml_path
+
+
+# openvino_telemetry's OptInChecker declines when one of these says "CI" (ovc initialises its telemetry with
+# disable_in_ci=True); it reads nothing else from the environment.
+_TELEMETRY_OFF_ENV = ("CI", "true")
+
+
+@contextlib.contextmanager
+def telemetry_off() -> Iterator[None]:
+    """No OpenVINO telemetry for the conversions inside this block.
+
+    ``ov.convert_model`` (openvino.tools.ovc) sends usage events to Google Analytics and writes a
+    client id under ``~/intel`` unless the user opted out with ``opt_in_out --opt_out`` (a file in
+    their home) or a CI variable is set; it has no argument for it. edgekit converts on the user's
+    behalf and never phones home, so the variable is set for the call only and restored after it:
+    the user's environment and opt-in file are left as they were.
+    """
+    name, value = _TELEMETRY_OFF_ENV
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def _onnx_output_names(onnx_path: Path) -> list[str]:
