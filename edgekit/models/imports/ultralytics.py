@@ -19,6 +19,8 @@ is rebuilt from the yaml the checkpoint embeds with edgekit's own layers
 ModelSpec: RGB, /255, centred letterbox padded with 114 (edgekit's letterbox is pixel-identical to
 Ultralytics' ``LetterBox(auto=False)``), class-aware NMS. Input size: ``train_args.imgsz`` for Ultralytics 8.x;
 the classic YOLOv5 file records no training size, so 640 (the size its release models were trained at).
+``.input_size_from_checkpoint`` is True only when the file records the size (``train_args.imgsz``), so a
+target profile's size replaces the assumed 640 but never the recorded size.
 Postprocess: 8.x conf 0.25, IoU 0.7, pre-NMS top-k 30000, max 300 detections (Ultralytics' predict defaults);
 classic conf 0.25, IoU 0.45.
 
@@ -524,7 +526,15 @@ def build_from_pickled(ck: PickledCheckpoint, source: str, *, end2end: bool | No
     net.spec = ModelSpec(family=_family(model, classic), input_size=size, class_names=names, head=spec_head,
                          color_order="RGB", normalization=Normalization(), resize=letterbox, postprocess=post)
     net.config = None
+    # the loader and convert read this: a recorded training size wins over a target profile's size
+    net.input_size_from_checkpoint = _records_input_size(payload, classic)
     return net.eval()
+
+
+def _records_input_size(payload: Mapping[str, Any], classic: bool) -> bool:
+    """Whether :func:`_input_size` read the size from the file (``train_args.imgsz``) rather than assuming it."""
+    args = payload.get("train_args")
+    return not classic and isinstance(args, Mapping) and args.get("imgsz") is not None
 
 
 def _strides(model: PickledObject, head: nn.Module, source: str) -> list[int]:
