@@ -1,0 +1,265 @@
+"""INT8 never ships unchecked (issue 13 item 4): calibration caches are validated when loaded, and every
+int8 build must agree with its fp32 model on held-out images.
+
+The model is the small bundled yolov8 fixture at its own 160 px, built for onnxruntime-cpu (the ONNX
+Runtime Q/DQ model; OpenVINO and NCNN go through the same ``_gate_int8`` call, measured in the issue
+report). The oracle of the gate is the fp32 graph's own detections (``AgreementJudge``, the matcher
+``--drift-budget`` uses); of the cache checks, the fp32 graph's observed activations and weights.
+
+Floor measurements (``quant.gate.AGREEMENT_FLOOR`` = 0.5, min(precision, recall) at IoU 0.5, 24 images):
+yolov8 fixture good builds ORT 0.93 / OpenVINO 0.97 / NCNN 0.96; ranges x1e-3 and ±1e30 0.00 on all three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from edgekit.errors import CalibrationError, ConversionError
+from tests.conftest import ZOO_DIR
+
+pytest.importorskip("onnxruntime")
+
+TARGET = "onnxruntime-cpu"
+#: few images, one observer pass: the gate and the cache checks are under test, not calibration quality
+CALIB = {"images": 32, "method": "minmax"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    from edgekit.models.loading import load_checkpoint
+
+    return load_checkpoint(ZOO_DIR / "yolov8.pt")
+
+
+def _convert(model, out, lines=None, **options):
+    from edgekit.convert.chain import convert
+    from edgekit.quant.pipeline import Int8Options
+
+    # no graph passes: they are tested elsewhere and would triple the time of each conversion here
+    return convert(model, TARGET, out, precision="int8", input_size=tuple(model.spec.input_size), no_passes=True,
+                   int8=Int8Options(**options), progress=(lines.append if lines is not None else lambda line: None))
+
+
+@pytest.fixture(scope="module")
+def good(model, tmp_path_factory):
+    """A legitimate int8 artifact: (folder, manifest, progress lines)."""
+    out = tmp_path_factory.mktemp("gate-good") / "artifact"
+    lines: list[str] = []
+    manifest = _convert(model, out, lines, **CALIB)
+    return out, manifest, lines
+
+
+def _edited_cache(good, tmp_path, name, edit):
+    data = json.loads((good[0] / "calibration.json").read_text())
+    edit(data)
+    path = tmp_path / name
+    path.write_text(json.dumps(data))  # json writes NaN / Infinity as bare tokens, which json.loads reads back
+    return path
+
+
+def _scale_ranges(factor):
+    def edit(data):
+        data["activation_ranges"] = {k: [lo * factor, hi * factor] for k, (lo, hi) in data["activation_ranges"].items()}
+    return edit
+
+
+def _set_first_range(lo, hi):
+    def edit(data):
+        first = sorted(data["activation_ranges"])[0]
+        data["activation_ranges"][first] = [lo, hi]
+    return edit
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """Fail the test if the conversion gets as far as exporting (the cache must be refused before)."""
+    import edgekit.convert.chain as chain
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the export started although the cache is unusable")
+
+    monkeypatch.setattr(chain, "_export_stage", refuse)
+
+
+def _one_line(exc_info) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- the good build
+
+
+def test_a_good_int8_build_passes_the_gate_and_records_its_agreement(good):
+    from edgekit.quant.gate import AGREEMENT_FLOOR
+    from edgekit.runtime.artifact import read_manifest
+
+    out, manifest, lines = good
+    record = manifest.info["int8"]["agreement"]["onnxruntime/int8"]
+    assert read_manifest(out).info["int8"]["agreement"]["onnxruntime/int8"] == record
+    print(f"yolov8 160 px onnxruntime/int8 gate: {record}")
+    # the gate saw real detections (not a vacuous 1.0 from an empty reference) and the int8 model found them
+    assert record["fp32_boxes"] >= 20 and record["images"] >= 8
+    assert record["agreement"] == min(record["precision"], record["recall"]) >= AGREEMENT_FLOOR
+    assert record["agreement"] >= 0.8  # measured 0.93 on ORT: a good build clears the floor with margin
+    assert any(line.startswith("gate    onnxruntime/int8: agreement with fp32") for line in lines)
+
+
+# ------------------------------------------------------------------------------------- caches refused on load
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("nan.json", _set_first_range(float("nan"), 1.0), r"activation range of tensor '.+' is \[nan, 1.0\]; expected finite"),
+    ("inf.json", _set_first_range(0.0, float("inf")), r"activation range of tensor '.+' is \[0.0, inf\]; expected finite"),
+    ("reversed.json", _set_first_range(2.0, -2.0), r"activation range of tensor '.+' is \[2, -2\]; expected lo <= hi"),
+    ("negative_scale.json", lambda d: d["layers"][3]["weight_scales"].__setitem__(0, -0.01),
+     r"layer '.+' has weight scale -0.01; expected finite scales > 0"),
+    ("zero_scale.json", lambda d: d["layers"][0]["weight_scales"].__setitem__(1, 0.0),
+     r"layer '.+' has weight scale 0.0; expected finite scales > 0"),
+    ("no_ranges.json", lambda d: d.pop("activation_ranges"), r"malformed calibration result \(KeyError"),
+    ("wrong_format.json", lambda d: d.update(format="something-else"), r"not an edgekit calibration result"),
+])
+def test_a_cache_with_unusable_numbers_or_schema_is_refused_before_the_export(model, good, tmp_path, no_export, name,
+                                                                               edit, message):
+    cache = _edited_cache(good, tmp_path, name, edit)
+    with pytest.raises(CalibrationError, match=message) as exc_info:
+        _convert(model, tmp_path / "out" / "art", cache=cache)
+    assert _one_line(exc_info).startswith(str(cache))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_cache_is_refused_before_the_export(model, good, tmp_path, no_export):
+    text = (good[0] / "calibration.json").read_text()
+    cache = tmp_path / "truncated.json"
+    cache.write_text(text[: len(text) // 2])
+    with pytest.raises(CalibrationError, match="calibration result is not valid JSON") as exc_info:
+        _convert(model, tmp_path / "out" / "art", cache=cache)
+    _one_line(exc_info)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_convert_checks_the_cache_right_after_parsing(model, good, tmp_path, capsys, monkeypatch):
+    import edgekit.cli as cli
+    from edgekit.models.loading import save_checkpoint
+
+    checkpoint = save_checkpoint(model, tmp_path / "m.pt")
+    # neither the checkpoint nor the export may be reached: the cache is checked first
+    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("the checkpoint was loaded before the cache check"))
+    cache = tmp_path / "truncated.json"
+    cache.write_text((good[0] / "calibration.json").read_text()[:100])
+    code = cli.main(["convert", str(checkpoint), "--target", TARGET, "--precision", "int8", "--calib-cache", str(cache),
+                     "-o", str(tmp_path / "art")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: {cache}: calibration result is not valid JSON") and err.count("\n") == 1
+    assert not (tmp_path / "art").exists()
+
+
+def test_a_cache_edited_to_huge_ranges_is_refused_naming_the_tensor(model, good, tmp_path):
+    cache = _edited_cache(good, tmp_path, "huge.json", lambda d: d.update(
+        activation_ranges={k: [-1e30, 1e30] for k in d["activation_ranges"]}))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CalibrationError, match=r"activation range of tensor '.+' is \[-1e\+30, 1e\+30\]; the model "
+                                               r"produces \|x\| <= [0-9.]+ there on 8 probe inputs") as exc_info:
+        _convert(model, tmp_path / "out" / "art", cache=cache)
+    assert _one_line(exc_info).startswith(str(cache))
+    assert os.listdir(tmp_path / "out") == []  # the export happened (the check needs the graph) but nothing is left
+
+
+# ---------------------------------------------------------------------- the range checks against the fp32 graph
+
+
+@pytest.fixture(scope="module")
+def graph(good):
+    from edgekit.quant.gate import probe_tensors
+    from edgekit.quant.result import CalibrationResult
+
+    out, manifest, _ = good
+    return out / "model.onnx", CalibrationResult.load(out / "calibration.json"), probe_tensors(manifest.spec, None)
+
+
+def _with_range(result, name, lo, hi):
+    from dataclasses import replace
+
+    return replace(result, activation_ranges={**result.activation_ranges, name: (lo, hi)})
+
+
+def test_the_range_check_accepts_the_calibrated_ranges_and_a_margin_around_them(graph):
+    from edgekit.quant.gate import check_result_against_model
+
+    onnx_path, result, probes = graph
+    check_result_against_model(result, onnx_path, probes, "cache")
+    for factor in (4.0, 1e-3):  # within the x16 margin; a shrunken (not collapsed) range is for the gate to judge
+        scaled = {k: (lo * factor, hi * factor) for k, (lo, hi) in result.activation_ranges.items()}
+        check_result_against_model(_replace(result, activation_ranges=scaled), onnx_path, probes, "cache")
+
+
+def _replace(result, **changes):
+    from dataclasses import replace
+
+    return replace(result, **changes)
+
+
+def test_the_range_check_refuses_a_range_far_beyond_the_model_and_a_collapsed_one(graph):
+    from edgekit.quant.gate import RANGE_MARGIN, check_result_against_model, observed_absmax
+
+    onnx_path, result, probes = graph
+    name = result.layers[5].output
+    absmax, width = observed_absmax(onnx_path, [name], probes)[name]
+    assert width > 0
+    check_result_against_model(_with_range(result, name, -absmax * RANGE_MARGIN * 0.9, absmax), onnx_path, probes, "c")
+    with pytest.raises(CalibrationError, match=rf"cache: activation range of tensor '{name}' is \[.+\]; the model "
+                                               rf"produces \|x\| <= "):
+        check_result_against_model(_with_range(result, name, 0.0, absmax * RANGE_MARGIN * 1.1), onnx_path, probes, "cache")
+    with pytest.raises(CalibrationError, match=rf"tensor '{name}' is \[0.5, 0.5\] \(zero width\); the model's values"):
+        check_result_against_model(_with_range(result, name, 0.5, 0.5), onnx_path, probes, "cache")
+
+
+def test_the_range_check_refuses_weight_scales_that_do_not_match_the_weights_and_foreign_layers(graph):
+    from edgekit.quant.gate import check_result_against_model
+
+    onnx_path, result, probes = graph
+    layer = result.layers[2]
+    layers = list(result.layers)
+    layers[2] = _replace(layer, weight_scales=tuple(s * 100 for s in layer.weight_scales))
+    with pytest.raises(CalibrationError, match=rf"layer '{layer.name}' channel 0 weight scale .+; the model's weights "
+                                               r"give .+ \(max\|W\| / 127\), expected within x16"):
+        check_result_against_model(_replace(result, layers=tuple(layers)), onnx_path, probes, "cache")
+    layers[2] = _replace(layer, output=layer.input)
+    with pytest.raises(CalibrationError, match=rf"layer '{layer.name}' .+ is not a quantisable layer of model.onnx"):
+        check_result_against_model(_replace(result, layers=tuple(layers)), onnx_path, probes, "cache")
+    layers[2] = _replace(layer, weight_scales=layer.weight_scales[:-1])
+    with pytest.raises(CalibrationError, match=rf"layer '{layer.name}' has {len(layer.weight_scales) - 1} weight scales"):
+        check_result_against_model(_replace(result, layers=tuple(layers)), onnx_path, probes, "cache")
+
+
+# ------------------------------------------------------------------------------------------ the agreement gate
+
+
+def test_a_cache_with_shrunken_ranges_passes_validation_but_fails_the_agreement_gate(model, good, tmp_path):
+    cache = _edited_cache(good, tmp_path, "shrunk.json", _scale_ranges(1e-3))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConversionError, match=r"^build onnxruntime/int8: agreement with fp32 0\.0\d\d \(precision "
+                                              r".+, recall .+ at IoU 0.5 on \d+ bundled calibration set; \d+ fp32 "
+                                              r"boxes\) is below the floor 0.5") as exc_info:
+        _convert(model, tmp_path / "out" / "art", cache=cache)
+    _one_line(exc_info)
+    assert os.listdir(tmp_path / "out") == []  # no artifact, no temporary folder
+
+
+def test_the_gate_measures_any_runner_against_the_fp32_graph(good, tmp_path):
+    """The gate's numbers for the fp32 graph itself are perfect agreement (the oracle agrees with itself)."""
+    from edgekit.quant.gate import AgreementGate, gate_images
+    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    out, manifest, _ = good
+    images, source = gate_images([], [])
+    gate = AgreementGate(out / "model.onnx", manifest.spec, images, source)
+    record = gate.measure(OnnxRuntimeRunner(out / "model.onnx"))
+    assert record["fp32_boxes"] > 0
+    assert (record["agreement"], record["precision"], record["recall"], record["map50_drift"]) == (1.0, 1.0, 1.0, 0.0)
+    assert math.isclose(record["floor"], 0.5)
