@@ -59,10 +59,31 @@ def test_opset_the_exporter_cannot_write_is_refused_before_loading(command, opse
 def test_opset_range_is_what_the_exporter_accepts():
     from torch.onnx import _constants
 
-    from edgekit.convert.export import MIN_OPSET
+    from edgekit.convert.export import MAX_OPSET, MIN_OPSET
 
     # above this torch's TorchScript exporter only warns and stamps a newer opset on old operator definitions
-    assert OPSET_RANGE == (MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    assert OPSET_RANGE == (MIN_OPSET, MAX_OPSET) == (MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+
+
+def test_the_python_api_refuses_an_opset_the_exporter_cannot_write(tmp_path):
+    from edgekit.convert.export import MAX_OPSET, export_onnx
+    from edgekit.errors import ConversionError
+    from edgekit.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig("yolov8", 2)).eval()
+    with pytest.raises(ConversionError, match=f"at most opset {MAX_OPSET}"):
+        export_onnx(model, model.spec, tmp_path / "m.onnx", opset=MAX_OPSET + 1)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_empty_onnx_file_says_it_is_empty(tmp_path):
+    from edgekit.errors import ModelFileError
+    from edgekit.runtime.onnx_import import read_onnx_header
+
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="file is empty"):
+        read_onnx_header(empty)
 
 
 # --- calibration folder --------------------------------------------------------------------------

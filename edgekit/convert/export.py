@@ -17,6 +17,10 @@ from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
+# The TorchScript exporter's highest opset (torch.onnx ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET): above it torch only warns
+# and stamps the newer opset on operators built to older definitions. The CLI's OPSET_RANGE repeats the two numbers
+# so that parsing arguments needs no torch; a test keeps them equal.
+MAX_OPSET = 20
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, out_path: str | Path, opset: int = DEFAULT_OPSET,
@@ -35,6 +39,8 @@ def export_onnx(model: nn.Module, spec: ModelSpec, out_path: str | Path, opset: 
     if opset < MIN_OPSET:
         raise ConversionError(f"--opset {opset}: edgekit exports at opset >= {MIN_OPSET} "
                               "(per-channel quantisation and modern operators need it)")
+    if opset > MAX_OPSET:
+        raise ConversionError(f"--opset {opset}: torch's exporter writes at most opset {MAX_OPSET}")
     out_path = Path(out_path)
     model = model.eval()
     height, width = spec.input_size

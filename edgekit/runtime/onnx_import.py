@@ -64,6 +64,8 @@ def read_onnx_header(path: str | Path) -> OnnxHeader:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: ONNX model file not found")
+    if path.stat().st_size == 0:  # onnx parses 0 bytes as an empty graph; say what is really wrong
+        raise ModelFileError(f"{path}: file is empty (0 bytes); expected an ONNX model")
     try:
         import onnx
     except ImportError:
