@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,9 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
     passes = [("range", TensorStats.observe_range)]
     if needs_histogram(method):
         passes.append(("histogram", TensorStats.observe_histogram))
+    # per-channel sums of each layer input's mean over the images (range pass): for bias correction
+    layer_inputs = {layer.input for layer in layers}
+    channel_sums: dict[str, np.ndarray] = {}
     count = 0
     for label, update in passes:
         count = 0
@@ -114,6 +118,9 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
                 if not np.all(np.isfinite(value)):
                     raise CalibrationError(f"calibration: tensor {name!r} is not finite on calibration image {count}")
                 update(stats[name], value)
+                if label == "range" and name in layer_inputs and value.ndim >= 2:
+                    axes = tuple(a for a in range(value.ndim) if a != 1)
+                    channel_sums[name] = channel_sums.get(name, 0.0) + value.mean(axis=axes, dtype=np.float64)
             count += 1
         if count == 0:
             raise CalibrationError("calibration: the calibration source yielded no images")
@@ -121,6 +128,9 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
     for name, tensor_stats in stats.items():
         # The network input (normalised pixels) has an exactly known range: never clip it.
         ranges[name] = (tensor_stats.lo, tensor_stats.hi) if name == input_name else observe(tensor_stats)
+    images_seen = max(count, 1)
+    layers = [replace(layer, input_mean=tuple(float(m) for m in channel_sums[layer.input] / images_seen))
+              if layer.input in channel_sums else layer for layer in layers]
     return CalibrationResult(model_sha256=file_sha256(onnx_path), method=method, num_images=num_images or count,
                              images_sha256=images_sha256, activation_ranges=ranges, layers=tuple(layers),
                              notes={"seconds": round(time.perf_counter() - started, 2),

@@ -81,7 +81,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import CalibrationError
-from edgekit.quant.result import CalibrationResult, QuantLayer, int8_symmetric, quantize_weight
+from edgekit.quant.result import CalibrationResult, QuantLayer, bias_correction, int8_symmetric, quantize_weight
 
 PARAM_MAGIC = "7767517"
 #: ``src/modelbin.cpp`` type-0 flags (read as a native little-endian uint32)
@@ -493,6 +493,7 @@ class _Int8Plan:
     weight_int8: np.ndarray      # int8 [weight_data_size], ncnn order
     weight_scales: np.ndarray    # float32 [num_output] (= [group] for depthwise), ncnn multipliers = 1 / s
     bottom_scale: np.float32     # ncnn multiplier = 1 / input_scale
+    bias: np.ndarray | None = None  # float32 [num_output] written instead of the layer's bias (bias correction)
 
 
 def grouped_reason(layer: ParamLayer) -> str | None:
@@ -506,7 +507,8 @@ def grouped_reason(layer: ParamLayer) -> str | None:
             "group and its optimised kernels compute such layers wrongly; kept in float")
 
 
-def _plan(model: NcnnModel, name: str, weight_scales: Any, input_scale: float) -> _Int8Plan:
+def _plan(model: NcnnModel, name: str, weight_scales: Any, input_scale: float,
+          bias_shift: Any | None = None) -> _Int8Plan:
     layer = model.layer(name)
     where = f"{model.param_path.name}: layer {name!r} ({layer.type})"
     if layer.type not in INT8_SCALE_TERM:
@@ -541,8 +543,15 @@ def _plan(model: NcnnModel, name: str, weight_scales: Any, input_scale: float) -
     weights = blobs[0].values.reshape(num_output, -1)
     # the same int8 values as the other backends' Q/DQ weights: clip(round(W / s_c), -127, 127)
     weight_int8 = quantize_weight(weights, scales.astype(np.float32), axis=0).reshape(-1)
+    bias = None
+    if bias_shift is not None:  # the bias minus the mean shift of the rounded weights (result.bias_correction)
+        shift = np.asarray(bias_shift, np.float64).reshape(-1)
+        if shift.shape != (num_output,) or not np.all(np.isfinite(shift)):
+            raise CalibrationError(f"{where}: bias correction needs {num_output} finite values, got {shift.size}")
+        old = blobs[1].values.astype(np.float64).reshape(-1) if bias_term else np.zeros(num_output)
+        bias = (old - shift).astype(np.float32)
     return _Int8Plan(INT8_SCALE_TERM[layer.type], weight_int8, ncnn_scales.astype(np.float32),
-                     np.float32(1.0 / input_scale))
+                     np.float32(1.0 / input_scale), bias)
 
 
 def _int8_weight_blob(weight_int8: np.ndarray) -> bytes:
@@ -577,11 +586,15 @@ def _render(model: NcnnModel, plans: Mapping[str, _Int8Plan]) -> tuple[str, byte
         # Convolution::load_model order: weights (type 0), bias (type 1), then, because
         # int8_scale_term is set, the weight scales and the bottom blob scale (type 1, raw float32)
         chunks.append(_int8_weight_blob(plan.weight_int8))
-        if len(blobs) > 1:
+        line = _with_param(model.lines[layer.line_index], INT8_SCALE_TERM_ID, plan.int8_scale_term)
+        if plan.bias is not None:
+            chunks.append(plan.bias.astype("<f4").tobytes())  # type 1: raw float32, no flag
+            line = _with_param(line, _SHAPE_IDS[layer.type][1], 1)  # bias_term (a bias-free layer gains one)
+        elif len(blobs) > 1:
             chunks.append(model.data[blobs[1].offset:blobs[1].end])  # the bias, byte-identical
         chunks.append(plan.weight_scales.astype("<f4").tobytes())
         chunks.append(np.asarray([plan.bottom_scale], "<f4").tobytes())
-        lines[layer.line_index] = _with_param(model.lines[layer.line_index], INT8_SCALE_TERM_ID, plan.int8_scale_term)
+        lines[layer.line_index] = line
     return "\n".join(lines) + "\n", b"".join(chunks)
 
 
@@ -593,8 +606,10 @@ def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, param_out: str | P
     weight scales float32 [num_output] = ``max|W_c| / 127`` per output channel, input scale
     ``absmax / 127`` of the layer's input tensor. They are written as ncnn multipliers (their
     reciprocals). Grouped (non-depthwise) convolutions are refused (see the module docstring).
+    An optional third element, float [num_output], is subtracted from the layer's bias (bias
+    correction, ``result.bias_correction``; a layer without a bias gets one).
 
-    Every other layer, and each int8 layer's bias, is copied byte for byte. Both files are written
+    Every other layer, and each int8 layer's bias unless corrected, is copied byte for byte. Both files are written
     next to their destinations, walked again with ncnn's loaders, then renamed into place.
     Returns {"int8": [layer names in .param order], "bin_bytes_in": int, "bin_bytes_out": int}.
     """
@@ -607,10 +622,12 @@ def _write(model: NcnnModel, param_out: Path, bin_out: Path,
     plans: dict[str, _Int8Plan] = {}
     for name, scales in layer_scales.items():
         try:
-            weight_scales, input_scale = scales
+            weight_scales, input_scale, *shift = scales
         except (TypeError, ValueError):
             raise CalibrationError(f"layer {name!r}: scales must be a (weight scales, input scale) pair") from None
-        plans[name] = _plan(model, name, weight_scales, input_scale)
+        if len(shift) > 1:
+            raise CalibrationError(f"layer {name!r}: scales must be (weight scales, input scale[, bias shift])")
+        plans[name] = _plan(model, name, weight_scales, input_scale, shift[0] if shift else None)
     param_text, data = _render(model, plans)
 
     param_tmp = param_out.with_name(f".{param_out.name}.partial")
@@ -657,8 +674,10 @@ def emit_ncnn_int8(fp32_param: str | Path, fp32_bin: str | Path, onnx_path: str 
     onnx_path = Path(onnx_path)
     result.check_model(onnx_path)
     model = read_ncnn_model(fp32_param, fp32_bin)
-    mapping = _match(model, _load_onnx(onnx_path), result)
-    scales: dict[str, tuple[np.ndarray, float]] = {}
+    onnx_model = _load_onnx(onnx_path)
+    mapping = _match(model, onnx_model, result)
+    shifts = _bias_shifts(onnx_model, result)
+    scales: dict[str, tuple] = {}
     float_reasons: dict[str, str] = {}
     for layer in model.quantizable_layers():
         onnx_name = mapping.get(layer.name)
@@ -678,9 +697,29 @@ def emit_ncnn_int8(fp32_param: str | Path, fp32_bin: str | Path, onnx_path: str 
                                    f"layer {onnx_name!r}")
         scales[layer.name] = (np.asarray(quant.weight_scales, np.float32),
                               int8_symmetric(*result.activation_ranges[quant.input]))
+        if shifts.get(onnx_name) is not None:
+            scales[layer.name] += (shifts[onnx_name],)
     summary = _write(model, Path(out_param), Path(out_bin), scales)
     matched = set(mapping.values())
     return {"int8": summary["int8"], "float": float_reasons,
             "onnx_layers": {name: mapping[name] for name in summary["int8"]},
             "onnx_unmatched": [q.name for q in result.layers if q.name not in matched],
             "bin_bytes_in": summary["bin_bytes_in"], "bin_bytes_out": summary["bin_bytes_out"]}
+
+
+def _bias_shifts(onnx_model: Any, result: CalibrationResult) -> dict[str, np.ndarray | None]:
+    """ONNX layer name -> its bias correction (``result.bias_correction``; None where there is none)."""
+    from onnx import numpy_helper
+
+    from edgekit.quant.collect import layer_name
+
+    initializers = {init.name: init for init in onnx_model.graph.initializer}
+    groups = {layer_name(node, index): next((a.i for a in node.attribute if a.name == "group"), 1)
+              for index, node in enumerate(onnx_model.graph.node)}
+    shifts: dict[str, np.ndarray | None] = {}
+    for quant in result.quantized_layers:
+        if quant.weight in initializers and quant.input_mean:
+            weight = numpy_helper.to_array(initializers[quant.weight])
+            shifts[quant.name] = bias_correction(weight, np.asarray(quant.weight_scales, np.float32), quant.input_mean,
+                                                 quant.op_type, groups.get(quant.name, 1))
+    return shifts

@@ -46,7 +46,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import CalibrationError
 from edgekit.quant.collect import layer_name, weight_axis
-from edgekit.quant.result import CalibrationResult, int8_symmetric, quantize_weight, uint8_affine
+from edgekit.quant.result import (CalibrationResult, bias_correction, int8_symmetric, quantize_weight,
+                                  uint8_affine)
 
 #: per-channel DequantizeLinear (the ``axis`` attribute) needs opset 13
 MIN_QDQ_OPSET = 13
@@ -224,13 +225,29 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
         # weight: int8 per channel
         axis = weight_axis(layer.op_type)
         scales = np.asarray(layer.weight_scales, np.float32)
-        bias = None
-        if placement.quantize_bias and len(node.input) > 2 and node.input[2] in initializers:
-            bias = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64)
-            scales = _fit_int32_bias(scales, bias, builder.activation_scale(lo, hi, placement.activation_type))
+        input_scale = builder.activation_scale(lo, hi, placement.activation_type)
+        weight = numpy_helper.to_array(initializers[layer.weight])
+        # the float bias (zeros for a conv without one, None when it is not a constant)
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        bias = (numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64).reshape(-1)
+                if has_bias and node.input[2] in initializers else None if has_bias else np.zeros(len(scales)))
+        if placement.quantize_bias and bias is not None:
+            scales = _fit_int32_bias(scales, bias, input_scale)
+        # bias correction: cancel the mean output shift of the rounded weights (result.bias_correction)
+        shift = None if bias is None else bias_correction(weight, scales, layer.input_mean, layer.op_type,
+                                                          _group(node))
+        if shift is not None:
+            if placement.quantize_bias:  # the corrected bias must fit int32 as well
+                fitted = _fit_int32_bias(scales, bias - shift, input_scale)
+                if not np.array_equal(fitted, scales):
+                    scales = fitted
+                    shift = bias_correction(weight, scales, layer.input_mean, layer.op_type, _group(node))
+            bias = bias - shift
+        elif not has_bias:
+            bias = None
+        bias_name = node.input[2] if has_bias else f"{layer.weight}_bias"
         weight_key = (layer.weight, scales.tobytes())
         if weight_key not in weight_dq:
-            weight = numpy_helper.to_array(initializers[layer.weight])
             q_weight = builder.constant(f"{layer.weight}_quantized", quantize_weight(weight, scales, axis))
             w_scale = builder.constant(f"{layer.weight}_scale", scales)
             w_zero = builder.constant(f"{layer.weight}_zero_point", np.zeros(len(scales), np.int8))
@@ -239,17 +256,19 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
                                               name=builder.fresh(f"{layer.weight}_DQ")))
             weight_dq[weight_key] = w_dq
         inputs = [x_dq, weight_dq[weight_key], *node.input[2:]]
-        # bias: int32 with scale s_x * s_w[c] (ORT's fusion requires it)
-        if bias is not None:
-            bias_scale = builder.activation_scale(lo, hi, placement.activation_type) * scales.astype(np.float64)
+        if bias is not None and placement.quantize_bias:
+            # bias: int32 with scale s_x * s_w[c] (ORT's fusion requires it)
+            bias_scale = input_scale * scales.astype(np.float64)
             q_bias = np.clip(np.round(bias / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
-            b_q = builder.constant(f"{node.input[2]}_quantized", q_bias)
-            b_scale = builder.constant(f"{node.input[2]}_scale", bias_scale.astype(np.float32))
-            b_zero = builder.constant(f"{node.input[2]}_zero_point", np.zeros(len(q_bias), np.int32))
-            b_dq = builder.fresh(f"{node.input[2]}_dequantized")
+            b_q = builder.constant(f"{bias_name}_quantized", q_bias)
+            b_scale = builder.constant(f"{bias_name}_scale", bias_scale.astype(np.float32))
+            b_zero = builder.constant(f"{bias_name}_zero_point", np.zeros(len(q_bias), np.int32))
+            b_dq = builder.fresh(f"{bias_name}_dequantized")
             new_nodes.append(helper.make_node("DequantizeLinear", [b_q, b_scale, b_zero], [b_dq], axis=0,
-                                              name=builder.fresh(f"{node.input[2]}_DQ")))
-            inputs[2] = b_dq
+                                              name=builder.fresh(f"{bias_name}_DQ")))
+            inputs[2:3] = [b_dq]
+        elif shift is not None:
+            inputs[2:3] = [builder.constant(f"{bias_name}_corrected", bias.astype(np.float32))]
         conv = onnx.NodeProto()
         conv.CopyFrom(node)
         del conv.input[:]
@@ -277,6 +296,10 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept + builder.initializers)
     return out
+
+
+def _group(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
 def _fit_int32_bias(weight_scales: np.ndarray, bias: np.ndarray, input_scale: float) -> np.ndarray:

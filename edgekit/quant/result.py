@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ class QuantLayer:
     input / output: its activation input and output tensor names. weight: the weight initializer name.
     weight_scales: per output channel, ``max|W_c| / 127`` (float, length = output channels; a
     channel of zeros gets scale 1.0 so that dequantisation stays finite).
+    input_mean: per input channel, the mean of the layer's input over the calibration images (float,
+    length = input channels; empty in results from before it was recorded): what ``bias_correction``
+    needs to cancel the mean output shift that rounding the weights causes.
     """
 
     name: str
@@ -50,15 +54,17 @@ class QuantLayer:
     output: str
     weight: str
     weight_scales: tuple[float, ...]
+    input_mean: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "op_type": self.op_type, "input": self.input, "output": self.output,
-                "weight": self.weight, "weight_scales": list(self.weight_scales)}
+                "weight": self.weight, "weight_scales": list(self.weight_scales), "input_mean": list(self.input_mean)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantLayer:
         return cls(str(data["name"]), str(data["op_type"]), str(data["input"]), str(data["output"]),
-                   str(data["weight"]), tuple(float(s) for s in data["weight_scales"]))
+                   str(data["weight"]), tuple(float(s) for s in data["weight_scales"]),
+                   tuple(float(m) for m in data.get("input_mean", ())))
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,9 @@ class CalibrationResult:
             if bad is not None or not layer.weight_scales:
                 raise CalibrationError(f"{source}: layer {layer.name!r} has weight scale {bad}; expected finite "
                                        "scales > 0, one per output channel")
+            if not all(math.isfinite(m) for m in layer.input_mean):
+                raise CalibrationError(f"{source}: layer {layer.name!r} has a non-finite input mean; expected finite "
+                                       "numbers, one per input channel")
             missing = next((t for t in (layer.input, layer.output) if t not in self.activation_ranges), None)
             if missing is not None:
                 raise CalibrationError(f"{source}: layer {layer.name!r}: tensor {missing!r} has no activation range")
@@ -192,6 +201,37 @@ def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int = 0) -> np
     shape[axis] = -1
     q = np.round(np.asarray(weight, np.float32) / np.asarray(scales, np.float32).reshape(shape))
     return np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8)
+
+
+def bias_correction(weight: np.ndarray, scales: np.ndarray, input_mean: Sequence[float], op_type: str = "Conv",
+                    group: int = 1) -> np.ndarray | None:
+    """The mean shift of each output channel that rounding the weights to int8 causes: float64 [O].
+
+    Subtract it from the layer's bias (``b' = b - shift``) so that the int8 layer's output has the
+    fp32 layer's mean (Nagel et al. 2019, "Data-free quantization", empirical bias correction):
+    ``E[conv(x, Q(W)) - conv(x, W)]_o = Σ_{i, kh, kw} (Q(W) - W)[o, i, kh, kw] · E[x_i]`` with
+    ``Q(W) = clip(round(W / s_o), -127, 127) · s_o`` (``scales`` [O], the ones actually emitted) and
+    ``E[x_i]`` = ``input_mean`` (per input channel, from calibration). Zero padding at the borders is
+    ignored (it makes the shift slightly smaller there). Why: yolov5n (16-64 channels per layer) lost
+    3 of 57 boxes to weight rounding alone (agreement with fp32 on real photos); with the correction 1.
+
+    weight: Conv ``[O, I / group, kh, kw]``. Returns None (no correction) for ConvTranspose (each output
+    pixel sums a stride-dependent number of taps) and when ``input_mean`` is empty or does not have
+    ``I`` entries (a result from before input means were recorded).
+    """
+    weight = np.asarray(weight, np.float64)
+    if op_type != "Conv" or weight.ndim < 3 or not len(input_mean):
+        return None
+    out_channels, per_group = weight.shape[0], weight.shape[1]
+    mean = np.asarray(input_mean, np.float64).reshape(-1)
+    if group < 1 or out_channels % group or mean.size != per_group * group:
+        return None
+    dequantized = quantize_weight(weight, scales, axis=0).astype(np.float64) * np.asarray(
+        scales, np.float64).reshape((-1,) + (1,) * (weight.ndim - 1))
+    delta = (dequantized - weight).reshape(out_channels, per_group, -1).sum(axis=2)  # [O, I/g]
+    shift = np.einsum("goi,gi->go", delta.reshape(group, out_channels // group, per_group),
+                      mean.reshape(group, per_group))
+    return shift.reshape(out_channels)
 
 
 def uint8_affine(lo: float, hi: float) -> tuple[float, int]:

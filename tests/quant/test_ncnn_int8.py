@@ -30,7 +30,7 @@ from edgekit.errors import CalibrationError  # noqa: E402
 from edgekit.quant.collect import calibrate, find_layers  # noqa: E402
 from edgekit.quant.ncnn_int8 import (INT8_TAG, emit_ncnn_int8, match_layers, read_ncnn_model,  # noqa: E402
                                      write_ncnn_int8)
-from edgekit.quant.result import CalibrationResult, file_sha256, int8_symmetric  # noqa: E402
+from edgekit.quant.result import CalibrationResult, bias_correction, file_sha256, int8_symmetric  # noqa: E402
 from tests.helpers import varied_weights  # noqa: E402
 
 #: a regular int8 convolution: ncnn computes exactly the simulated integer sum, then one float32
@@ -357,7 +357,12 @@ def test_small_net_int8_is_close_to_fp32_and_float_layers_stay_identical(small_n
         module, activation = modules[quant.name]
         layer = after.layer(name)
         bottom, top = run_ncnn_blobs(tmp_path / "int8.param", tmp_path / "int8.bin", x, [*layer.bottoms, *layer.tops])
-        expected, scaled = simulate_int8_conv(bottom, module.weight.detach().numpy(), module.bias.detach().numpy(),
+        # the writer subtracts the mean shift of the rounded weights from the bias (bias correction)
+        weight = module.weight.detach().numpy()
+        shift = bias_correction(weight, np.asarray(quant.weight_scales, np.float32), quant.input_mean, "Conv",
+                                module.groups)
+        assert shift is not None and np.abs(shift).max() > 0
+        expected, scaled = simulate_int8_conv(bottom, weight, module.bias.detach().numpy() - shift,
                                               module.stride[0], module.padding[0], module.groups,
                                               np.asarray(quant.weight_scales),
                                               int8_symmetric(*partial.activation_ranges[quant.input]))
