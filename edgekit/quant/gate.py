@@ -6,8 +6,8 @@ Two guards, one before and one after the int8 builds:
    hand-edited file keeps its model hash) must fit the fp32 graph it claims to belong to. Its layers
    are the graph's quantisable layers; its weight scales are within ``RANGE_MARGIN`` of the graph's
    own ``max|W_c| / 127``; every activation range stays within ``RANGE_MARGIN`` times the largest
-   ``|x|`` the fp32 graph produces for that tensor on a few probe inputs (calibration-folder images
-   plus random pixels) and does not collapse to zero width where the tensor varies. A range of
+   ``|x|`` the fp32 graph produces for that tensor on a few probe inputs (images of the bundled
+   calibration set and of --calib, plus random pixels) and does not collapse to zero width where the tensor varies. A range of
    ±1e30 (uint8 step 8e27: every activation rounds to the zero point) is refused here with one line.
 2. ``AgreementGate``: every int8 model built (ONNX Runtime Q/DQ, OpenVINO, NCNN) is run on held-out
    images next to the fp32 graph and judged by ``sensitivity.AgreementJudge`` (the matcher
@@ -41,8 +41,8 @@ from edgekit.spec import ModelSpec
 RANGE_MARGIN = 16.0
 #: a range narrower than this share of the observed |x| max has collapsed (a varying tensor maps to 1 code)
 MIN_RELATIVE_WIDTH = 1e-6
-#: calibration-folder images + random-pixel tensors the ranges of a cache are checked on
-PROBE_IMAGES = 6
+#: images per folder (bundled set, --calib) + random-pixel tensors the ranges of a cache are checked on
+PROBE_IMAGES = 8
 PROBE_NOISE_SEEDS = (11, 12)
 #: images the agreement gate runs on (evenly spaced over the held-out set or the calibration folder)
 GATE_IMAGES = 24
@@ -58,15 +58,24 @@ Progress = Callable[[str], None]
 
 
 def probe_tensors(spec: ModelSpec, folder: Path | None) -> list[np.ndarray]:
-    """float32 [1, 3, H, W] inputs to observe the fp32 graph on: ``PROBE_IMAGES`` evenly spaced images of
-    ``folder`` (None: the bundled calibration set) through the runtime's preprocessing, and random pixels."""
+    """float32 [1, 3, H, W] inputs to observe the fp32 graph on: ``PROBE_IMAGES`` evenly spaced images of the
+    bundled calibration set (natural photos and synthetic scenes) and as many of ``folder`` (the user's --calib,
+    when given) through the runtime's preprocessing, and random pixels.
+
+    A union of domains, because the largest |x| of a tensor depends on the images: the yolox fixture calibrated
+    on the bundled set reaches 16.5x what natural photos alone produce in one tensor, 2.3x of the bundled mix."""
     from edgekit.quant.calibration import calibration_tensors, default_calibration_dir, find_calibration_images
     from edgekit.runtime.preprocess import probe_input
 
-    folder = Path(folder) if folder else default_calibration_dir()
-    found = find_calibration_images(folder, limit=PROBE_IMAGES, min_images=1, warn_below=0, force=True,
-                                    warn=lambda message: None)
-    return list(calibration_tensors(found, spec)) + [probe_input(spec, seed) for seed in PROBE_NOISE_SEEDS]
+    folders = [default_calibration_dir()]
+    if folder is not None and Path(folder).resolve() != folders[0].resolve():
+        folders.append(Path(folder))
+    tensors: list[np.ndarray] = []
+    for source in folders:
+        found = find_calibration_images(source, limit=PROBE_IMAGES, min_images=1, warn_below=0, force=True,
+                                        warn=lambda message: None)
+        tensors += calibration_tensors(found, spec)
+    return tensors + [probe_input(spec, seed) for seed in PROBE_NOISE_SEEDS]
 
 
 def observed_absmax(onnx_path: Path, names: Sequence[str], tensors: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
