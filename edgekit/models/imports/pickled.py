@@ -278,7 +278,10 @@ def is_module_pickle(path: str | Path) -> bool:
     from edgekit.models.checkpoint import pickle_globals  # one place for the static pickle scan
 
     names = pickle_globals(Path(path))
-    return any(not (n.startswith(("torch.", "collections.", "builtins.", "__builtin__.", "numpy.")) or n == "<dynamically built global>")
+    plain = ("torch.", "collections.", "builtins.", "__builtin__.", "numpy.")
+    # torch.nn classes are module objects too: ``torch.save(model)`` of a plain torch model lands here and is
+    # told what is missing, instead of being refused as if it ran code.
+    return any(n.startswith("torch.nn.") or not (n.startswith(plain) or n == "<dynamically built global>")
                for n in names)
 
 
