@@ -82,9 +82,10 @@ def parity_row(case: Case, backend: str, conf: float, ours: list[dict]) -> tuple
     """match_upstream against the upstream's predictions at ``conf``, and one Markdown table row."""
     stats = match_upstream(load_predictions(ULTRA / f"{case.name}.preds.conf{conf}.json"), ours, conf_threshold=conf)
     iou = f"{stats.min_iou:.4f}" if stats.matched else "-"
-    delta = f"{stats.max_score_delta:.4f}" if stats.matched else "-"
+    delta = f"{stats.max_score_delta:.1e}" if stats.matched else "-"
     row = (f"| {case.name} ({case.size}) | {backend} | {conf} | {stats.matched}/{stats.upstream} "
-           f"({stats.matched_fraction:.1%}) | {stats.strict_fraction:.1%} | {iou} | {delta} | {stats.ours} |")
+           f"({stats.matched_fraction:.1%}) | {stats.strict}/{stats.upstream} ({stats.strict_fraction:.1%}) | {iou} "
+           f"| {delta} | {stats.ours} |")
     return stats, row
 
 
