@@ -132,6 +132,13 @@ def check_result_against_model(result: CalibrationResult, onnx_path: Path, tenso
         if width > 0 and hi - lo < MIN_RELATIVE_WIDTH * absmax:
             raise CalibrationError(f"{source}: activation range of tensor {name!r} is [{lo:.3g}, {hi:.3g}] (zero "
                                    f"width); the model's values there span {width:.3g}")
+    for layer in result.layers:  # bias correction multiplies the input means into the bias: same bound as a range
+        absmax = observed[layer.input][0]
+        bad = next((m for m in layer.input_mean if abs(m) > RANGE_MARGIN * absmax), None)
+        if bad is not None:
+            raise CalibrationError(f"{source}: layer {layer.name!r} input mean {bad:.3g}; the model produces |x| <= "
+                                   f"{absmax:.3g} at {layer.input!r} on {len(tensors)} probe inputs (allowed up to "
+                                   f"x{RANGE_MARGIN:g})")
 
 
 def gate_images(holdout: Sequence[Path], calib_paths: Sequence[Path]) -> tuple[list[Path], str]:

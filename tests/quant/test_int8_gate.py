@@ -233,6 +233,10 @@ def test_the_range_check_refuses_weight_scales_that_do_not_match_the_weights_and
     layers[2] = _replace(layer, output=layer.input)
     with pytest.raises(CalibrationError, match=rf"layer '{layer.name}' .+ is not a quantisable layer of model.onnx"):
         check_result_against_model(_replace(result, layers=tuple(layers)), onnx_path, probes, "cache")
+    assert layer.input_mean  # calibration records the input means bias correction uses: bounded like a range
+    layers[2] = _replace(layer, input_mean=(1e30,) + layer.input_mean[1:])
+    with pytest.raises(CalibrationError, match=rf"layer '{layer.name}' input mean 1e\+30; the model produces"):
+        check_result_against_model(_replace(result, layers=tuple(layers)), onnx_path, probes, "cache")
     layers[2] = _replace(layer, weight_scales=layer.weight_scales[:-1])
     with pytest.raises(CalibrationError, match=rf"layer '{layer.name}' has {len(layer.weight_scales) - 1} weight scales"):
         check_result_against_model(_replace(result, layers=tuple(layers)), onnx_path, probes, "cache")
