@@ -67,7 +67,9 @@ def backend_predictions(artifact: Path, backend: str, confs: tuple[float, ...] =
     """``edgekit detect <artifact> <images> --backend B --conf C --json``, as COCO dicts with base file names, for
     every C in ``confs``: the network runs once per image, each threshold post-processes the same outputs."""
     found: dict[float, list[dict]] = {conf: [] for conf in confs}
-    with Detector.load(artifact, backend=backend, precision="fp32") as detector:
+    # one thread (``--threads 1``): on a shared 2-core machine ncnn's default OpenMP threads spin-wait, measured
+    # 5-15x slower for the same 13 images; the detections do not depend on it
+    with Detector.load(artifact, backend=backend, precision="fp32", threads=1) as detector:
         base = detector.postprocess_spec
         for path in IMAGES:
             tensor, transforms = preprocess([load_image(str(path))], detector.spec)
