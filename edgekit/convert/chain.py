@@ -218,7 +218,7 @@ def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Optio
 
     result, record, (gate_paths, gate_source) = calibrate_artifact(
         onnx_path, spec, int8 or Int8Options(), target.calibration.method, target.calibration.images,
-        target.calibration.percentile, progress=progress)
+        target.calibration.percentile, progress=progress, placement=get_builder(target.backend).int8_placement)
     result.save(writer.path(CALIBRATION_FILE))
     extra["int8"] = {**record, "calibration_file": CALIBRATION_FILE,
                      "quantized_layers": len(result.quantized_layers), "layers": len(result.layers), "agreement": {}}

@@ -26,8 +26,9 @@ Progress = Callable[[str], None]
 SENSITIVITY_IMAGES = 8
 #: without labelled drift data, this share of the calibration images is held out to judge agreement
 HOLDOUT_FRACTION = 0.2
-#: the Q/DQ placement partial quantisation is judged with (ONNX Runtime runs it here, fused to
-#: QLinearConv: the strictest of the placements, since it also requantises conv outputs)
+#: the Q/DQ placement partial quantisation is judged with by default (ONNX Runtime runs it here, fused to
+#: QLinearConv: the strictest of the uint8 placements, since it also requantises conv outputs); convert passes
+#: the target backend's own (``BackendBuilder.int8_placement``)
 JUDGE_PLACEMENT = "onnxruntime"
 
 
@@ -66,10 +67,11 @@ def _progress_bar(iterable, description: str):
 def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, default_method: str,
                        default_images: int, default_percentile: float = DEFAULT_PERCENTILE,
                        progress: Progress = lambda line: None, show_bars: bool = True,
-                       warn: Callable[[str], None] | None = None
+                       warn: Callable[[str], None] | None = None, placement: str = JUDGE_PLACEMENT
                        ) -> tuple[CalibrationResult, dict[str, Any], tuple[list[Path], str]]:
     """Calibrate ``onnx_path`` (the artifact's fp32 graph); returns the result, a manifest record, and the
-    images the int8 builds' agreement gate runs on with where they come from (``quant.gate.gate_images``)."""
+    images the int8 builds' agreement gate runs on with where they come from (``quant.gate.gate_images``).
+    ``placement``: the Q/DQ placement ``--drift-budget`` ranks and judges layers with (the target backend's)."""
     from edgekit.quant.gate import GATE_IMAGES, check_result_against_model, gate_images, probe_tensors
 
     bars = _progress_bar if show_bars else None
@@ -102,7 +104,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
                               "skipped_images": len(found.skipped), "images_sha256": calib_set.content_sha256,
                               "calibration_seconds": result.notes.get("seconds")}
     if options.drift_budget is not None:
-        result, partial = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars)
+        result, partial = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars, placement)
         record["partial_quantization"] = partial
     record["float_layers"] = dict(result.float_layers)
     return result, record, gate_images(holdout, calib_set.paths)
@@ -125,7 +127,8 @@ def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[Cali
 
 
 def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_set: CalibrationImages,
-             holdout: list[Path], options: Int8Options, progress: Progress, bars) -> tuple[CalibrationResult, dict]:
+             holdout: list[Path], options: Int8Options, progress: Progress, bars,
+             placement: str = JUDGE_PLACEMENT) -> tuple[CalibrationResult, dict]:
     from edgekit.quant.sensitivity import AgreementJudge, MapJudge, layer_sensitivity, partial_quantize
 
     if options.drift_data is not None:
@@ -141,9 +144,9 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
         tensors.append(tensor)
         if len(tensors) == SENSITIVITY_IMAGES:
             break
-    progress(f"int8    sensitivity of {len(result.layers)} layers on {len(tensors)} images")
-    ranking = layer_sensitivity(onnx_path, result, JUDGE_PLACEMENT, tensors, progress=bars)
-    partial = partial_quantize(onnx_path, result, JUDGE_PLACEMENT, judge, options.drift_budget, ranking,
+    progress(f"int8    sensitivity of {len(result.layers)} layers on {len(tensors)} images ({placement} Q/DQ)")
+    ranking = layer_sensitivity(onnx_path, result, placement, tensors, progress=bars)
+    partial = partial_quantize(onnx_path, result, placement, judge, options.drift_budget, ranking,
                                max_float_fraction=options.max_float_fraction, progress=progress)
     if not partial.met:
         progress(f"warning drift budget {options.drift_budget:g} not met: best {partial.drift:.2f} points with "

@@ -48,6 +48,10 @@ class BackendBuilder(ABC):
     backend: ClassVar[str] = ""
     #: precisions this builder can produce (e.g. ("fp32", "fp16", "bf16"))
     precisions: ClassVar[tuple[str, ...]] = ()
+    #: the Q/DQ placement (``quant.qdq.PLACEMENTS``) that reproduces this backend's int8 arithmetic in ONNX
+    #: Runtime: what ``--drift-budget`` ranks layers and judges drift with, so the layers kept in float are
+    #: the ones that hurt *this* backend (ncnn's symmetric int8 inputs lose a bit on one-sided activations)
+    int8_placement: ClassVar[str] = "onnxruntime"
 
     @abstractmethod
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:

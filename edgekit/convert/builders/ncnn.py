@@ -72,6 +72,8 @@ class NcnnBuilder(BackendBuilder):
 
     backend = "ncnn"
     precisions = ("fp32", "fp16", "int8")
+    # ncnn int8 convolutions: symmetric int8 input, per-channel int8 weights, float output, as that placement
+    int8_placement = "tensorrt"
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         self.check_precision(precision)

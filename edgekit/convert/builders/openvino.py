@@ -61,6 +61,7 @@ def inference_precision_hint(precision: str, device: str) -> str:
 class OpenVinoBuilder(BackendBuilder):
     backend = "openvino"
     precisions = ("fp32", "fp16", "bf16", "int8")
+    int8_placement = "openvino"
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         """Convert ``source.onnx_path`` to IR for ``precision``; returns the manifest entry.

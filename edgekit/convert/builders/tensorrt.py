@@ -30,6 +30,7 @@ INT8_ONNX = "model_int8_qdq.onnx"
 class TensorRtBuilder(BackendBuilder):
     backend = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
+    int8_placement = "tensorrt"
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         self.check_precision(precision)
