@@ -35,6 +35,9 @@ RESULT_VERSION = 1
 INT8_MAX = 127
 
 
+VOLATILE_NOTES = ("seconds",)
+
+
 @dataclass(frozen=True)
 class QuantLayer:
     """One quantisable layer of the ONNX graph.
@@ -107,12 +110,15 @@ class CalibrationResult:
                                    "recalibrate (delete the cache) for this model")
 
     # -- serialisation -------------------------------------------------------------------------
+    # calibration.json is a file of the artifact, hashed in its manifest: what varies between two runs on the same
+    # images (the time taken) stays out of it so that a re-conversion gives the same bytes (the manifest's info keeps it).
     def to_dict(self) -> dict[str, Any]:
         return {"format": RESULT_FORMAT, "version": RESULT_VERSION, "model_sha256": self.model_sha256,
                 "method": self.method, "num_images": self.num_images, "images_sha256": self.images_sha256,
                 "activation_ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(self.activation_ranges.items())},
                 "layers": [layer.to_dict() for layer in self.layers],
-                "float_layers": dict(self.float_layers), "notes": self.notes}
+                "float_layers": dict(self.float_layers),
+                "notes": {k: v for k, v in self.notes.items() if k not in VOLATILE_NOTES}}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "calibration result") -> CalibrationResult:

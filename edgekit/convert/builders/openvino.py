@@ -129,9 +129,35 @@ def write_ir(source: BuildSource, xml_path: Path, compress_to_fp16: bool) -> Pat
     try:
         # save_model compresses to fp16 unless told otherwise: always say which.
         ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+        _rename_generated_layers(ov, xml_path)
     except Exception as exc:
         raise ConversionError(f"openvino: cannot write the IR to {xml_path} ({openvino_error_text(exc)})") from None
     return xml_path
+
+
+# OpenVINO names the nodes it creates "<Type>_<instance id>", the id from a process-wide counter: the same ONNX
+# converted twice in one process gave IRs that differed in ~100 layer names (not in any number), so the artifact's
+# sha256 changed. Such names are renamed "<Type>_<position in topological order>", which depends on the graph only.
+_GENERATED_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+(_compressed)?$")
+
+
+def _rename_generated_layers(ov: Any, xml_path: Path) -> None:
+    """Make the written IR byte-reproducible: re-read it, rename generated layer names, write it back unchanged
+    otherwise (``serialize`` adds no node, unlike ``save_model``'s fp16 compression)."""
+    model = ov.Core().read_model(str(xml_path))
+    renamed = 0
+    for position, op in enumerate(model.get_ordered_ops()):
+        match = _GENERATED_NAME.match(op.get_friendly_name())
+        if match:
+            op.set_friendly_name(f"{match.group(1)}_{position}{match.group(2) or ''}")
+            renamed += 1
+    if renamed:
+        # read_model memory-maps the .bin: write beside it and rename over (the mapping keeps the old inode)
+        staged_xml = xml_path.with_name(f".{xml_path.stem}.renamed.xml")
+        ov.serialize(model, str(staged_xml), str(staged_xml.with_suffix(".bin")))
+        del model
+        os.replace(staged_xml.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+        os.replace(staged_xml, xml_path)
 
 
 # openvino_telemetry's OptInChecker declines when one of these says "CI" (ovc initialises its telemetry with
