@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.atomic_io import write_text_atomic
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifact import read_manifest
 from edgekit.runtime.backends import get_runner_class
@@ -112,8 +113,8 @@ def write_bench_report(results: Sequence[BenchResult], folder: str | Path) -> tu
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "bench.json"
-    json_path.write_text(json.dumps([{**asdict(r), "overhead_ratio": r.overhead_ratio} for r in results], indent=1) + "\n",
-                         encoding="utf-8")
+    write_text_atomic(json_path, json.dumps([{**asdict(r), "overhead_ratio": r.overhead_ratio} for r in results],
+                                            indent=1) + "\n")
     names = [r.name for r in results]
     x = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(1.6 * len(results) + 3, 4))

@@ -6,6 +6,7 @@ libraries (torch, onnx) are imported inside the commands that need them.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 
 from edgekit import __version__
+from edgekit.atomic_io import write_text_atomic
 from edgekit.convert.artifact import Terminated
 from edgekit.errors import EdgekitError, InputError, OutputError
 
@@ -491,17 +493,25 @@ def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | 
         for (_, detections), (image_id, file_name, _) in zip(results, _output_names(files)):
             entries.extend(detections.to_coco(image_id, file_name=file_name))
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(json_path, json.dumps(entries, indent=1) + "\n")
         click.echo(f"wrote {len(entries)} detections to {json_path}")
     if save_dir:
+        from edgekit.atomic_io import write_bytes_atomic
         from edgekit.runtime.draw import draw_detections
 
         out = Path(save_dir)
         out.mkdir(parents=True, exist_ok=True)
+        replaced = 0
         for (path, detections), (_, _, drawing) in zip(results, _output_names(files)):
             (out / drawing).parent.mkdir(parents=True, exist_ok=True)
-            draw_detections(path, detections, class_names).save(out / drawing, quality=92)
-        click.echo(f"saved {len(results)} images with boxes to {out}")
+            encoded = io.BytesIO()  # encoded whole first: a full disk leaves no half image
+            image = draw_detections(path, detections, class_names).convert("RGB")
+            image.save(encoded, format="JPEG", quality=92)  # drawings are always .jpg (see _output_names)
+            replaced += (out / drawing).exists()
+            write_bytes_atomic(out / drawing, encoded.getvalue())
+        # files of an earlier run under the same names are replaced, and the user is told so
+        note = f" (replaced {replaced} from an earlier run)" if replaced else ""
+        click.echo(f"saved {len(results)} images with boxes to {out}{note}")
 
 
 @cli.command()
@@ -558,7 +568,7 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
                                    reference_model=reference, threads=threads, progress=progress)
     click.echo(format_table(report))
     if json_path:
-        Path(json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(json_path, json.dumps(report.to_dict(), indent=1) + "\n")
         click.echo(f"wrote {json_path}")
     if report_dir:
         from edgekit.validate.report import write_drift_report
@@ -588,7 +598,7 @@ def _validate_checkpoint(checkpoint: str, data_path: str, class_map_path: str | 
                                                                    leave=False))
     click.echo(format_table(report))
     if json_path:
-        Path(json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(json_path, json.dumps(report.to_dict(), indent=1) + "\n")
         click.echo(f"wrote {json_path}")
 
 
@@ -618,7 +628,7 @@ def bench(artifact: str, image_path: str | None, backends: str | None, runs: int
     click.echo(f"image: {image}   runs: {runs} (+{warmup} warm-up)   threads: {threads or 'default'}")
     click.echo(format_bench(results))
     if json_path:
-        Path(json_path).write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(json_path, json.dumps([asdict(r) for r in results], indent=1) + "\n")
     if report_dir:
         json_file, png_file = write_bench_report(results, report_dir)
         click.echo(f"wrote {json_file} and {png_file}")
