@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from edgekit.errors import CalibrationError, InputError
-from edgekit.runtime.preprocess import load_image, preprocess
+from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image, open_image, preprocess
 from edgekit.spec import ModelSpec
 
 __all__ = [
@@ -56,8 +56,9 @@ __all__ = [
     "warn_if_overlapping",
 ]
 
-#: File extensions scanned for (compared lower-case). Anything else (.gif, .tif, .txt, ...) is ignored.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: File extensions scanned for (compared lower-case): the runtime's own set, so a folder that `edgekit detect` reads
+#: calibrates the same way. Anything else (.txt, .svg, ...) is ignored.
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(sorted(IMAGE_SUFFIXES))
 
 _EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
 _HASH_CHUNK = 1 << 20
@@ -162,10 +163,10 @@ def _decode(data: bytes, path: Path) -> np.ndarray:
     the content that ``sha256`` identifies.
     """
     try:
-        image = Image.open(io.BytesIO(data))
-    except Exception as exc:  # UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
-        if isinstance(exc, Image.DecompressionBombError):
-            raise InputError(f"{path}: refused to decode ({exc})") from None
+        image = open_image(io.BytesIO(data), str(path))  # refuses decompression bombs in one line, as the runtime
+    except InputError:
+        raise
+    except Exception:  # UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
         raise InputError(f"{path}: not a readable image (expected a {_EXTENSIONS_TEXT} file)") from None
     with image:
         image.filename = str(path)  # so load_image's messages name the file

@@ -56,11 +56,13 @@ def _write_good_images(folder: Path) -> list[str]:
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(_noise(8, 20, 36)).save(folder / "rotated.jpg", exif=exif.tobytes())
-    # Not in the extension list: ignored, neither counted nor skipped.
+    # A GIF is an image for calibration as for `edgekit detect` (one suffix set, runtime.preprocess.IMAGE_SUFFIXES).
     Image.fromarray(_noise(9, 12, 12)).convert("P").save(folder / "anim.gif")
+    # Not in the extension list: ignored, neither counted nor skipped.
     (folder / "notes.txt").write_text("not an image")
+    (folder / "drawing.svg").write_text("<svg/>")
     return sorted(["rgb.png", "sub/grey.jpg", "rgba.png", "palette.png", "sub/deeper/upper.BMP", "pic.webp",
-                   "photo.JPEG", "rotated.jpg"])
+                   "photo.JPEG", "rotated.jpg", "anim.gif"])
 
 
 def _write_broken_images(folder: Path) -> dict[str, str]:
@@ -97,12 +99,12 @@ def test_mixed_formats_all_counted_and_tensors_match_runtime(tmp_path):
     calib = find_calibration_images(tmp_path, min_images=1, warn=lambda m: None)
     assert _relative(calib) == expected
     assert calib.skipped == ()
-    assert len(calib) == len(calib.sha256) == 8
+    assert len(calib) == len(calib.sha256) == len(expected) == 9
     assert all(h == hashlib.sha256(p.read_bytes()).hexdigest() for p, h in zip(calib.paths, calib.sha256))
 
     for spec in (LETTERBOX_SPEC, STRETCH_BGR_SPEC):
         tensors = list(calibration_tensors(calib, spec))
-        assert len(tensors) == 8
+        assert len(tensors) == len(expected)
         for path, tensor in zip(calib.paths, tensors):
             assert tensor.shape == (1, 3, *spec.input_size) and tensor.dtype == np.float32
             runtime, _ = preprocess([load_image(path)], spec)
@@ -117,13 +119,13 @@ def test_broken_files_are_skipped_with_reasons(tmp_path):
     reasons = _write_broken_images(tmp_path / "bad")
     messages: list[str] = []
     calib = find_calibration_images(tmp_path, min_images=1, warn=messages.append)
-    assert len(calib) == 8
+    assert len(calib) == 9  # the good images, the GIF among them
     skipped = {p.relative_to(tmp_path).as_posix(): reason for p, reason in calib.skipped}
     assert set(skipped) == {f"bad/{name}" for name in reasons}
     for name, word in reasons.items():
         assert word in skipped[f"bad/{name}"], (name, skipped[f"bad/{name}"])
-    assert any("skipped 4 of 12 image files" in m for m in messages), messages
-    assert len(list(calibration_tensors(calib, LETTERBOX_SPEC))) == 8
+    assert any("skipped 4 of 13 image files" in m for m in messages), messages
+    assert len(list(calibration_tensors(calib, LETTERBOX_SPEC))) == 9
 
 
 def test_duplicates_are_skipped_and_content_hash_ignores_names(tmp_path):
@@ -177,7 +179,7 @@ def test_empty_folder_and_folder_without_images(tmp_path):
     assert str(tmp_path / "empty") in str(info.value)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "readme.txt").write_text("x")
-    Image.fromarray(_noise(0, 8, 8)).convert("P").save(tmp_path / "other" / "x.gif")
+    (tmp_path / "other" / "x.svg").write_text("<svg/>")
     with pytest.raises(CalibrationError, match=r"holds no images .*found 2 other files"):
         find_calibration_images(tmp_path / "other")
 
