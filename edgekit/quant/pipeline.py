@@ -32,6 +32,10 @@ HOLDOUT_FRACTION = 0.2
 JUDGE_PLACEMENT = "onnxruntime"
 
 
+# A calibration set this large spares GATE_IMAGES held-out images for the int8 agreement gate (see _split_holdout).
+GATE_HOLDOUT_MIN_IMAGES = 200
+
+
 @dataclass(frozen=True)
 class Int8Options:
     """How ``convert`` calibrates (CLI: --calib, --calib-method, --drift-budget, --drift-data …).
@@ -111,15 +115,29 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
 
 
 def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[CalibrationImages, list[Path]]:
-    """Without labelled drift data, hold out every 5th image to judge agreement on unseen images."""
+    """Images set aside from calibration: judged unseen by ``--drift-budget`` and by the int8 agreement gate.
+
+    - ``--drift-budget`` without ``--drift-data``: every 5th image (the search needs a fair share);
+    - otherwise, a set of at least ``GATE_HOLDOUT_MIN_IMAGES`` gives ``GATE_IMAGES`` evenly spaced images to the
+      gate, so every int8 build is checked on images it was not calibrated on; a smaller set keeps every image for
+      calibration (ranges from fewer than ~200 images are already noisy) and the gate runs on calibration images,
+      which the manifest says (``info.int8.agreement.*.source``).
+    """
+    from edgekit.quant.calibration import _evenly_spaced
+    from edgekit.quant.gate import GATE_IMAGES
+
     if options.drift_budget is None or options.drift_data is not None:
-        return found, []
-    stride = round(1 / HOLDOUT_FRACTION)
-    held = [p for i, p in enumerate(found.paths) if i % stride == stride - 1]
-    if len(held) < 4:
+        if len(found.paths) < GATE_HOLDOUT_MIN_IMAGES:
+            return found, []
+        held_indices = set(_evenly_spaced(len(found.paths), GATE_IMAGES))
+    else:
+        stride = round(1 / HOLDOUT_FRACTION)
+        held_indices = {i for i in range(len(found.paths)) if i % stride == stride - 1}
+    held = [p for i, p in enumerate(found.paths) if i in held_indices]
+    if options.drift_budget is not None and options.drift_data is None and len(held) < 4:
         raise CalibrationError(f"--drift-budget without --drift-data judges agreement on held-out calibration images; "
                                f"{len(found.paths)} images leave only {len(held)} (need >= 4): add images or give --drift-data")
-    keep = [i for i, p in enumerate(found.paths) if i % stride != stride - 1]
+    keep = [i for i in range(len(found.paths)) if i not in held_indices]
     hashes = tuple(found.sha256[i] for i in keep)
     kept = CalibrationImages(folder=found.folder, paths=tuple(found.paths[i] for i in keep), sha256=hashes,
                              skipped=found.skipped, content_sha256=content_hash(hashes))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -268,3 +269,33 @@ def test_the_gate_measures_any_runner_against_the_fp32_graph(good, tmp_path):
     assert record["fp32_boxes"] > 0
     assert (record["agreement"], record["precision"], record["recall"], record["map50_drift"]) == (1.0, 1.0, 1.0, 0.0)
     assert math.isclose(record["floor"], 0.5)
+
+
+def test_a_large_calibration_set_spares_held_out_images_for_the_gate(tmp_path):
+    """With 200+ images the gate judges every int8 build on images calibration never saw (issue 13.4)."""
+    from PIL import Image, ImageOps
+
+    from edgekit.convert.chain import convert
+    from edgekit.models.loading import load_checkpoint
+    from edgekit.quant.calibration import default_calibration_dir
+    from edgekit.quant.gate import GATE_IMAGES
+    from edgekit.quant.pipeline import GATE_HOLDOUT_MIN_IMAGES, Int8Options
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    sources = sorted(p for p in default_calibration_dir().rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    for index, path in enumerate(sources):
+        with Image.open(path) as image:
+            image.convert("RGB").save(folder / f"{index:03d}.png")
+            if path.parent.name == "synthetic":  # mirrored synthetic scenes: new contents (natural/ has its own)
+                ImageOps.mirror(image.convert("RGB")).save(folder / f"{index:03d}_m.png")
+    count = len(list(folder.iterdir()))
+    assert GATE_HOLDOUT_MIN_IMAGES <= count < 300  # 300: the default --calib-images limit
+    model = load_checkpoint(Path(__file__).resolve().parents[2] / "edgekit" / "zoo" / "yolov8.pt")
+    manifest = convert(model, "onnxruntime-cpu", tmp_path / "art", precision="int8", no_passes=True,
+                       int8=Int8Options(calib_dir=folder, method="minmax"))
+    info = manifest.info["int8"]
+    assert info["skipped_images"] == 0
+    assert info["images"] + GATE_IMAGES == count  # every image either calibrated or was held out for the gate
+    gate = info["agreement"]["onnxruntime/int8"]
+    assert gate["source"] == "held-out calibration images" and gate["images"] == GATE_IMAGES
