@@ -165,7 +165,7 @@ def expand_sources(sources: Sequence[str]) -> list[Path]:
     return files
 
 
-def _open_detector(model: str, backend: str, precision: str | None, threads: int, conf: float | None,
+def _open_detector(model: str, backend: str | None, precision: str | None, threads: int, conf: float | None,
                    iou: float | None, family: str | None, names: str | None):
     """A Detector for an artifact/ONNX file, or the PyTorch reference for a checkpoint (or --backend torch)."""
     from dataclasses import replace
@@ -174,9 +174,26 @@ def _open_detector(model: str, backend: str, precision: str | None, threads: int
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint, ONNX file or artifact folder")
     is_checkpoint = path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
+    imports = _import_settings()
+    if not is_checkpoint:
+        # options that only describe a checkpoint must not be accepted and silently ignored
+        given = [flag for flag, key in (("--trust-upstream", "trust_upstream"), ("--end2end/--no-end2end", "end2end"))
+                 if key in imports]
+        if given:
+            raise InputError(f"{path}: {', '.join(given)} apply when loading a PyTorch checkpoint; an ONNX file or "
+                             "artifact has its head fixed at conversion (convert the checkpoint with the option)")
+        if path.is_dir() and (family is not None or names is not None):
+            raise InputError(f"{path}: --family/--names describe a checkpoint or a third-party ONNX file; an "
+                             "artifact carries its own spec (see `edgekit inspect`)")
     if backend == "torch" or is_checkpoint:
         if not is_checkpoint:
             raise InputError(f"{path}: --backend torch needs a PyTorch checkpoint ({', '.join(sorted(CHECKPOINT_SUFFIXES))})")
+        if backend not in (None, "torch"):
+            raise InputError(f"{path}: --backend {backend} runs a converted model; a checkpoint runs on the PyTorch "
+                             f"reference only: convert it first (edgekit convert {path.name} --target …)")
+        if precision not in (None, "fp32"):
+            raise InputError(f"{path}: --precision {precision}: a checkpoint runs in fp32 on the PyTorch reference; "
+                             "convert it for other precisions")
         from edgekit.reference.detector import ReferenceDetector
 
         torch_model = _load_model(model, family, names, None)
@@ -185,8 +202,12 @@ def _open_detector(model: str, backend: str, precision: str | None, threads: int
         return ReferenceDetector(torch_model, torch_model.spec, pp)
     from edgekit.runtime.detector import Detector
 
+    backend = backend or "onnxruntime"
     spec = _bare_onnx_spec(path, family, names) if path.is_file() else None
     if spec is not None:
+        if precision not in (None, "fp32"):
+            raise InputError(f"{path}: --precision {precision}: a third-party ONNX file runs as it is (fp32); "
+                             f"convert it for other precisions (edgekit convert {path.name} --target …)")
         # a third-party ONNX file: its metadata/layout (or --family, --names) describe it, the file gives the tensor names
         detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads)
         pp = detector.postprocess_spec
@@ -457,8 +478,9 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
 @cli.command()
 @click.argument("model", type=click.Path())
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--backend", default="onnxruntime", show_default=True,
-              help="torch (the PyTorch reference, for checkpoints) or a runtime backend: onnxruntime, ….")
+@click.option("--backend", default=None,
+              help="torch (the PyTorch reference, for checkpoints) or a runtime backend: onnxruntime, … "
+                   "(default: torch for a checkpoint, onnxruntime otherwise).")
 @click.option("--precision", default=None, help="Precision of the artifact model to run (fp32, fp16, int8 …).")
 @click.option("--conf", type=click.FloatRange(0, 1), default=None, help="Score threshold (default from the spec).")
 @click.option("--iou", type=click.FloatRange(0, 1), default=None, help="NMS IoU threshold (default from the spec).")
@@ -469,7 +491,7 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
 @click.option("--family", default=None, help="Model family of a plain state_dict checkpoint.")
 @click.option("--names", type=click.Path(dir_okay=False), default=None, help="Class names file (with --family).")
 @_import_options
-def detect(model: str, sources: tuple[str, ...], backend: str, precision: str | None, conf: float | None,
+def detect(model: str, sources: tuple[str, ...], backend: str | None, precision: str | None, conf: float | None,
            iou: float | None, threads: int, json_path: str | None, save_dir: str | None, family: str | None,
            names: str | None) -> None:
     """Detect objects in SOURCES (images or folders) with MODEL (artifact, ONNX file or checkpoint)."""

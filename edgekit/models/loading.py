@@ -55,7 +55,14 @@ def load_checkpoint(path: str | Path, family: str | None = None, class_names: Se
     if path.suffix.lower() == ".onnx":
         raise ModelFileError(f"{path}: is an ONNX file, not a PyTorch checkpoint; pass it to detect/validate/convert "
                              "as it is")
-    if family is None and is_module_pickle(path):
+    if trust_upstream is not None and not _package_installed(trust_upstream):
+        raise ModelFileError(f"--trust-upstream {trust_upstream}: no such package is installed here (it must be "
+                             "importable, e.g. pip install it; edgekit never downloads code)")
+    module_pickle = is_module_pickle(path)
+    if family is not None and module_pickle:
+        raise ModelFileError(f"{path}: pickles its model object (Ultralytics / YOLOv5), which describes itself: drop "
+                             f"--family {family}")
+    if module_pickle:
         model = _from_module_pickle(path, trust_upstream, end2end)
     else:
         payload = safe_torch_load(path)
@@ -81,6 +88,20 @@ def load_checkpoint(path: str | Path, family: str | None = None, class_names: Se
         model.spec = model.spec.with_input_size(tuple(input_size))
         model.input_size_from_checkpoint = True  # the user's size is as binding as the file's
     return model.eval()
+
+
+def _package_installed(name: str) -> bool:
+    """Whether ``name`` (``pkg`` or ``pkg.sub``) names an installed package; only its top level is looked up, so
+    nothing of it is imported (executed) here."""
+    import importlib.util
+
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return False  # '..', a path or an empty name is not a package name
+    try:
+        return importlib.util.find_spec(parts[0]) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _from_module_pickle(path: Path, trust_upstream: str | None, end2end: bool | None) -> nn.Module:

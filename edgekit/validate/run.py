@@ -119,6 +119,42 @@ def map_postprocess(spec: Any) -> Any:
                    max_detections=MAP_MAX_DETECTIONS)
 
 
+# Heads decoded inside a third-party graph (Ultralytics / YOLOv5 / YOLOX exports): the checkpoint they came from
+# outputs the raw head instead, so the reference decodes with the checkpoint's own head.
+GRAPH_DECODED_HEADS = frozenset({"ultralytics_decoded", "e2e_xyxy", "yolo_decoded", "yolox_flat"})
+
+
+def reference_detector(reference_model: Any, spec: Any) -> Any:
+    """The PyTorch reference for a model described by ``spec`` (an artifact's or an ONNX file's), refusing a
+    checkpoint that is not that model, so that Δ and agreement never measure the difference between two models.
+
+    The checkpoint runs at ``spec``'s input size and preprocessing with the mAP protocol's post-processing; its head
+    is decoded with ``spec``'s head for edgekit's own exports (same head, parameters at the export's size), with its
+    own for a third-party graph that decodes in the graph (GRAPH_DECODED_HEADS).
+    """
+    from edgekit.reference.detector import ReferenceDetector
+
+    own = reference_model.spec
+    if tuple(own.class_names) != tuple(spec.class_names):
+        differing = [f"{a!r} vs {b!r}" for a, b in zip(own.class_names, spec.class_names) if a != b][:3]
+        raise EdgekitError(f"--reference: the checkpoint's {own.num_classes} classes are not the model's "
+                           f"{spec.num_classes} ({'; '.join(differing) or 'different count'}): not the same model")
+    graph_decoded = spec.head.kind in GRAPH_DECODED_HEADS
+    if not graph_decoded and (own.family, own.head.kind) != (spec.family, spec.head.kind):
+        raise EdgekitError(f"--reference: the checkpoint is a {own.family} ({own.head.kind} head), the model a "
+                           f"{spec.family} ({spec.head.kind} head): not the same model")
+    if own.postprocess.nms != spec.postprocess.nms:
+        loaded = "its one-to-one end-to-end head (top-k, no NMS)" if not own.postprocess.nms else \
+            "its one-to-many head with NMS"
+        raise EdgekitError(f"--reference: the checkpoint loaded with {loaded}, the model runs the other head; pass the "
+                           "same --end2end / --no-end2end as the conversion")
+    run_spec = spec
+    if graph_decoded:
+        run_spec = replace(own, input_size=spec.input_size, color_order=spec.color_order,
+                           normalization=spec.normalization, resize=spec.resize, postprocess=spec.postprocess)
+    return ReferenceDetector(reference_model, run_spec, map_postprocess(spec))
+
+
 def validate_artifact(artifact: str | Path, dataset: Dataset, backends: Sequence[str] | None = None,
                       reference_model: Any | None = None, threads: int = 0,
                       progress: Callable[[Sequence, str], Any] | None = None,
@@ -153,9 +189,7 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
     dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
     report = ValidationReport(dataset=str(dataset.root), reference="")
     if reference_model is not None:
-        from edgekit.reference.detector import ReferenceDetector
-
-        reference = ReferenceDetector(reference_model, spec, map_postprocess(spec))
+        reference = reference_detector(reference_model, spec)
         report.runs.append(run_detector(reference, dataset, "torch/fp32", progress))
         report.reference = "torch/fp32"
     seen = {run.name for run in report.runs}
@@ -215,9 +249,7 @@ def validate_onnx_file(path: str | Path, spec: Any, dataset: Dataset, reference_
     dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
     report = ValidationReport(dataset=str(dataset.root), reference="")
     if reference_model is not None:
-        from edgekit.reference.detector import ReferenceDetector
-
-        reference = ReferenceDetector(reference_model, spec, map_postprocess(spec))
+        reference = reference_detector(reference_model, spec)
         report.runs.append(run_detector(reference, dataset, "torch/fp32", progress))
         report.reference = "torch/fp32"
     name = "onnxruntime/fp32"

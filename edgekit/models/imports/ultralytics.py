@@ -499,6 +499,9 @@ def build_from_pickled(ck: PickledCheckpoint, source: str, *, end2end: bool | No
     size = _input_size(payload, classic, source)
     letterbox = ResizeSpec(mode="letterbox", pad_value=114)
     if isinstance(head, blocks.AnchorDetect):
+        if end2end:  # --end2end on an anchor head must not be accepted and ignored
+            raise ModelFileError(f"{source}: end-to-end output requested but a YOLOv5 anchor head has no one-to-one "
+                                 "branch (only YOLO26-style heads with one2one_cv2/one2one_cv3 have it)")
         anchors = (head.anchors * torch.tensor(strides, dtype=torch.float32).view(-1, 1, 1)).tolist()
         anchors = [[[round(v, 4) for v in pair] for pair in level] for level in anchors]
         spec_head = HeadSpec(kind="yolo_anchor", output_names=output_names,
