@@ -19,6 +19,7 @@ from edgekit import __version__
 from edgekit.atomic_io import write_text_atomic
 from edgekit.convert.artifact import Terminated
 from edgekit.errors import EdgekitError, InputError, OutputError
+from edgekit.filetypes import is_zip_file
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
 # Bounds on numbers a user types: beyond them a run hangs or allocates far more than any device has.
@@ -173,7 +174,7 @@ def _open_detector(model: str, backend: str | None, precision: str | None, threa
     path = Path(model)
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint, ONNX file or artifact folder")
-    is_checkpoint = path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
+    is_checkpoint = path.is_file() and (path.suffix.lower() in CHECKPOINT_SUFFIXES or is_zip_file(path))
     imports = _import_settings()
     if not is_checkpoint:
         # options that only describe a checkpoint must not be accepted and silently ignored
@@ -562,7 +563,7 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
     from edgekit.validate.run import format_table, validate_artifact, validate_onnx_file
 
     _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
-    if Path(artifact).is_file() and Path(artifact).suffix.lower() in CHECKPOINT_SUFFIXES:
+    if Path(artifact).is_file() and (Path(artifact).suffix.lower() in CHECKPOINT_SUFFIXES or is_zip_file(artifact)):
         # a checkpoint (edgekit, Ultralytics, YOLOv5, YOLOX): the PyTorch reference alone, as imported by edgekit
         _validate_checkpoint(artifact, data_path, class_map_path, family, names, json_path, report_dir)
         return

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import ModelFileError
+from edgekit.filetypes import is_zip_file
 from edgekit.models import FAMILIES, ModelConfig, build_model, family_names
 from edgekit.models.checkpoint import load_state_dict_strict, safe_torch_load
 from edgekit.models.imports.pickled import is_module_pickle
@@ -52,7 +53,7 @@ def load_checkpoint(path: str | Path, family: str | None = None, class_names: Se
     says it was trained at (True) or a default edgekit assumed (False): a target profile's size applies only then.
     """
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
+    if path.suffix.lower() == ".onnx" and not is_zip_file(path):
         raise ModelFileError(f"{path}: is an ONNX file, not a PyTorch checkpoint; pass it to detect/validate/convert "
                              "as it is")
     if trust_upstream is not None and not _package_installed(trust_upstream):

@@ -143,3 +143,19 @@ def test_the_reference_of_an_upstream_onnx_export_is_its_own_checkpoint(capsys):
     np.testing.assert_allclose(actual.boxes, expected.boxes, atol=1e-3)
     np.testing.assert_allclose(actual.scores, expected.scores, atol=1e-5)
     np.testing.assert_array_equal(actual.labels, expected.labels)
+
+
+@pytest.mark.parametrize("name", ["best.onnx", "best", "best.pth.tar"])
+def test_a_renamed_checkpoint_is_read_by_its_content_not_its_suffix(tmp_path, name, capsys):
+    import shutil
+
+    from tests.conftest import SHARED_DIR
+
+    source = SHARED_DIR / "models" / "ultralytics" / "yolov8n-coco8.pt"
+    if not source.is_file():
+        pytest.skip("../shared is not present")
+    renamed = tmp_path / name
+    shutil.copy(source, renamed)
+    image = SHARED_DIR / "datasets" / "coco8" / "images" / "val" / "000000000049.jpg"
+    assert main(["detect", str(renamed), str(image)]) == 0
+    assert "6 detections: person 0.47" in capsys.readouterr().out
