@@ -57,14 +57,21 @@ class YOLOXHead(nn.Module):
             nn.init.constant_(conv.bias, prior_bias(0.01))
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        outputs = []
-        for i, x in enumerate(features):
-            x = self.stems[i](x)
-            cls_feature = self.cls_convs[i](x)
-            reg_feature = self.reg_convs[i](x)
-            outputs.append(torch.cat((self.reg_preds[i](reg_feature), self.obj_preds[i](reg_feature),
-                                      self.cls_preds[i](cls_feature)), dim=1))
-        return tuple(outputs)
+        return decoupled_head_forward(self, features)
+
+
+def decoupled_head_forward(head: nn.Module, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """YOLOX's decoupled head, shared by edgekit's YOLOX and the official-layout import: per level a 1x1 stem, a cls
+    and a reg conv branch, and ``cat(reg [4], obj logit [1], cls logits [nc])`` -> [B, 5 + nc, H_i, W_i].
+    ``head`` has the ModuleLists ``stems``, ``cls_convs``, ``reg_convs``, ``reg_preds``, ``obj_preds``, ``cls_preds``."""
+    outputs = []
+    for i, x in enumerate(features):
+        x = head.stems[i](x)
+        cls_feature = head.cls_convs[i](x)
+        reg_feature = head.reg_convs[i](x)
+        outputs.append(torch.cat((head.reg_preds[i](reg_feature), head.obj_preds[i](reg_feature),
+                                  head.cls_preds[i](cls_feature)), dim=1))
+    return tuple(outputs)
 
 
 class YOLOX(nn.Module):

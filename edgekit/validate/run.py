@@ -185,13 +185,7 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
         raise EdgekitError(f"{dataset.root}: the dataset has no images")
     manifests = [(Path(a), read_manifest(a)) for a in artifacts]
     spec = manifests[0][1].spec
-    # labels are scored as model class indices: renumber the dataset's by name (an error names mismatches)
-    dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
-    report = ValidationReport(dataset=str(dataset.root), reference="")
-    if reference_model is not None:
-        reference = reference_detector(reference_model, spec)
-        report.runs.append(run_detector(reference, dataset, "torch/fp32", progress))
-        report.reference = "torch/fp32"
+    dataset, report = _start_report(dataset, spec, reference_model, progress, class_map, notice)
     seen = {run.name for run in report.runs}
     for artifact, manifest in manifests:
         for entry in manifest.models:
@@ -222,6 +216,19 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
     return _score_runs(report, dataset, spec)
 
 
+def _start_report(dataset: Dataset, spec: Any, reference_model: Any | None,
+                  progress: Callable[[Sequence, str], Any] | None, class_map: dict[str, str] | None,
+                  notice: Callable[[str], None] | None) -> tuple[Dataset, ValidationReport]:
+    """The dataset renumbered into the model's classes by name (an error names mismatches; labels are scored as
+    model class indices) and a report holding the PyTorch reference's run when ``reference_model`` is given."""
+    dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
+    report = ValidationReport(dataset=str(dataset.root), reference="")
+    if reference_model is not None:
+        report.runs.append(run_detector(reference_detector(reference_model, spec), dataset, "torch/fp32", progress))
+        report.reference = "torch/fp32"
+    return dataset, report
+
+
 def _score_runs(report: ValidationReport, dataset: Dataset, spec: Any) -> ValidationReport:
     """mAP of every run, and its agreement with the reference run at the spec's deployment threshold."""
     conf = spec.postprocess.conf_threshold
@@ -246,12 +253,7 @@ def validate_onnx_file(path: str | Path, spec: Any, dataset: Dataset, reference_
     if not dataset.items:
         raise EdgekitError(f"{dataset.root}: the dataset has no images")
     path = Path(path)
-    dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
-    report = ValidationReport(dataset=str(dataset.root), reference="")
-    if reference_model is not None:
-        reference = reference_detector(reference_model, spec)
-        report.runs.append(run_detector(reference, dataset, "torch/fp32", progress))
-        report.reference = "torch/fp32"
+    dataset, report = _start_report(dataset, spec, reference_model, progress, class_map, notice)
     name = "onnxruntime/fp32"
     with Detector.from_third_party_onnx(path, spec, threads=threads) as detector:
         detector.postprocess_spec = map_postprocess(spec)

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from edgekit.errors import ModelFileError, SpecError
 from edgekit.models.checkpoint import _unwrap_state_dict, load_state_dict_strict
 from edgekit.models.common import ConvBNAct, Focus, upsample2x
+from edgekit.models.yolox import decoupled_head_forward
 from edgekit.spec import HeadSpec, ModelSpec, Normalization, PostprocessSpec, ResizeSpec
 
 STRIDES = (8, 16, 32)
@@ -249,14 +250,7 @@ class YOLOXHead(nn.Module):
         self.stems = nn.ModuleList(ConvBNAct(c, hidden, 1, 1) for c in in_channels)
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        outputs = []
-        for i, x in enumerate(features):
-            x = self.stems[i](x)
-            cls_feature = self.cls_convs[i](x)
-            reg_feature = self.reg_convs[i](x)
-            outputs.append(torch.cat((self.reg_preds[i](reg_feature), self.obj_preds[i](reg_feature),
-                                      self.cls_preds[i](cls_feature)), dim=1))
-        return tuple(outputs)
+        return decoupled_head_forward(self, features)  # the same head as edgekit's own YOLOX
 
 
 class YOLOXOfficial(nn.Module):
