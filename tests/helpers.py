@@ -50,3 +50,40 @@ def load_tool(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setitem(sys.modules, name, module)  # its dataclasses look themselves up there
     module_spec.loader.exec_module(module)
     return module
+
+
+# --- the CLI contract, shared by every CLI test module ---------------------------------------------------------
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """``edgekit`` in-process (``edgekit.cli.main``) with ``argv`` (any path-like items); (exit code, stdout, stderr)."""
+    from edgekit.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code: int, err: str, *fragments: str) -> str:
+    """Assert the CLI's contract for bad input and return the line: a non-zero exit, exactly one ``error: …`` line on
+    stderr holding every fragment, no traceback and no click usage block."""
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and "Usage:" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def fastestdet_like_artifact(folder: Path) -> Path:
+    """A one-model artifact (ONNX Runtime fp32, a FastestDet-like graph from tests.onnx_graphs) written to ``folder``."""
+    from edgekit.convert.artifact import ArtifactWriter
+    from edgekit.runtime.artifact import ModelEntry
+    from tests.onnx_graphs import fastestdet_like_graph, fastestdet_like_spec, save
+
+    spec = fastestdet_like_spec()
+    with ArtifactWriter(folder) as writer:
+        save(fastestdet_like_graph(spec), writer.path("model.onnx"))
+        writer.commit(spec, [ModelEntry("onnxruntime", "fp32", "model.onnx")], {"producer": "test"})
+    return folder

@@ -8,20 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.cli import main
-from edgekit.convert.artifact import ArtifactWriter
-from edgekit.runtime.artifact import ModelEntry
 from tests.conftest import REPO_ROOT
+from tests.helpers import fastestdet_like_artifact, one_error_line, run_cli
 from tests.onnx_graphs import fastestdet_like_graph, fastestdet_like_spec, save
 
 
 @pytest.fixture()
 def artifact(tmp_path):
-    spec = fastestdet_like_spec()
-    with ArtifactWriter(tmp_path / "art") as writer:
-        save(fastestdet_like_graph(spec), writer.path("model.onnx"))
-        writer.commit(spec, [ModelEntry("onnxruntime", "fp32", "model.onnx")], {"producer": "test"})
-    return tmp_path / "art"
+    return fastestdet_like_artifact(tmp_path / "art")
 
 
 @pytest.fixture()
@@ -35,18 +29,8 @@ def images(tmp_path):
     return folder
 
 
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, fragment):
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in err
+run = run_cli
+assert_one_line_error = one_error_line
 
 
 def test_detect_writes_coco_json_and_drawings(artifact, images, tmp_path, capsys):

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.cli import MAX_IMGSZ, MAX_THREADS, main
+from edgekit.cli import MAX_IMGSZ, MAX_THREADS
+from tests.helpers import one_error_line, run_cli
 
 
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Usage:" not in err and "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+run = run_cli
+assert_one_error_line = one_error_line
 
 
 @pytest.mark.parametrize("args, fragments", [

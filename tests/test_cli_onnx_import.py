@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.cli import main
 from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.detector import Detector
 from edgekit.runtime.onnx_import import spec_from_third_party_onnx
 from edgekit.validate.datasets import load_dataset
 from edgekit.validate.run import above, validate_onnx_file
 from tests.conftest import SHARED_DIR
+from tests.helpers import one_error_line, run_cli
 from tests.parity_helpers import load_predictions, match_upstream
 from tests.runtime.test_onnx_import import (ULTRALYTICS_DIR, YOLOV8_ONNX, classic_output, constant_output_graph,
                                             parity_images)
@@ -36,17 +36,8 @@ def yolov8_onnx() -> Path:
     return YOLOV8_ONNX
 
 
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, fragment):
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0], lines[0]
+run = run_cli
+assert_one_line_error = one_error_line
 
 
 def upstream(conf: float = 0.25) -> list[dict]:

@@ -10,38 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.cli import main
-from edgekit.convert.artifact import ArtifactWriter
-from edgekit.runtime.artifact import ModelEntry
-from tests.onnx_graphs import fastestdet_like_graph, fastestdet_like_spec, save
+from tests.helpers import fastestdet_like_artifact, run_cli as run
+from tests.helpers import one_error_line as assert_one_line_error
 
 
 @pytest.fixture()
 def artifact(tmp_path):
-    spec = fastestdet_like_spec()
-    with ArtifactWriter(tmp_path / "art") as writer:
-        save(fastestdet_like_graph(spec), writer.path("model.onnx"))
-        writer.commit(spec, [ModelEntry("onnxruntime", "fp32", "model.onnx")], {"producer": "test"})
-    return tmp_path / "art"
+    return fastestdet_like_artifact(tmp_path / "art")
 
 
 def _image(path, seed):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
     return path
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_json_ids_are_unique_and_file_names_keep_their_folders(artifact, tmp_path, capsys):

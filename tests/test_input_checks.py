@@ -14,26 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.cli import OPSET_RANGE, expand_sources, main
+from edgekit.cli import OPSET_RANGE, expand_sources
 from edgekit.errors import EdgekitError, InputError, SpecError
 from edgekit.spec import HeadSpec, ModelSpec, load_class_names
 from edgekit.validate.datasets import DatasetError, load_dataset
+from tests.helpers import one_error_line, run_cli
 
 
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_error_line(code: int, err: str, *fragments: str) -> str:
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+run = run_cli
 
 
 def noise_image(path, size=(24, 32), seed=0):
