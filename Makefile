@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m edgekit.demo
 
-test: $(VENV)/.installed
+# Lint and type checks run first: a finding fails `make test` like a failing test.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check edgekit tests
+	$(VENV)/bin/mypy edgekit
+
+test: lint
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
