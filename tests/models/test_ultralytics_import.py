@@ -129,6 +129,31 @@ def test_onnx_export_of_the_same_file_equals_the_torch_module(real_models):
     # (fused conv+BN, its own dist2bbox), measured 1.2e-4..1.8e-4 px = 4-6 ulp on the coco8 images. Hence
     # |a - e| <= 1e-4 + 1e-6 * |e| (<= 4.2e-4 px at 320); a wrong anchor offset or stride is >= 0.5 px.
     np.testing.assert_allclose(ours[:, :4], expected[:, :4], atol=1e-4, rtol=1e-6)
+    # Why not 1e-4 absolute: the upstream ONNX is itself that far from the exact forward of its weights. The same
+    # module in float64 (rounding ~1e-13) differs from the ONNX's boxes by as much as our float32 run does
+    # (1.2e-4..1.8e-4 px on the coco8 images; conv+BN fused and decoded in the export's op order it is still
+    # 0.9e-4..2.4e-4, MLAS vs oneDNN accumulation order). So our float32 error must stay within twice the ONNX's
+    # own float32 error, plus one ulp: a module that computed another function would be >= 0.5 px off.
+    exact = _float64_export_layout(model, tensor)
+    onnx_own_error = np.abs(exact[:, :4] - expected[:, :4]).max()
+    print(f"upstream ONNX vs float64 forward: {onnx_own_error:.3g} px; edgekit float32 vs ONNX: {box_err.max():.3g} px")
+    assert box_err.max() <= 2 * onnx_own_error + np.spacing(np.float32(np.abs(expected[:, :4]).max()))
+    np.testing.assert_allclose(exact[:, 4:], expected[:, 4:], atol=1e-5)
+
+
+def _float64_export_layout(model: torch.nn.Module, tensor: np.ndarray) -> np.ndarray:
+    """``model`` run in float64 and laid out as the Ultralytics export: [1, 4 + nc, N] (xywh px, sigmoid scores)."""
+    import copy
+
+    exact = copy.deepcopy(model).double()
+    with torch.no_grad():
+        outputs = list(exact(torch.from_numpy(tensor).double()))
+    boxes, _, _ = reference_decode(outputs, model.spec)
+    nc = model.spec.num_classes
+    cls = torch.cat([o[:, -nc:].flatten(2) for o in outputs], 2).sigmoid()
+    xywh = torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2,
+                        boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]], 1)
+    return torch.cat([xywh.to(cls.dtype), cls], 1).numpy()
 
 
 @needs_assets
@@ -186,8 +211,10 @@ def test_dfl_reg_max_1_runtime_equals_reference():
     np.testing.assert_allclose(cand.scores, rs.numpy(), atol=1e-6)
     np.testing.assert_array_equal(cand.labels, rl.numpy())
     # the contract: raw ltrb * stride around (cell + 0.5) * stride; cell (0, 0) of level 0, image 0
-    l, t, r, b = outputs[0][0, :4, 0, 0].tolist()
-    np.testing.assert_allclose(rb[0, 0].numpy(), [4 - 8 * l, 4 - 8 * t, 4 + 8 * r, 4 + 8 * b], rtol=1e-5, atol=1e-5)
+    left, top, right, bottom = outputs[0][0, :4, 0, 0].tolist()
+    np.testing.assert_allclose(
+        rb[0, 0].numpy(), [4 - 8 * left, 4 - 8 * top, 4 + 8 * right, 4 + 8 * bottom], rtol=1e-5, atol=1e-5
+    )
     # the thresholded fast path computes the same boxes for the cells it keeps
     fast = runtime_decode([o.numpy() for o in outputs], spec, score_threshold=0.5)
     keep = fast.scores > 0.5
