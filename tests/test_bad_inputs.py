@@ -366,4 +366,4 @@ def test_odd_but_valid_images_are_detected(image, root, capsys, tmp_path):
     for entry in json.loads((tmp_path / "r.json").read_text()):
         x, y, w, h = entry["bbox"]
         size = Image.open(path).size
-        assert -1e-3 <= x and x + w <= size[0] + 1e-3 and -1e-3 <= y and y + h <= size[1] + 1e-3
+        assert x >= -1e-3 and x + w <= size[0] + 1e-3 and y >= -1e-3 and y + h <= size[1] + 1e-3

@@ -7,7 +7,6 @@ import pytest
 from edgekit.cli import MAX_IMGSZ, MAX_THREADS
 from tests.helpers import one_error_line, run_cli
 
-
 run = run_cli
 assert_one_error_line = one_error_line
 

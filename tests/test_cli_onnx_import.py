@@ -20,8 +20,13 @@ from edgekit.validate.run import above, validate_onnx_file
 from tests.conftest import SHARED_DIR
 from tests.helpers import one_error_line, run_cli
 from tests.parity_helpers import load_predictions, match_upstream
-from tests.runtime.test_onnx_import import (ULTRALYTICS_DIR, YOLOV8_ONNX, classic_output, constant_output_graph,
-                                            parity_images)
+from tests.runtime.test_onnx_import import (
+    ULTRALYTICS_DIR,
+    YOLOV8_ONNX,
+    classic_output,
+    constant_output_graph,
+    parity_images,
+)
 
 COCO8 = SHARED_DIR / "datasets" / "coco8"
 #: coco8's data.yaml uses COCO names; this coco8-trained file carries VOC-style names for six classes

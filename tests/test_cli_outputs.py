@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import fastestdet_like_artifact, run_cli as run
+from tests.helpers import fastestdet_like_artifact
 from tests.helpers import one_error_line as assert_one_line_error
+from tests.helpers import run_cli as run
 
 
 @pytest.fixture()

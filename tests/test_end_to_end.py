@@ -73,7 +73,10 @@ def test_upstream_onnx_through_edgekit_decoder_matches_edgekit_model(fastestdet_
         results[label] = json.loads(out.read_text())
     capsys.readouterr()
     assert len(results["upstream"]) == len(results["edgekit"]) >= 10
-    key = lambda e: (e["file_name"], e["category_id"], -e["score"])
+
+    def key(e):
+        return e["file_name"], e["category_id"], -e["score"]
+
     for up, ours in zip(sorted(results["upstream"], key=key), sorted(results["edgekit"], key=key)):
         assert (up["file_name"], up["category_id"]) == (ours["file_name"], ours["category_id"])
         assert abs(up["score"] - ours["score"]) <= 1e-4

@@ -20,7 +20,6 @@ from edgekit.spec import HeadSpec, ModelSpec, load_class_names
 from edgekit.validate.datasets import DatasetError, load_dataset
 from tests.helpers import one_error_line, run_cli
 
-
 run = run_cli
 
 

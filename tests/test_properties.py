@@ -15,7 +15,6 @@ Deterministic for CI: ``derandomize=True`` and no example database; examples are
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

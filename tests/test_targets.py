@@ -7,7 +7,7 @@ REQUIRED = {"intel-cpu", "intel-igpu", "raspberry-pi-5", "rk3588-cpu", "jetson-o
 
 
 def test_every_shipped_profile_loads():
-    assert REQUIRED <= set(target_names())
+    assert set(target_names()) >= REQUIRED
     for name in target_names():
         target = load_target(name)
         assert target.description and target.precision in target.precisions

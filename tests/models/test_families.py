@@ -20,10 +20,10 @@ from torch import nn
 from edgekit.errors import EdgekitError, SpecError
 from edgekit.models import FAMILIES, ModelConfig, build_model, family_names
 from edgekit.models.common import (
+    C3,
     SPP,
     SPPF,
     C2f,
-    C3,
     ConvBNAct,
     ConvTransposeBNAct,
     Focus,

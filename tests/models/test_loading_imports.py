@@ -104,8 +104,8 @@ def test_flags_that_only_describe_a_checkpoint_are_refused_for_an_onnx_file(tmp_
 
 def test_validate_refuses_a_reference_that_is_another_model(tmp_path, capsys):
     """A reference checkpoint of another model (or head mode) made up 'drift' with rc 0; now it is refused."""
-    from edgekit.validate.run import reference_detector
     from edgekit.errors import EdgekitError
+    from edgekit.validate.run import reference_detector
     from tests.conftest import SHARED_DIR
 
     folder = SHARED_DIR / "models" / "ultralytics"

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import warnings
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from edgekit.errors import SpecError
 from edgekit.models import ModelConfig, build_model
+from edgekit.models import training as training_module
 from edgekit.models.training import (
     NO_AUGMENT,
     AugmentConfig,
@@ -32,8 +34,6 @@ from edgekit.models.training import (
     ssd_encode,
     train,
 )
-from edgekit.errors import SpecError
-from edgekit.models import training as training_module
 from edgekit.runtime.decode import decode as runtime_decode
 from edgekit.runtime.decode import decode_centernet, ssd_priors
 from edgekit.spec import HeadSpec, ModelSpec, ResizeSpec

@@ -10,10 +10,10 @@ from edgekit.models.loading import load_checkpoint
 from edgekit.reference.detector import ReferenceDetector
 from edgekit.runtime.detector import Detector
 from edgekit.validate import synth
+from edgekit.validate.coco_eval import evaluate_detections
 from edgekit.validate.compare import compare_detections
 from edgekit.validate.datasets import load_dataset
 from edgekit.validate.run import map_postprocess, run_detector
-from edgekit.validate.coco_eval import evaluate_detections
 from tests.conftest import ZOO_DIR
 
 CHECKPOINTS = sorted(ZOO_DIR.glob("*.pt"))

@@ -9,12 +9,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import tomllib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from PIL import Image
 
 from edgekit.errors import CalibrationError

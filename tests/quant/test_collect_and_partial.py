@@ -77,7 +77,7 @@ def test_find_layers_lists_every_conv_with_an_initializer_weight():
                                   ("w_conv", w_conv), ("w_conv2", w_conv2), ("w_up", w_up), ("w_grouped_up", w_grouped_up),
                                   ("w_gemm", rng.normal(0, 1, (5, 64)).astype(np.float32))]])
     layers = find_layers(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    assert [(l.name, l.op_type, l.input, l.output, l.weight) for l in layers] == [
+    assert [(layer.name, layer.op_type, layer.input, layer.output, layer.weight) for layer in layers] == [
         ("named_conv", "Conv", "x", "a", "w_conv"),
         ("Conv_4", "Conv", "a", "d", "w_conv2"),
         ("up", "ConvTranspose", "a", "e", "w_up"),
@@ -93,8 +93,8 @@ def test_find_layers_lists_every_conv_with_an_initializer_weight():
 
 def test_find_layers_on_small_net_names_each_conv(net_path):
     layers = find_layers(onnx.load(str(net_path)))
-    assert tuple(l.name for l in layers) == SMALL_NET_CONVS
-    assert [(l.input, l.output) for l in layers] == [("images", "y1"), ("r1", "y2"), ("r1", "y3"), ("r2", "y4")]
+    assert tuple(layer.name for layer in layers) == SMALL_NET_CONVS
+    assert [(layer.input, layer.output) for layer in layers] == [("images", "y1"), ("r1", "y2"), ("r1", "y3"), ("r2", "y4")]
 
 
 # ---------------------------------------------------------------------------------------- calibrate()
@@ -202,7 +202,7 @@ def test_layer_sensitivity_ranks_the_fragile_layer_first(tmp_path):
     result = calibrate(path, lambda: iter(inputs), method="minmax")
     assert result.activation_ranges["zA"][1] == pytest.approx(10000.0, rel=1e-3)
     ranking = layer_sensitivity(path, result, "onnxruntime", inputs[:2])
-    assert [s.name for s in ranking][0] == "convB"
+    assert ranking[0].name == "convB"
     assert sorted(s.name for s in ranking) == ["convA", "convB", "convC"]
     assert [s.error for s in ranking] == sorted((s.error for s in ranking), reverse=True)
     errors = {s.name: s.error for s in ranking}

@@ -5,7 +5,8 @@ scikit-image photos, each also mirrored and cropped; shapes on flat backgrounds 
 model's ranges), default method, partial quantisation on (label-free: agreement with the fp32
 graph on held-out photos). Judged on the five real photos against the fp32 detections: precision
 and recall of the INT8 boxes vs the FP32 boxes (IoU >= 0.5, same class) >= AGREEMENT_BAR on ONNX Runtime and
-OpenVINO, each on its own target's artifact (issue 6 set 0.9; see AGREEMENT_BAR). ../shared/FINDINGS.md's naive baselines: ORT minmax 0.90 / 0.88, NNCF 0.83 / 0.83.
+OpenVINO, each on its own target's artifact (issue 6 set 0.9; see AGREEMENT_BAR). ../shared/FINDINGS.md's naive
+baselines: ORT minmax 0.90 / 0.88, NNCF 0.83 / 0.83.
 The fp32 graph is the artifact's ONNX Runtime model, which tests/runtime/test_fastestdet*.py prove
 equal to the PyTorch model on these photos.
 """

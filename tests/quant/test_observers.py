@@ -17,11 +17,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import CalibrationError
-from edgekit.quant.result import VOLATILE_NOTES
 from edgekit.quant import observers
 from edgekit.quant.observers import (
-    HISTOGRAM_SAMPLES,
     HISTOGRAM_BINS,
+    HISTOGRAM_SAMPLES,
     TensorStats,
     entropy_threshold,
     make_observer,
@@ -29,6 +28,7 @@ from edgekit.quant.observers import (
     percentile_threshold,
 )
 from edgekit.quant.result import (
+    VOLATILE_NOTES,
     CalibrationResult,
     QuantLayer,
     file_sha256,

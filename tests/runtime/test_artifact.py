@@ -46,10 +46,9 @@ def test_tampered_file_is_refused(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError):
-        with ArtifactWriter(tmp_path / "art") as writer:
-            writer.path("model.onnx").write_bytes(b"partial")
-            raise RuntimeError("conversion failed half-way")
+    with pytest.raises(RuntimeError), ArtifactWriter(tmp_path / "art") as writer:
+        writer.path("model.onnx").write_bytes(b"partial")
+        raise RuntimeError("conversion failed half-way")
     assert os.listdir(tmp_path) == []
 
 

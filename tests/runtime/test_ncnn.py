@@ -363,9 +363,11 @@ def test_unsupported_operator_is_a_conversion_error_naming_it(tmp_path):
     onnx_path = export_onnx(model, model.spec, tmp_path / "model.onnx")
     out = tmp_path / "artifact"
     for torch_model in (model, None):  # both routes: TorchScript and the ONNX file alone
-        with pytest.raises(ConversionError, match=r"not supported by ncnn: Tensor\.slice .*slice with step 2"):
-            with ArtifactWriter(out) as writer:
-                NcnnBuilder().build(BuildSource(onnx_path, model.spec, torch_model), "fp32", writer.path, {})
+        with (
+            pytest.raises(ConversionError, match=r"not supported by ncnn: Tensor\.slice .*slice with step 2"),
+            ArtifactWriter(out) as writer,
+        ):
+            NcnnBuilder().build(BuildSource(onnx_path, model.spec, torch_model), "fp32", writer.path, {})
         assert not out.exists()
 
 

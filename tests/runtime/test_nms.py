@@ -345,7 +345,7 @@ def test_duplicate_scores(ort_nms, seed, class_aware):
     assert_valid_greedy(boxes, scores, labels, 0.5, got)
     # ONNX Runtime's tie order is not part of the ONNX spec: require a valid greedy result only.
     if class_aware:
-        ort_kept = sum(ort_batched(ort_nms, boxes, scores, labels, 0.5, 3), [])
+        ort_kept = [i for kept in ort_batched(ort_nms, boxes, scores, labels, 0.5, 3) for i in kept]
     else:
         (ort_kept,) = ort_nms(boxes, scores[None], 0.5)
     assert_valid_greedy(boxes, scores, labels, 0.5, ort_kept)

@@ -17,8 +17,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import ModelFileError, SpecError
 from edgekit.runtime.detector import Detector
-from edgekit.runtime.onnx_import import (grid_cells, has_edgekit_spec, parse_imgsz, parse_ultralytics_names,
-                                         read_onnx_header, spec_from_third_party_onnx)
+from edgekit.runtime.onnx_import import (
+    grid_cells,
+    has_edgekit_spec,
+    parse_imgsz,
+    parse_ultralytics_names,
+    read_onnx_header,
+    spec_from_third_party_onnx,
+)
 from edgekit.spec import ONNX_METADATA_KEY, HeadSpec, ModelSpec
 from tests.conftest import SHARED_DIR
 from tests.parity_helpers import load_predictions, match_upstream

@@ -12,7 +12,7 @@ Oracles used:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -44,7 +44,7 @@ def _pattern_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.tile(block, reps)[:height, :width])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_pattern(height: int, width: int) -> np.ndarray:
     image = _pattern_image(height, width)
     image.flags.writeable = False
@@ -549,7 +549,7 @@ def test_load_array_non_contiguous_becomes_contiguous():
 
 
 def _write_16bit_png(path):
-    Image.fromarray((np.arange(200, dtype=np.uint16).reshape(10, 20) * 300)).save(path)
+    Image.fromarray(np.arange(200, dtype=np.uint16).reshape(10, 20) * 300).save(path)
     assert Image.open(path).mode == "I;16"
 
 

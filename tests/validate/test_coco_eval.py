@@ -18,9 +18,9 @@ import pytest
 
 from edgekit.errors import InputError
 from edgekit.runtime.detections import Detections
+from edgekit.validate import synth
 from edgekit.validate.coco_eval import MapResult, evaluate_detections
 from edgekit.validate.datasets import Annotation, Dataset, DatasetError, load_dataset
-from edgekit.validate import synth
 
 IOU_THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]
 

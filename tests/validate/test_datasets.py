@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from edgekit.errors import EdgekitError
-from edgekit.validate.datasets import DatasetError, load_dataset
 from edgekit.validate import synth
+from edgekit.validate.datasets import DatasetError, load_dataset
 
 
 @pytest.fixture(scope="module")
