@@ -4,9 +4,10 @@ Both sides are lists of COCO-style result dicts ``{"file_name", "category_id" (c
 "bbox" [x, y, w, h] in original-image pixels, "score"}`` — the format of the ``*.preds.conf*.json``
 files under ``../shared/models`` and of ``Detections.to_coco(..., file_name=...)``.
 
-Per image, upstream boxes are visited by descending score; each takes the not-yet-used detection of
-ours with the same class and the highest IoU. It counts as *matched* when IoU >= ``iou_min`` and
-|Δscore| <= ``score_tol``, and as *strict* when IoU >= ``strict_iou`` and |Δscore| <= ``strict_score``.
+Per image, boxes are paired by edgekit's one matcher (:func:`edgekit.validate.matching.match_pairs`, with
+the upstream's boxes as the reference): ours by descending score, each taking the unused upstream box of
+the same class with the highest IoU among those with IoU >= ``iou_min`` and |Δscore| <= ``score_tol``
+(*matched*). A matched pair is *strict* when IoU >= ``strict_iou`` and |Δscore| <= ``strict_score``.
 An upstream box left unmatched whose score lies within ``margin`` of ``conf_threshold`` is counted
 as ``near_threshold`` (it may legitimately be on one side only).
 
@@ -20,11 +21,15 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+
+from edgekit.tolerances import SAME_BOX_IOU, SAME_BOX_SCORE
+from edgekit.validate.matching import match_pairs
 
 
 @dataclass
@@ -89,7 +94,7 @@ def pair_iou(a: list[float], b: list[float], zero_area_tol: float = 0.5) -> floa
 
 
 def match_upstream(upstream_preds: Iterable[dict[str, Any]], our_dets: Iterable[dict[str, Any]],
-                   iou_min: float = 0.9, score_tol: float = 0.03, strict_iou: float = 0.99,
+                   iou_min: float = SAME_BOX_IOU, score_tol: float = SAME_BOX_SCORE, strict_iou: float = 0.99,
                    strict_score: float = 0.005, conf_threshold: float | None = None,
                    margin: float = 0.02, zero_area_tol: float = 0.5) -> ParityStats:
     """Match our detections to the upstream's, per ``file_name``; see the module docstring (zero-area boxes:
@@ -107,29 +112,28 @@ def match_upstream(upstream_preds: Iterable[dict[str, Any]], our_dets: Iterable[
     used_total = 0
     for image, ups in by_image_up.items():
         ours = by_image_ours.get(image, [])
-        used = [False] * len(ours)
-        for up in sorted(ups, key=lambda p: -p["score"]):
-            stats.upstream += 1
-            best, best_iou = -1, -1.0
-            for j, det in enumerate(ours):
-                if used[j] or int(det["category_id"]) != int(up["category_id"]):
-                    continue
-                iou = pair_iou(up["bbox"], det["bbox"], zero_area_tol)
-                if iou > best_iou:
-                    best, best_iou = j, iou
+        iou = np.array([[pair_iou(up["bbox"], det["bbox"], zero_area_tol) for up in ups] for det in ours],
+                       np.float64).reshape(len(ours), len(ups))
+        result = match_pairs(iou, [d["score"] for d in ours], [u["score"] for u in ups],
+                             [int(d["category_id"]) for d in ours], [int(u["category_id"]) for u in ups],
+                             iou_min, score_tol)
+        stats.upstream += len(ups)
+        used_total += len(result.matches)
+        for pair in result.matches:
+            ious.append(pair.iou)
+            deltas.append(pair.score_delta)
+            stats.strict += int(pair.iou >= strict_iou and pair.score_delta <= strict_score)
+        for u in sorted(result.missed + [p.reference for p in result.flips], key=lambda u: -ups[u]["score"]):
+            up = ups[u]
+            # the closest box of ours of the same class, whatever its score: what the report shows for a miss
+            same = [j for j, det in enumerate(ours) if int(det["category_id"]) == int(up["category_id"])]
+            best = max(same, key=lambda j: iou[j, u], default=-1)
+            best_iou = float(iou[best, u]) if best >= 0 else -1.0
             delta = abs(ours[best]["score"] - up["score"]) if best >= 0 else float("inf")
-            if best >= 0 and best_iou >= iou_min and delta <= score_tol:
-                used[best] = True
-                stats.matched += 1
-                ious.append(best_iou)
-                deltas.append(delta)
-                if best_iou >= strict_iou and delta <= strict_score:
-                    stats.strict += 1
-            else:
-                near = conf_threshold is not None and abs(up["score"] - conf_threshold) <= margin
-                stats.near_threshold += int(near)
-                stats.unmatched.append({**up, "best_iou": best_iou, "score_delta": delta, "near_threshold": near})
-        used_total += sum(used)
+            near = conf_threshold is not None and abs(up["score"] - conf_threshold) <= margin
+            stats.near_threshold += int(near)
+            stats.unmatched.append({**up, "best_iou": best_iou, "score_delta": delta, "near_threshold": near})
+    stats.matched = len(ious)
     stats.extra = stats.ours - used_total
     if ious:
         stats.min_iou = float(np.min(ious))

@@ -34,6 +34,7 @@ import onnx
 from edgekit.errors import CalibrationError, ConversionError
 from edgekit.quant.result import CalibrationResult, INT8_MAX
 from edgekit.spec import ModelSpec
+from edgekit.tolerances import INT8_AGREEMENT_FLOOR
 
 #: a calibration range may exceed the fp32 graph's largest observed |x| by this factor (and weight scales
 #: may differ from max|W_c|/127 by it either way): generous, because probes are few and a cache may come
@@ -48,12 +49,9 @@ PROBE_NOISE_SEEDS = (11, 12)
 GATE_IMAGES = 24
 #: fewer gate images than this from the calibration set: use the bundled calibration set instead
 MIN_GATE_IMAGES = 8
-#: min(precision, recall) at IoU 0.5 of an int8 model's boxes vs its fp32 model's, below which the build fails.
-#: Measured on 24 images, every layer int8 (no --drift-budget), ORT / OpenVINO / NCNN: the six zoo fixtures at
-#: their own size (bundled set, target method mse) 0.87-0.97, lowest ssd ORT 0.870; FastestDet 352 (natural
-#: photos) 0.711 / 0.796 / 0.773. Broken caches (every range x1e-3; every range ±1e30, past the cache check)
-#: 0.000-0.001 on every model and backend. 0.5 leaves >= 0.2 below the worst good build, 0.5 above the broken.
-AGREEMENT_FLOOR = 0.5
+#: min(precision, recall) at IoU 0.5 of an int8 model's boxes vs its fp32 model's, below which the build fails
+#: (the measurements behind it: edgekit.tolerances.INT8_AGREEMENT_FLOOR).
+AGREEMENT_FLOOR = INT8_AGREEMENT_FLOOR
 
 Progress = Callable[[str], None]
 

@@ -44,8 +44,9 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.artifact import Manifest
 from edgekit.runtime.detections import Detections
 from edgekit.spec import PostprocessSpec
-from edgekit.validate.agreement import _match_image
+from edgekit.tolerances import AGREEMENT_IOU
 from edgekit.validate.datasets import Dataset
+from edgekit.validate.matching import match_image
 from edgekit.validate.run import ModelRun, ValidationReport, above
 
 #: What ``write_drift_report`` may find in (and replace in) an existing report folder.
@@ -53,7 +54,7 @@ REPORT_ENTRIES = frozenset({"report.json", "report.md", "map_vs_latency.png", "p
 
 #: Samples: boxes match at this IoU (as in ``agreement``); panels are scaled to this longest side
 #: so a 160 px synthetic image and a 4000 px photo both give readable boxes and labels.
-SAMPLE_IOU = 0.5
+SAMPLE_IOU = AGREEMENT_IOU
 PANEL_SIZE = 480
 TITLE_HEIGHT = 26
 PANEL_GAP = 6
@@ -532,8 +533,8 @@ def _plot_per_class_delta(report: ValidationReport, dataset: Dataset, path: Path
 
 def _unmatched(candidate: Detections, reference: Detections) -> int:
     """Boxes of either side without a same-class partner at IoU >= 0.5 (a class flip counts on both sides)."""
-    # The matching rule of agreement(), per image, without its per-call pycocotools mAP.
-    matches, _ = _match_image(candidate, reference, SAMPLE_IOU)
+    # The one matching rule (edgekit.validate.matching), as agreement() uses it.
+    matches = match_image(candidate, reference, SAMPLE_IOU).matches
     return len(candidate) + len(reference) - 2 * len(matches)
 
 
