@@ -42,5 +42,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
 
 
-__all__ = ["Detections", "Detector", "EdgekitError", "ModelSpec", "convert_onnx", "export_artifact",
-           "load_checkpoint", "load_target", "save_checkpoint", "validate_artifact", "__version__"]
+__all__ = [
+    "Detections",
+    "Detector",
+    "EdgekitError",
+    "ModelSpec",
+    "__version__",
+    "convert_onnx",
+    "export_artifact",
+    "load_checkpoint",
+    "load_target",
+    "save_checkpoint",
+    "validate_artifact",
+]

@@ -166,7 +166,7 @@ def expand_sources(sources: Sequence[str]) -> list[Path]:
     return files
 
 
-def _open_detector(model: str, backend: str | None, precision: str | None, threads: int, conf: float | None,
+def _open_detector(model: str, backend: str | None, precision: str | None, threads: int | None, conf: float | None,
                    iou: float | None, family: str | None, names: str | None):
     """A Detector for an artifact/ONNX file, or the PyTorch reference for a checkpoint (or --backend torch)."""
     from dataclasses import replace
@@ -210,7 +210,7 @@ def _open_detector(model: str, backend: str | None, precision: str | None, threa
             raise InputError(f"{path}: --precision {precision}: a third-party ONNX file runs as it is (fp32); "
                              f"convert it for other precisions (edgekit convert {path.name} --target …)")
         # a third-party ONNX file: its metadata/layout (or --family, --names) describe it, the file gives the tensor names
-        detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads)
+        detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads or 0)
         pp = detector.postprocess_spec
         detector.postprocess_spec = replace(pp, **{k: v for k, v in (("conf_threshold", conf), ("iou_threshold", iou))
                                                    if v is not None})
@@ -227,8 +227,12 @@ def _bare_onnx_spec(path: Path, family: str | None, names: str | None, imgsz: in
     an ``.onnx`` file describes itself (Ultralytics metadata) or is told apart by ``--family yolov5|yolox``
     (see ``edgekit.runtime.onnx_import``).
     """
-    from edgekit.runtime.onnx_import import (THIRD_PARTY_FAMILIES, has_edgekit_spec, read_onnx_header,
-                                             spec_from_third_party_onnx)
+    from edgekit.runtime.onnx_import import (
+        THIRD_PARTY_FAMILIES,
+        has_edgekit_spec,
+        read_onnx_header,
+        spec_from_third_party_onnx,
+    )
 
     header = read_onnx_header(path) if path.suffix.lower() == ".onnx" else None
     single_output = header is not None and len(header.outputs) == 1
@@ -397,7 +401,8 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
               help="Precision to build (default: the target's).")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Artifact folder (default: <checkpoint stem>_<target> next to the checkpoint).")
-@click.option("--imgsz", type=int, default=None, help="Square input size (multiple of 32); default: the size the checkpoint was trained at, else the target's.")
+@click.option("--imgsz", type=int, default=None,
+              help="Square input size (multiple of 32); default: the size the checkpoint was trained at, else the target's.")
 @click.option("--opset", type=click.IntRange(*OPSET_RANGE), default=17, show_default=True,
               help=f"ONNX opset ({OPSET_RANGE[0]}..{OPSET_RANGE[1]}).")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at the output folder.")
@@ -485,7 +490,8 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
 @click.option("--precision", default=None, help="Precision of the artifact model to run (fp32, fp16, int8 …).")
 @click.option("--conf", type=click.FloatRange(0, 1), default=None, help="Score threshold (default from the spec).")
 @click.option("--iou", type=click.FloatRange(0, 1), default=None, help="NMS IoU threshold (default from the spec).")
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="Backend threads (0 = backend default).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
+              help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write detections in COCO results format.")
 @click.option("--save-dir", type=click.Path(file_okay=False), default=None, help="Save images with boxes drawn.")
@@ -493,7 +499,7 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
 @click.option("--names", type=click.Path(dir_okay=False), default=None, help="Class names file (with --family).")
 @_import_options
 def detect(model: str, sources: tuple[str, ...], backend: str | None, precision: str | None, conf: float | None,
-           iou: float | None, threads: int, json_path: str | None, save_dir: str | None, family: str | None,
+           iou: float | None, threads: int | None, json_path: str | None, save_dir: str | None, family: str | None,
            names: str | None) -> None:
     """Detect objects in SOURCES (images or folders) with MODEL (artifact, ONNX file or checkpoint)."""
     from tqdm import tqdm
@@ -504,7 +510,7 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
     detector = _open_detector(model, backend, precision, threads, conf, iou, family, names)
     class_names = detector.spec.class_names
     results = []
-    for index, path in enumerate(tqdm(files, desc="detect", unit="img", disable=len(files) < 8, leave=False)):
+    for path in tqdm(files, desc="detect", unit="img", disable=len(files) < 8, leave=False):
         detections = detector.detect(path)
         results.append((path, detections))
         summary = ", ".join(f"{class_names[int(label)]} {score:.2f}"
@@ -539,11 +545,13 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
 
 @cli.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--data", "data_path", required=True, type=click.Path(), help="Dataset: COCO layout (images + instances JSON) or YOLO layout.")
+@click.option("--data", "data_path", required=True, type=click.Path(),
+              help="Dataset: COCO layout (images + instances JSON) or YOLO layout.")
 @click.option("--backends", default=None, help="Comma-separated backends to run (default: every model in the artifact).")
 @click.option("--reference", "reference_checkpoint", type=click.Path(dir_okay=False), default=None,
               help="The PyTorch checkpoint the artifact came from: Δ and agreement are measured against it.")
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="Backend threads (0 = backend default).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
+              help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write the drift report folder here: report.md, report.json, plots and sample images.")
@@ -552,7 +560,7 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
                    "'dataset name<TAB>model name' lines. Classes are otherwise matched by name.")
 @_model_options
 @_import_options
-def validate(artifact: str, data_path: str, backends: str | None, reference_checkpoint: str | None, threads: int,
+def validate(artifact: str, data_path: str, backends: str | None, reference_checkpoint: str | None, threads: int | None,
              json_path: str | None, report_dir: str | None, class_map_path: str | None, family: str | None,
              names: str | None) -> None:
     """mAP, drift vs the reference, agreement and latency of every backend in ARTIFACT."""
@@ -584,7 +592,7 @@ def validate(artifact: str, data_path: str, backends: str | None, reference_chec
     reference = _load_model(reference_checkpoint, family, names, None) if reference_checkpoint else None
     progress = lambda items, name: tqdm(items, desc=f"validate {name}", unit="img", leave=False)  # noqa: E731
     if onnx_spec is not None:
-        report = validate_onnx_file(artifact, onnx_spec, dataset, reference_model=reference, threads=threads,
+        report = validate_onnx_file(artifact, onnx_spec, dataset, reference_model=reference, threads=threads or 0,
                                     progress=progress)
     else:
         report = validate_artifact(artifact, dataset, backends=_parse_backends(backends),
@@ -632,11 +640,12 @@ def _validate_checkpoint(checkpoint: str, data_path: str, class_map_path: str | 
 @click.option("--backends", default=None, help="Comma-separated backends (default: every model in the artifact).")
 @click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs per model.")
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed warm-up runs.")
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="Backend threads (0 = backend default).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
+              help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for bench.json and bench.png (a bar chart of the stages).")
-def bench(artifact: str, image_path: str | None, backends: str | None, runs: int, warmup: int, threads: int,
+def bench(artifact: str, image_path: str | None, backends: str | None, runs: int, warmup: int, threads: int | None,
           json_path: str | None, report_dir: str | None) -> None:
     """Latency of every backend/precision in ARTIFACT: stages vs the raw backend call, in one run."""
     from dataclasses import asdict
@@ -648,7 +657,7 @@ def bench(artifact: str, image_path: str | None, backends: str | None, runs: int
     image = image_path or str(_bundled_image())
     results = bench_artifact(artifact, image, backends=_parse_backends(backends), runs=runs,
                              warmup=warmup, threads=threads)
-    click.echo(f"image: {image}   runs: {runs} (+{warmup} warm-up)   threads: {threads or 'default'}")
+    click.echo(f"image: {image}   runs: {runs} (+{warmup} warm-up)   threads: {results[0].threads or 'default'}")
     click.echo(format_bench(results))
     if json_path:
         write_text_atomic(json_path, json.dumps([asdict(r) for r in results], indent=1) + "\n")

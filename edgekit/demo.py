@@ -52,8 +52,8 @@ def run(family: str, out: Path, val_images: int) -> None:
     from tqdm import tqdm
 
     from edgekit.convert.chain import CALIBRATION_FILE, convert, export_artifact
-    from edgekit.quant.pipeline import Int8Options
     from edgekit.models.loading import load_checkpoint
+    from edgekit.quant.pipeline import Int8Options
     from edgekit.reference.detector import ReferenceDetector
     from edgekit.runtime.backends import get_runner_class
     from edgekit.runtime.detector import Detector

@@ -72,7 +72,7 @@ def safe_torch_load(path: str | Path) -> Any:
         raise ModelFileError(_corrupt_message(path)) from None
     except PermissionError as exc:
         raise ModelFileError(f"{path}: cannot be read ({exc.strerror})") from None
-    except Exception:  # noqa: BLE001 - zip/reader/format errors all mean "not a readable checkpoint"
+    except Exception:  # zip/reader/format errors all mean "not a readable checkpoint"
         raise ModelFileError(_corrupt_message(path)) from None
 
 
@@ -258,7 +258,7 @@ def _object_pickles(path: Path) -> list[bytes] | None:
         else:
             with open(path, "rb") as handle:
                 blobs = list(_consecutive_pickles(handle.read(_MAX_PICKLE_SCAN_BYTES)))
-    except Exception:  # noqa: BLE001 - unreadable archive member (bad CRC, zlib error, I/O): treat as corrupt
+    except Exception:  # unreadable archive member (bad CRC, zlib error, I/O): treat as corrupt
         return None
     return blobs or None
 
@@ -280,7 +280,7 @@ def _pickle_end(data: bytes) -> int | None:
         for opcode, _arg, position in pickletools.genops(io.BytesIO(data)):
             if opcode.name == "STOP":
                 return position + 1
-    except Exception:  # noqa: BLE001 - any disassembly failure means "not a pickle here"
+    except Exception:  # any disassembly failure means "not a pickle here"
         return None
     return None
 
@@ -316,7 +316,7 @@ def _globals_in_pickle(data: bytes) -> list[str]:
                 recent.append(memo.get(int(arg)))
             elif name not in ("FRAME", "PROTO"):
                 recent.append(None)
-    except Exception:  # noqa: BLE001 - a broken tail still leaves the globals seen so far
+    except Exception:  # a broken tail still leaves the globals seen so far
         pass
     return names
 
@@ -329,7 +329,7 @@ def _torch_allowed_globals() -> set[str]:
         allowed = set(_weights_only_unpickler._get_allowed_globals())
         allowed |= set(_weights_only_unpickler._get_user_allowed_globals())
         return allowed
-    except Exception:  # noqa: BLE001
+    except Exception:
         return set()
 
 

@@ -147,10 +147,10 @@ class FastestDetSPP(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.Conv1x1 = Conv1x1(in_channels, out_channels)  # noqa: N815 - upstream key name
-        self.S1 = self._tower(out_channels, 1)  # noqa: N815
-        self.S2 = self._tower(out_channels, 2)  # noqa: N815
-        self.S3 = self._tower(out_channels, 3)  # noqa: N815
+        self.Conv1x1 = Conv1x1(in_channels, out_channels)  # upstream key name
+        self.S1 = self._tower(out_channels, 1)
+        self.S2 = self._tower(out_channels, 2)
+        self.S3 = self._tower(out_channels, 3)
         self.output = nn.Sequential(*_conv_bn(3 * out_channels, out_channels, 1))
         self.relu = nn.ReLU()
 
@@ -215,7 +215,7 @@ class FastestDet(nn.Module):
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         # count_include_pad=True (the default) matches upstream: its ONNX pads with zeros, then averages 9 values.
         self.avg_pool = nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
-        self.SPP = FastestDetSPP(sum(STAGE_CHANNELS), NECK_CHANNELS)  # noqa: N815 - upstream key name
+        self.SPP = FastestDetSPP(sum(STAGE_CHANNELS), NECK_CHANNELS)  # upstream key name
         self.detect_head = DetectHead(NECK_CHANNELS, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgekit.models import ModelConfig, detector_spec
-from edgekit.models.common import C2f, SPPF, ConvBNAct, scale_channels, scale_depth, upsample2x
+from edgekit.models.common import SPPF, C2f, ConvBNAct, scale_channels, scale_depth, upsample2x
 from edgekit.spec import HeadSpec
 
 STRIDES = (8, 16, 32)

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from edgekit.errors import CalibrationError, InputError
 from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image, open_image, preprocess

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from edgekit.errors import CalibrationError, ConversionError
-from edgekit.quant.result import CalibrationResult, INT8_MAX
+from edgekit.quant.result import INT8_MAX, CalibrationResult
 from edgekit.spec import ModelSpec
 from edgekit.tolerances import INT8_AGREEMENT_FLOOR
 
@@ -84,8 +84,8 @@ def observed_absmax(onnx_path: Path, names: Sequence[str], tensors: Sequence[np.
     model = onnx.load(str(onnx_path))
     session = _observation_session(model, list(names))
     input_name = model.graph.input[0].name
-    lo = {n: math.inf for n in names}
-    hi = {n: -math.inf for n in names}
+    lo = dict.fromkeys(names, math.inf)
+    hi = dict.fromkeys(names, -math.inf)
     for tensor in tensors:
         for name, value in zip(names, session.run(list(names), {input_name: np.ascontiguousarray(tensor, np.float32)})):
             lo[name] = min(lo[name], float(np.min(value)))

@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import CalibrationError
-from edgekit.quant.calibration import (CalibrationImages, content_hash, calibration_tensors, default_calibration_dir,
-                                       find_calibration_images, warn_if_overlapping)
+from edgekit.quant.calibration import (
+    CalibrationImages,
+    calibration_tensors,
+    content_hash,
+    default_calibration_dir,
+    find_calibration_images,
+    warn_if_overlapping,
+)
 from edgekit.quant.collect import calibrate
 from edgekit.quant.observers import DEFAULT_PERCENTILE
 from edgekit.quant.result import CalibrationResult

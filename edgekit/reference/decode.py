@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +134,6 @@ def decode_yolox(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResu
     all_boxes, all_scores, all_labels = [], [], []
     for i, (out, stride) in enumerate(zip(outputs, strides)):
         _expect(out.dim() == 4 and out.shape[1] == 5 + nc, spec, i, f"[B, {5 + nc}, H, W]", out)
-        b = out.shape[0]
         p = out.flatten(2).transpose(1, 2)  # [B, H*W, 5+nc], cells row-major
         xs, ys = _grid(out.shape[2], out.shape[3])
         cx = (p[..., 0] + xs.flatten()) * stride

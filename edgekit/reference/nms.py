@@ -20,7 +20,7 @@ import torch
 
 from edgekit.errors import InputError
 
-__all__ = ["box_iou", "nms", "batched_nms", "postprocess"]
+__all__ = ["batched_nms", "box_iou", "nms", "postprocess"]
 
 
 def _check_iou_threshold(iou_threshold: float, where: str) -> float:

@@ -17,8 +17,8 @@ How it is computed — exact, and without a Python loop over the boxes:
 1. Candidate pairs by sweep-and-prune. IoU <= iw / w_p (iw: overlap width), so IoU > t needs
    iw > t * w_p. Sorted by (label, x1), the boxes that box p can reach are the ones after it with
    its label and ``x1 < x2_p - t * w_p``: one contiguous run, found with ``searchsorted``.
-   Class-aware NMS therefore costs only same-class, sufficiently x-overlapping pairs. This is the exact form of the usual "offset each class by
-   label * (max_coord + 1)" trick: that trick moves coordinates onto a coarser float32 grid
+   Class-aware NMS therefore costs only same-class, sufficiently x-overlapping pairs. This is the exact form of the
+   usual "offset each class by label * (max_coord + 1)" trick: that trick moves coordinates onto a coarser float32 grid
    (at 80 classes x 640 px the float32 step is ~0.004 px), which can flip a pair that sits on the
    threshold, and it breaks for negative coordinates.
 2. IoU on those pairs (vectorised, bounded memory); a pair with IoU > threshold becomes an edge
@@ -43,7 +43,7 @@ import numpy as np
 
 from edgekit.errors import InputError
 
-__all__ = ["box_iou", "nms", "batched_nms", "postprocess"]
+__all__ = ["batched_nms", "box_iou", "nms", "postprocess"]
 
 # Upper bound on candidate pairs whose IoU is evaluated at once (memory: ~a dozen int64/float32
 # temporaries of this length, some 60 MB at 2**20; pre-NMS top-k keeps real inputs far below it).

@@ -26,7 +26,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -35,14 +35,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edgekit.errors import InputError
 from edgekit.spec import COLOR_ORDERS, RESIZE_ALIGNS, ModelSpec
 
-ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+ImageLike = str | os.PathLike | np.ndarray | Image.Image
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "ImageLike",
     "ResizeTransform",
     "boxes_to_original",
     "letterbox",
-    "IMAGE_SUFFIXES",
     "load_image",
     "open_image",
     "plain_resize",

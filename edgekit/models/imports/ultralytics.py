@@ -188,7 +188,7 @@ def _resolve_trusted(names: Sequence[str], package: str, source: str) -> dict[st
                                  "--trust-upstream only resolves classes inside that package's namespace")
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # noqa: BLE001 - any import failure of the user's package is reported as such
+        except Exception as exc:  # any import failure of the user's package is reported as such
             raise ModelFileError(f"{source}: --trust-upstream {package}: cannot import {module_name} "
                                  f"({type(exc).__name__}: {exc})") from None
         cls = getattr(module, attr, None)
@@ -350,7 +350,7 @@ def _probe_channels(module: nn.Module, c_in: Sequence[int], where: str) -> int:
     try:
         with torch.no_grad():
             out = module(xs[0] if len(xs) == 1 else xs)
-    except Exception as exc:  # noqa: BLE001 - the trusted package's code failed on a probe input
+    except Exception as exc:  # the trusted package's code failed on a probe input
         raise ModelFileError(f"{where}: the trusted layer {type(module).__name__} failed on a "
                              f"{list(xs[0].shape)} probe input ({type(exc).__name__}: {exc})") from None
     if not (isinstance(out, torch.Tensor) and out.dim() == 4):

@@ -343,7 +343,7 @@ class Sequencer(nn.Module):
     def __init__(self, layers: Sequence[nn.Module], save: Sequence[int]) -> None:
         super().__init__()
         self.model = nn.Sequential(*layers)
-        self.save = sorted(set(int(s) for s in save))
+        self.save = sorted({int(s) for s in save})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs: list[torch.Tensor | None] = []

@@ -158,5 +158,5 @@ class Runner(ABC):
     @abstractmethod
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def _deactivate(self) -> None:
+    def _deactivate(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Drop references to the backend objects; override when there is more to release."""

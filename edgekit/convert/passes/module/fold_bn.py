@@ -36,6 +36,8 @@ than one parent (shared weights). The folded BatchNorm is replaced by ``nn.Ident
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -105,7 +107,7 @@ def _pair_ok(conv: nn.Module, bn: nn.Module) -> bool:
 
 def _sequential_pairs(seq: nn.Sequential) -> list[tuple[str, str]]:
     names = list(seq._modules)
-    return [(a, b) for a, b in zip(names, names[1:]) if _pair_ok(seq._modules[a], seq._modules[b])]
+    return [(a, b) for a, b in pairwise(names) if _pair_ok(seq._modules[a], seq._modules[b])]
 
 
 def _may_hold_pair(module: nn.Module) -> bool:
