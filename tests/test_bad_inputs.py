@@ -107,6 +107,7 @@ def root(tmp_path_factory) -> Path:
     spec = fastestdet_like_spec()
     full = fastestdet_like_graph(spec).SerializeToString()
     (base / "truncated.onnx").write_bytes(full[: len(full) // 2])
+    (base / "renamed.pt").write_bytes(full)  # an ONNX export saved under a checkpoint's name
     (base / "random.onnx").write_bytes(np.random.default_rng(2).integers(0, 256, 2048, dtype=np.uint8).tobytes())
     (base / "empty.onnx").write_bytes(b"")
     import onnx
@@ -225,6 +226,7 @@ CASES = [
      "state_dict.pt"),
     ("ckpt-convert-truncated", ["convert", "truncated.pt", "--target", "onnxruntime-cpu", "-o", "out"], "truncated.pt"),
     ("ckpt-detect-random", ["detect", "random.pt", IMG], "random.pt"),
+    ("ckpt-onnx-renamed", ["export", "renamed.pt", "-o", "out"], "is an ONNX model (by its content)"),
     ("ckpt-detect-crafted", ["detect", "evil_zip.pt", IMG], "evil_zip.pt"),
     ("ckpt-validate-nan", ["validate", "nan.pt", "--data", DS], "NaN"),
     # ONNX files

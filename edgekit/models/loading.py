@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import ModelFileError
-from edgekit.filetypes import is_zip_file
+from edgekit.filetypes import is_zip_file, looks_like_onnx
 from edgekit.models import FAMILIES, ModelConfig, build_model, family_names
 from edgekit.models.checkpoint import load_state_dict_strict, safe_torch_load
 from edgekit.models.imports.pickled import is_module_pickle
@@ -56,6 +56,9 @@ def load_checkpoint(path: str | Path, family: str | None = None, class_names: Se
     if path.suffix.lower() == ".onnx" and not is_zip_file(path):
         raise ModelFileError(f"{path}: is an ONNX file, not a PyTorch checkpoint; pass it to detect/validate/convert "
                              "as it is")
+    if looks_like_onnx(path):  # a renamed export: say so, rather than "truncated or corrupt checkpoint"
+        raise ModelFileError(f"{path}: is an ONNX model (by its content), not a PyTorch checkpoint; rename it to "
+                             f"{path.stem}.onnx and pass that file")
     if trust_upstream is not None and not _package_installed(trust_upstream):
         raise ModelFileError(f"--trust-upstream {trust_upstream}: no such package is installed here (it must be "
                              "importable, e.g. pip install it; edgekit never downloads code)")

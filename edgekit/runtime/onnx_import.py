@@ -213,10 +213,18 @@ def _ultralytics_spec(name: str, meta: dict[str, str], family: str | None, class
     elif isinstance(d1, int) and d1 > 4 and (nc is None or d1 == nc + 4) and not end2end:
         kind = "ultralytics_decoded"
         nc = d1 - 4
+    elif end2end:
+        # the metadata promises [B, K, 6]; a decoded [B, 4+nc, N] output then contradicts it and neither reading
+        # can be trusted (decoding it as end to end or as NMS-needing boxes would be a guess)
+        decoded = isinstance(d1, int) and d1 > 4 and (nc is None or d1 == nc + 4)
+        found = " (the one-to-many [B, 4+nc, N] layout)" if decoded else ""
+        raise SpecError(f"{name}: metadata end2end=True promises an end-to-end output [B, K, 6], but output "
+                        f"{output_name!r} has shape {_shape_text(out_shape)}{found}; re-export the model or correct "
+                        "the 'end2end' metadata")
     else:
         expected = f"[B, {nc + 4}, N]" if nc is not None else "[B, 4+nc, N]"
         raise SpecError(f"{name}: output {output_name!r} has shape {_shape_text(out_shape)}; with this Ultralytics "
-                        f"metadata (end2end={end2end}, {nc} classes) expected {expected} or, end to end, [B, K, 6]")
+                        f"metadata ({nc} classes) expected {expected} or, end to end, [B, K, 6]")
     if names is None:
         if nc is None:
             raise SpecError(f"{name}: the file has no 'names' metadata and an end-to-end output; pass --names FILE")

@@ -224,6 +224,8 @@ def test_yolox_raw_and_decoded_exports(tmp_path):
     ({"names": "{0: 1, 1: 2, 2: 3}"}, "must map class indices"),
     ({"names": "{1: 'a', 2: 'b', 3: 'c'}"}, "class indices 0..2"),
     ({"names": repr({i: f"c{i}" for i in range(5)})}, "expected [B, 9, N]"),
+    # [1, 7, 84] is the decoded layout of 3 classes; metadata saying end to end contradicts it
+    ({"end2end": "True"}, "metadata end2end=True promises an end-to-end output [B, K, 6], but output"),
 ])
 def test_bad_ultralytics_metadata_is_refused(tmp_path, meta, message):
     out = np.zeros((1, 7, 84), np.float32)
