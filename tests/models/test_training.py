@@ -13,7 +13,6 @@ import torch
 
 from edgekit.errors import SpecError
 from edgekit.models import ModelConfig, build_model
-from edgekit.models import training as training_module
 from edgekit.models.training import (
     NO_AUGMENT,
     AugmentConfig,
@@ -34,6 +33,7 @@ from edgekit.models.training import (
     ssd_encode,
     train,
 )
+from edgekit.models.training.losses import yolox as yolox_loss_module
 from edgekit.runtime.decode import decode as runtime_decode
 from edgekit.runtime.decode import decode_centernet, ssd_priors
 from edgekit.spec import HeadSpec, ModelSpec, ResizeSpec
@@ -286,13 +286,13 @@ def test_yolox_task_aligned_option_assigns_the_predicting_point_with_its_iou(mon
     # Through the loss's own path: the predicting point is a positive whose class target is its IoU
     # (1.0: the best point of its box); at most topk positives, all in the 2.5-stride centre region.
     seen = {}
-    original = training_module.task_aligned_assign
+    original = yolox_loss_module.task_aligned_assign
 
     def spy(*args, **kwargs):
         seen["assignment"] = original(*args, **kwargs)
         return seen["assignment"]
 
-    monkeypatch.setattr(training_module, "task_aligned_assign", spy)
+    monkeypatch.setattr(yolox_loss_module, "task_aligned_assign", spy)
     aligned(outs, targets)
     a = seen["assignment"]
     assert bool(a.fg[0, 3 * 20 + 5]) and 1 <= int(a.fg.sum()) <= 4
