@@ -19,19 +19,19 @@ pytest.importorskip("ncnn")
 if importlib.util.find_spec("pnnx") is None or importlib.util.find_spec("torch") is None:
     pytest.skip("the ncnn int8 tests convert torch models with pnnx", allow_module_level=True)
 
-import ncnn  # noqa: E402
-import onnx  # noqa: E402
-import onnx.numpy_helper  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import ncnn
+import onnx
+import onnx.numpy_helper
+import torch
+from torch import nn
 
-from edgekit.convert.builders.ncnn import run_pnnx, trace_for_pnnx  # noqa: E402
-from edgekit.errors import CalibrationError  # noqa: E402
-from edgekit.quant.collect import calibrate, find_layers  # noqa: E402
-from edgekit.quant.ncnn_int8 import (INT8_TAG, emit_ncnn_int8, match_layers, read_ncnn_model,  # noqa: E402
-                                     write_ncnn_int8)
-from edgekit.quant.result import CalibrationResult, bias_correction, file_sha256, int8_symmetric  # noqa: E402
-from tests.helpers import varied_weights  # noqa: E402
+from edgekit.convert.builders.ncnn import run_pnnx, trace_for_pnnx
+from edgekit.errors import CalibrationError, ModelFileError
+from edgekit.quant.collect import calibrate, find_layers
+from edgekit.quant.ncnn_int8 import emit_ncnn_int8, match_layers, write_ncnn_int8
+from edgekit.quant.result import CalibrationResult, bias_correction, file_sha256, int8_symmetric
+from edgekit.runtime.ncnn_format import INT8_TAG, read_ncnn_model
+from tests.helpers import varied_weights
 
 #: a regular int8 convolution: ncnn computes exactly the simulated integer sum, then one float32
 #: multiply and add: agreement to a few float32 ulps of the output magnitude
@@ -471,7 +471,7 @@ def test_truncated_bin_is_refused_naming_the_layer(single_layer, tmp_path):
     truncated = tmp_path / "truncated.bin"
     truncated.write_bytes(weights.read_bytes()[:-10])
     layer = read_ncnn_model(param, weights).quantizable_layers()[0].name
-    with pytest.raises(CalibrationError, match=rf"truncated\.bin: truncated .*{layer}"):
+    with pytest.raises(ModelFileError, match=rf"truncated\.bin: truncated .*{layer}"):
         write_ncnn_int8(param, truncated, tmp_path / "o.param", tmp_path / "o.bin", {layer: (np.ones(16), 0.1)})
     assert not (tmp_path / "o.param").exists() and not (tmp_path / "o.bin").exists()
 
@@ -480,7 +480,7 @@ def test_bin_with_extra_bytes_is_refused(single_layer, tmp_path):
     conv, param, weights = single_layer("conv3x3")
     longer = tmp_path / "longer.bin"
     longer.write_bytes(weights.read_bytes() + bytes(8))
-    with pytest.raises(CalibrationError, match=r"longer\.bin: 8 bytes after the last layer"):
+    with pytest.raises(ModelFileError, match=r"longer\.bin: 8 bytes after the last layer"):
         read_ncnn_model(param, longer)
 
 
@@ -511,14 +511,14 @@ def test_malformed_param_is_refused(single_layer, tmp_path):
     conv, param, weights = single_layer("conv3x3")
     bad = tmp_path / "bad.param"
     bad.write_text("not a param\n")
-    with pytest.raises(CalibrationError, match=r"bad\.param: not an ncnn \.param"):
+    with pytest.raises(ModelFileError, match=r"bad\.param: not an ncnn text \.param"):
         read_ncnn_model(bad, weights)
     lines = param.read_text().splitlines()
     bad.write_text("\n".join(lines[:2] + [lines[2] + " 6", *lines[3:]]) + "\n")  # a token without '='
-    with pytest.raises(CalibrationError, match=r"bad\.param: line 3"):
+    with pytest.raises(ModelFileError, match=r"bad\.param: line 3"):
         read_ncnn_model(bad, weights)
     shutil.copyfile(param, bad)
-    with pytest.raises(CalibrationError, match="not found"):
+    with pytest.raises(ModelFileError, match="not found"):
         read_ncnn_model(bad, tmp_path / "missing.bin")
 
 

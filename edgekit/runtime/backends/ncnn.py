@@ -1,4 +1,4 @@
-"""NCNN runner: runs a ``.param`` + ``.bin`` pair with the ncnn Python binding (CPU; Vulkan off).
+"""NCNN runner: runs a ``.param`` + ``.bin`` pair with the ncnn Python binding (CPU; Vulkan GPU with ``use_vulkan``).
 
 NCNN knows blobs by the names its converter gave them (pnnx: ``in0``, ``out0``, ``out1`` …; older
 onnx2ncnn conversions keep ONNX tensor names such as ``input.1`` / ``758``), and an ncnn Mat has no
@@ -20,6 +20,7 @@ Manifest options (all written by ``edgekit.convert.builders.ncnn``)::
      "output_shapes": {"p3": [1, 67, 20, 20], …},   # the ONNX shapes (batch 1)
      "use_fp16": false,                             # fp16 storage + arithmetic switches
      "use_int8": false,                             # int8 inference (int8 models only)
+     "use_vulkan": false,                           # run on a Vulkan GPU (target profile's use_vulkan)
      "companion_files": ["model.ncnn.bin"]}         # hashed by Detector.load
 
 The ncnn binding does not raise on a bad file: ``load_param`` / ``load_model`` return -1 and print
@@ -38,10 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InputError, ModelFileError, OutputError
+from edgekit.errors import BackendUnavailableError, InputError, ModelFileError, OutputError
 from edgekit.runtime.backends.base import Runner, TensorSpec
+from edgekit.runtime.ncnn_format import PARAM_MAGIC, read_param_io
 
-PARAM_MAGIC = "7767517"
+__all__ = ["NcnnRunner", "read_param_io"]  # read_param_io: the format's, re-exported for the builder
 
 
 class NcnnRunner(Runner):
@@ -72,7 +74,7 @@ class NcnnRunner(Runner):
                  input_shape: Sequence[int] | None = None,
                  output_blobs: Mapping[str, str] | None = None,
                  output_shapes: Mapping[str, Sequence[int]] | None = None,
-                 threads: int = 0, use_fp16: bool = False, use_int8: bool = False) -> None:
+                 threads: int = 0, use_fp16: bool = False, use_int8: bool = False, use_vulkan: bool = False) -> None:
         super().__init__(param_path)
         self.bin_path = Path(bin_path) if bin_path is not None else self.model_path.with_suffix(".bin")
         self.input_name = str(input_name)
@@ -90,6 +92,7 @@ class NcnnRunner(Runner):
         self.threads = int(threads)
         self.use_fp16 = bool(use_fp16)
         self.use_int8 = bool(use_int8)
+        self.use_vulkan = bool(use_vulkan)
         self._net = None
 
     @classmethod
@@ -109,7 +112,8 @@ class NcnnRunner(Runner):
         return cls(model_path, bin_path, input_name=str(options["input_name"]), input_blob=str(options["input_blob"]),
                    input_shape=options.get("input_shape"), output_blobs=output_blobs,  # type: ignore[arg-type]
                    output_shapes=output_shapes, threads=threads,  # type: ignore[arg-type]
-                   use_fp16=bool(options.get("use_fp16", False)), use_int8=bool(options.get("use_int8", False)))
+                   use_fp16=bool(options.get("use_fp16", False)), use_int8=bool(options.get("use_int8", False)),
+                   use_vulkan=bool(options.get("use_vulkan", False)))
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class NcnnRunner(Runner):
         net = ncnn.Net()
         # Options must be set before load_param: layers pick their kernels when they are created.
         opt = net.opt
-        opt.use_vulkan_compute = False
+        opt.use_vulkan_compute = self.use_vulkan and _require_vulkan_gpu(ncnn, self.model_path)
         # The binding turns int8 inference on by default. int8 layers (written by edgekit.quant.ncnn_int8) need it on: with it off ncnn 1.0.20261020
         # loads an int8 model without complaint and returns NaN. fp32 models keep it off so that no
         # layer is ever quantised behind the manifest's back.
@@ -226,42 +230,22 @@ def _check_input_shape(shape: Sequence[int] | None, path: Path) -> tuple[int, ..
     return dims
 
 
-def read_param_io(param_path: str | Path) -> tuple[list[str], list[str]]:
-    """(input blobs, output blobs) of an ncnn ``.param`` file, without loading it.
-
-    Inputs are the tops of ``Input`` layers; outputs are blobs some layer produces and no layer
-    consumes, in the order they are produced. Raises ModelFileError on a file that is not an ncnn param.
-
-    Layer line format: ``type name n_bottoms n_tops bottom… top… key=value…``.
-    """
-    path = Path(param_path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: ncnn .param file not found")
-    lines = [line.split() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    if not lines or lines[0] != [PARAM_MAGIC] or len(lines) < 2:
-        raise ModelFileError(f"{path}: not an ncnn text .param (expected the magic {PARAM_MAGIC} on the first line)")
-    inputs: list[str] = []
-    produced: list[str] = []
-    consumed: set[str] = set()
-    for number, fields in enumerate(lines[2:], start=3):
-        try:
-            n_bottoms, n_tops = int(fields[2]), int(fields[3])
-            bottoms = fields[4:4 + n_bottoms]
-            tops = fields[4 + n_bottoms:4 + n_bottoms + n_tops]
-        except (IndexError, ValueError):
-            raise ModelFileError(f"{path}: line {number} is not a layer line (type name bottoms tops …)") from None
-        if len(tops) != n_tops:
-            raise ModelFileError(f"{path}: line {number} lists fewer blobs than it declares")
-        if fields[0] == "Input":
-            inputs.extend(tops)
-        consumed.update(bottoms)
-        produced.extend(tops)
-    outputs = [blob for blob in produced if blob not in consumed and blob not in inputs]
-    return inputs, outputs
-
-
 def _reason(messages: list[str]) -> str:
     return f": {messages[0][:200]}" if messages else ""
+
+
+def _require_vulkan_gpu(ncnn: object, model_path: Path) -> bool:
+    """True when the installed ncnn can run on a Vulkan GPU; else a one-line error (the artifact asked for it:
+    its target profile's ``use_vulkan``), never a silent CPU run."""
+    count = getattr(ncnn, "get_gpu_count", None)
+    with _captured_stderr():  # the loader prints "dlopen failed libvulkan.so.1 …" per attempt on the C stderr
+        gpus = count() if count is not None else 0
+    if gpus <= 0:
+        raise BackendUnavailableError(
+            f"{model_path}: the artifact runs ncnn on a Vulkan GPU (its target's use_vulkan = true), but "
+            + ("this ncnn was built without Vulkan" if count is None else "ncnn finds no Vulkan GPU here")
+            + "; install a Vulkan driver and an ncnn built with Vulkan, or convert for a target with use_vulkan = false")
+    return True
 
 
 @contextmanager
