@@ -359,7 +359,7 @@ def test_a_failure_midway_leaves_no_half_report(dataset, tmp_path, written, monk
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report_module, "_plot_per_class_delta", disk_full)
+    monkeypatch.setattr(report_module, "plot_per_class_delta", disk_full)
     with pytest.raises(EdgekitError, match=r"drift: cannot write the report there \(No space left on device\)"):
         write_drift_report(make_report(), dataset, out, manifest=make_manifest())
     # the earlier report is untouched and no staging folder is left beside it
