@@ -34,11 +34,11 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from edgekit.errors import ModelFileError, SpecError
+from edgekit.errors import ModelFileError, SpecError, first_line
 from edgekit.spec import ONNX_METADATA_KEY, HeadSpec, ModelSpec, Normalization, PostprocessSpec, ResizeSpec
 
 #: ``family`` values for ONNX files without metadata
-THIRD_PARTY_FAMILIES = ("yolov5", "yolox")
+THIRD_PARTY_FAMILIES = ("ultralytics", "yolov5", "yolox")
 #: the strides of YOLOv5 / YOLOX P3-P5 heads, used to recognise the candidate count N
 GRID_STRIDES = (8, 16, 32)
 #: longest metadata string read as a literal (Ultralytics' names for 80 classes are ~1.3 kB)
@@ -74,7 +74,7 @@ def read_onnx_header(path: str | Path) -> OnnxHeader:
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({_first_line(exc)})") from None
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
         initializers = {t.name for t in model.graph.initializer}
 
         def shape_of(value) -> tuple:
@@ -93,7 +93,7 @@ def read_onnx_header(path: str | Path) -> OnnxHeader:
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelFileError(f"{path}: not a loadable ONNX model ({_first_line(exc)})") from None
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
 
     def ort_shape(shape) -> tuple:
         return tuple(d if isinstance(d, int) else (d or None) for d in shape)
@@ -229,6 +229,12 @@ def _ultralytics_spec(name: str, meta: dict[str, str], family: str | None, class
         if nc is None:
             raise SpecError(f"{name}: the file has no 'names' metadata and an end-to-end output; pass --names FILE")
         names = tuple(f"class{i}" for i in range(nc))
+    return _ultralytics_model_spec(kind, names, size, input_name, output_name)
+
+
+def _ultralytics_model_spec(kind: str, names: tuple[str, ...], size: tuple[int, int], input_name: str,
+                            output_name: str) -> ModelSpec:
+    """Ultralytics' predict settings: square letterbox (pad 114), RGB /255, NMS IoU 0.7 unless end to end."""
     postprocess = PostprocessSpec(conf_threshold=0.25, iou_threshold=0.7, nms=kind != "e2e_xyxy",
                                   pre_nms_topk=30000, max_detections=300)
     return ModelSpec(family="ultralytics", input_size=size, class_names=names,
@@ -238,10 +244,39 @@ def _ultralytics_spec(name: str, meta: dict[str, str], family: str | None, class
                      input_name=input_name)
 
 
+def _decoded_without_metadata(name: str, family: str | None, class_names: tuple[str, ...] | None,
+                              size: tuple[int, int], input_name: str, output_name: str,
+                              out_shape: tuple) -> ModelSpec | None:
+    """An Ultralytics decoded export whose metadata was stripped: [B, 4+nc, N] with N one candidate per cell of
+    strides 8/16/32. Only ``--family ultralytics`` may read it so (the rows could be anything); without it a file
+    of that shape gets an error asking for the flag. None when the file is not of that shape and no flag asks."""
+    _, d1, d2 = out_shape
+    cells = grid_cells(size)
+    looks_decoded = d2 == cells and isinstance(d1, int) and 4 < d1 != cells
+    if family != "ultralytics" and not (family is None and looks_decoded):
+        return None
+    if not looks_decoded:
+        raise SpecError(f"{name}: --family ultralytics expects the decoded output [B, 4+nc, {cells}] (one candidate "
+                        f"per cell of strides 8/16/32 at {size[0]}x{size[1]}), the output has {_shape_text(out_shape)}")
+    nc = d1 - 4
+    if family is None:
+        raise SpecError(f"{name}: output {_shape_text(out_shape)} looks like an Ultralytics decoded export (4 box + "
+                        f"{nc} class rows over {cells} cells) but the file has no metadata; pass --family ultralytics "
+                        f"--names FILE ({nc} class names)")
+    if class_names is None:
+        raise SpecError(f"{name}: --family ultralytics on a file without metadata needs --names FILE ({nc} classes)")
+    if len(class_names) != nc:
+        raise SpecError(f"{name}: --names has {len(class_names)} classes, the output [B, {d1}, N] has {nc}")
+    return _ultralytics_model_spec("ultralytics_decoded", tuple(class_names), size, input_name, output_name)
+
+
 # --- YOLOv5 / YOLOX without metadata ------------------------------------------------------------------
 
 def _grid_spec(name: str, header: OnnxHeader, family: str | None, class_names: tuple[str, ...] | None,
                size: tuple[int, int], input_name: str, output_name: str, out_shape: tuple) -> ModelSpec:
+    stripped = _decoded_without_metadata(name, family, class_names, size, input_name, output_name, out_shape)
+    if stripped is not None:
+        return stripped
     _, n, channels = out_shape
     if not isinstance(channels, int) or channels < 6:
         raise SpecError(f"{name}: output {output_name!r} has shape {_shape_text(out_shape)} and the file has no "
@@ -312,8 +347,3 @@ def _input_size(name: str, shape: tuple, requested: tuple[int, int] | None, imgs
 
 def _shape_text(shape: tuple) -> str:
     return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -185,6 +185,37 @@ def test_classic_yolov5_output_is_ambiguous_without_family(tmp_path):
         Detector.load(path)
 
 
+def test_ultralytics_export_with_its_metadata_stripped(tmp_path, yolov8_onnx):
+    """The real export without metadata: an error asking for --family ultralytics; with it (and --names), the same
+    spec and the same detections as the file with its metadata."""
+    model = onnx.load(str(yolov8_onnx))
+    with_meta = spec_from_third_party_onnx(yolov8_onnx)
+    del model.metadata_props[:]
+    stripped = tmp_path / "stripped.onnx"
+    onnx.save(model, str(stripped))
+    with pytest.raises(SpecError) as info:
+        spec_from_third_party_onnx(stripped)
+    assert "--family ultralytics --names FILE (80 class names)" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(SpecError, match="needs --names FILE"):
+        spec_from_third_party_onnx(stripped, family="ultralytics")
+    with pytest.raises(SpecError, match="--names has 2 classes, the output"):
+        spec_from_third_party_onnx(stripped, family="ultralytics", class_names=("a", "b"))
+    spec = spec_from_third_party_onnx(stripped, family="ultralytics", class_names=with_meta.class_names)
+    assert spec == with_meta
+    image = SHARED_DIR / "datasets" / "coco8" / "images" / "train" / "000000000009.jpg"  # 7 boxes at conf 0.25
+    with Detector.from_third_party_onnx(stripped, spec) as ours, Detector.load(yolov8_onnx) as reference:
+        a, b = ours.detect(image), reference.detect(image)
+    assert len(b) > 0
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_family_ultralytics_refuses_another_layout(tmp_path):
+    path = constant_output_graph(tmp_path / "yolov5.onnx", classic_output())
+    with pytest.raises(SpecError, match=r"--family ultralytics expects the decoded output \[B, 4\+nc, 84\]"):
+        spec_from_third_party_onnx(path, family="ultralytics", class_names=COCO80)
+
+
 def test_classic_yolov5_output_with_family(tmp_path):
     path = constant_output_graph(tmp_path / "yolov5.onnx", classic_output())
     spec = spec_from_third_party_onnx(path, family="yolov5", class_names=COCO80)
