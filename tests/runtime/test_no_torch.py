@@ -1,42 +1,87 @@
-"""The runtime must run on a board that has numpy and a backend library, but no torch."""
+"""The runtime must run on a board that has numpy and a backend library, but no torch.
 
+Every backend installed here (``Runner.is_available()``) gets a model built by the converter (which may use
+torch), then a fresh interpreter with torch made unimportable loads each model through ``Detector`` and detects.
+"""
+
+import json
 import subprocess
 import sys
 import textwrap
 
-from edgekit.convert.artifact import ArtifactWriter
-from edgekit.runtime.artifact import ModelEntry
+import pytest
+
+from edgekit.runtime.backends import backend_names, get_runner_class
 from tests.conftest import REPO_ROOT
-from tests.onnx_graphs import fastestdet_like_graph, fastestdet_like_spec, save
+from tests.helpers import fastestdet_like_artifact
+
+AVAILABLE = [name for name in backend_names() if get_runner_class(name).is_available()]
+
+#: The subprocess: torch blocked before edgekit is imported; one line of JSON per model that ran.
+SCRIPT = textwrap.dedent("""
+    import json
+    import sys
+
+    import numpy as np
+
+    class BlockTorch:
+        # make any attempt to import torch fail loudly, not just be noticed afterwards
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch import attempted by the runtime: " + name)
+            return None
+
+    sys.meta_path.insert(0, BlockTorch())
+    import edgekit
+    from edgekit.runtime.artifact import read_manifest
+    from edgekit.runtime.detector import Detector
+    from edgekit.runtime.draw import draw_detections
+
+    image = np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
+    for folder in sys.argv[1:]:
+        for entry in read_manifest(folder).models:
+            with Detector.load(folder, backend=entry.backend, precision=entry.precision, threads=1) as detector:
+                result = detector.detect(image)
+            draw_detections(image, result, detector.spec.class_names)
+            print(json.dumps([entry.backend, entry.precision, len(result)]))
+    assert "torch" not in sys.modules
+""")
 
 
-def test_detector_on_onnxruntime_never_imports_torch(tmp_path):
-    spec = fastestdet_like_spec()
-    with ArtifactWriter(tmp_path / "art") as writer:
-        save(fastestdet_like_graph(spec), writer.path("model.onnx"))
-        writer.commit(spec, [ModelEntry("onnxruntime", "fp32", "model.onnx")], {})
-    script = textwrap.dedent(f"""
-        import sys
-        import numpy as np
+def _target_for(backend: str) -> str | None:
+    """A bundled target profile that builds ``backend`` (None: no profile does)."""
+    from edgekit.targets import load_target, target_names
 
-        class BlockTorch:
-            # make any attempt to import torch fail loudly, not just be noticed afterwards
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch import attempted by the runtime: " + name)
-                return None
+    return next((name for name in target_names() if load_target(name).backend == backend), None)
 
-        sys.meta_path.insert(0, BlockTorch())
-        import edgekit
-        from edgekit.runtime.detector import Detector
-        from edgekit.runtime.draw import draw_detections
-        image = np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
-        with Detector.load(r"{tmp_path / 'art'}") as detector:
-            result = detector.detect(image)
-        draw_detections(image, result, detector.spec.class_names)
-        assert "torch" not in sys.modules
-        print("ok", len(result))
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """One artifact per available backend (ONNX Runtime fp32 is in every one of them)."""
+    root = tmp_path_factory.mktemp("no_torch")
+    folders = {"onnxruntime": fastestdet_like_artifact(root / "onnxruntime")}
+    others = [backend for backend in AVAILABLE if backend != "onnxruntime"]
+    if others:
+        pytest.importorskip("torch", reason="building the other backends' models needs the converter")
+        from edgekit.convert.chain import convert_onnx
+        from tests.onnx_graphs import fastestdet_like_spec
+
+        onnx_file = folders["onnxruntime"] / "model.onnx"
+        for backend in others:
+            target = _target_for(backend)
+            if target is None:
+                continue
+            folders[backend] = root / backend
+            convert_onnx(onnx_file, fastestdet_like_spec(), target, folders[backend])
+    return folders
+
+
+@pytest.mark.skipif("onnxruntime" not in AVAILABLE, reason="the baseline artifact needs ONNX Runtime")
+def test_every_available_backend_runs_without_torch(artifacts):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, *map(str, artifacts.values())],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("ok")
+    ran = {tuple(json.loads(line)[:2]) for line in proc.stdout.splitlines()}
+    # every available backend that has a target profile here ran at least one model, torch never imported
+    assert {backend for backend, _ in ran} == set(artifacts), (ran, proc.stderr)
+    assert {backend for backend, _ in ran} >= {b for b in AVAILABLE if _target_for(b) is not None}
