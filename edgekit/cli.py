@@ -18,7 +18,7 @@ import click
 from edgekit import __version__
 from edgekit.atomic_io import write_text_atomic
 from edgekit.convert.artifact import Terminated
-from edgekit.errors import EdgekitError, InputError, OutputError
+from edgekit.errors import EdgekitError, InputError, OutputError, first_line
 from edgekit.filetypes import is_zip_file
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
@@ -60,8 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug in edgekit or a backend failure nobody translated: still one line
         if os.environ.get("EDGEKIT_TRACEBACK"):
             raise
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: unexpected {type(exc).__name__}: {detail[:300]} "
+        click.echo(f"error: unexpected {type(exc).__name__}: {first_line(exc, empty='')} "
                    "(this is a bug; rerun with EDGEKIT_TRACEBACK=1 and report it)", err=True)
         return 1
     return 0
@@ -224,7 +223,7 @@ def _bare_onnx_spec(path: Path, family: str | None, names: str | None, imgsz: in
     (its embedded spec is read by Detector.load / spec_from_onnx).
 
     ``--family`` of a built-in family (e.g. fastestdet, with ``--names``) describes any raw head; otherwise
-    an ``.onnx`` file describes itself (Ultralytics metadata) or is told apart by ``--family yolov5|yolox``
+    an ``.onnx`` file describes itself (Ultralytics metadata) or is told apart by ``--family ultralytics|yolov5|yolox``
     (see ``edgekit.runtime.onnx_import``).
     """
     from edgekit.runtime.onnx_import import (
@@ -694,15 +693,32 @@ def targets() -> None:
 
 @cli.command()
 @click.argument("artifact", type=click.Path())
-def inspect(artifact: str) -> None:
-    """Show what an artifact folder (or edgekit ONNX file) contains and verify its file hashes."""
+@_model_options
+@_import_options
+def inspect(artifact: str, family: str | None, names: str | None) -> None:
+    """Show what edgekit reads from an artifact folder, an ONNX file or a checkpoint (the spec every stage uses),
+    and verify an artifact's file hashes. --family/--names as for detect, for files that do not describe themselves."""
     from edgekit.runtime.artifact import read_manifest, sha256_file, spec_from_onnx
 
     path = Path(artifact)
+    if not path.exists():
+        raise InputError(f"{path}: no such checkpoint, ONNX file or artifact folder")
+    if path.is_file() and (path.suffix.lower() in CHECKPOINT_SUFFIXES or is_zip_file(path)):
+        model = _load_model(artifact, family, names, None)
+        _echo_spec(model.spec)
+        size_source = "the checkpoint" if getattr(model, "input_size_from_checkpoint", True) else "edgekit's default"
+        click.echo(f"checkpoint: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters; "
+                   f"input size from {size_source}")
+        return
     if path.is_file():
-        spec = spec_from_onnx(path)
+        spec = _bare_onnx_spec(path, family, names)
+        if spec is None:  # edgekit's own export: the embedded spec
+            spec = spec_from_onnx(path)
         _echo_spec(spec)
         return
+    if family is not None or names is not None:
+        raise InputError(f"{path}: --family/--names describe a checkpoint or a third-party ONNX file; an artifact "
+                         "carries its own spec")
     manifest = read_manifest(path)
     _echo_spec(manifest.spec)
     click.echo("models:")

@@ -197,3 +197,30 @@ def test_convert_small_classic_graph_with_family(tmp_path, capsys):
         assert detector.spec.head.kind == "yolo_decoded" and detector.spec.class_names == ("cat", "dog")
         found = detector.detect(np.full((64, 64, 3), 114, np.uint8))
     np.testing.assert_allclose(found.boxes, [[25, 17, 35, 23]])
+
+
+def test_inspect_reads_checkpoints_and_third_party_onnx(tmp_path, yolov8_onnx, capsys):
+    """inspect shows the spec edgekit reads from a file, with the same --family/--names as detect: the real
+    classic yolov5n.pt (no flags), the Ultralytics export (its metadata), and that export stripped of metadata."""
+    import onnx
+
+    yolov5n = ULTRALYTICS_DIR / "yolov5n.pt"
+    code, out, err = run_cli(["inspect", yolov5n], capsys)
+    assert code == 0, err
+    assert "family: yolov5" in out and "head: yolo_anchor" in out and "(80 in all)" in out
+    assert "input size from edgekit's default" in out  # classic YOLOv5 files record no training size
+    code, out, err = run_cli(["inspect", yolov8_onnx], capsys)
+    assert code == 0 and "head: ultralytics_decoded -> output0" in out and "[B, 3, 320, 320]" in out, err
+    model = onnx.load(str(yolov8_onnx))
+    names = spec_from_third_party_onnx(yolov8_onnx).class_names
+    del model.metadata_props[:]
+    stripped = tmp_path / "stripped.onnx"
+    onnx.save(model, str(stripped))
+    code, _, err = run_cli(["inspect", stripped], capsys)
+    one_error_line(code, err, "stripped.onnx", "--family ultralytics --names FILE")
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    code, out, err = run_cli(["inspect", stripped, "--family", "ultralytics", "--names", tmp_path / "names.txt"],
+                             capsys)
+    assert code == 0 and "head: ultralytics_decoded" in out, err
+    code, _, err = run_cli(["inspect", tmp_path / "missing.pt"], capsys)
+    one_error_line(code, err, "missing.pt", "no such checkpoint")
