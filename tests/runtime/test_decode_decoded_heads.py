@@ -260,4 +260,5 @@ def test_nan_in_output_is_rejected():
 
 
 def test_registry_has_the_new_kinds_in_both_implementations():
+    # (that no decoder is registered without a parity test: test_decode.py's registry test, over both KINDS)
     assert set(KINDS) <= set(rt.DECODERS) and set(KINDS) <= set(ref.DECODERS)
