@@ -13,6 +13,26 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def missing_backends(*names: str) -> list[str]:
+    """The backends of ``names`` whose ``Runner.is_available()`` is False here (the one source of truth for skips)."""
+    from edgekit.runtime.backends import get_runner_class
+
+    return [name for name in names if not get_runner_class(name).is_available()]
+
+
+def needs_backends(*names: str) -> pytest.MarkDecorator:
+    """A skipif mark for tests that run these backends: ``pytestmark = needs_backends("openvino")``."""
+    missing = missing_backends(*names)
+    return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} not installed")
+
+
+def skip_unless_backends(*names: str) -> None:
+    """Skip the calling test (or, at module level, the module) unless every backend of ``names`` is available."""
+    missing = missing_backends(*names)
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed", allow_module_level=True)
+
+
 def varied_weights(model, seed: int):
     """Re-draw conv / transposed-conv weights and BN statistics; returns ``model`` in eval mode.
 
