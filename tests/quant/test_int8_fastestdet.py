@@ -16,8 +16,9 @@ from __future__ import annotations
 import pytest
 
 from edgekit.quant.calibration import default_calibration_dir
+from tests.helpers import skip_unless_backends
 
-pytest.importorskip("onnxruntime")
+skip_unless_backends("onnxruntime")
 # 77 fp32 boxes on the five photos: one box moves precision or recall by 0.013, and calibration method, image count
 # and bias correction each move ORT by 1-3 boxes (measured in benchmarks/RESULTS.md, "Real yolov5n INT8"): default
 # mse with bias correction gives ORT 0.896 / 0.896 and OpenVINO 0.962 / 0.974 on their own targets. The bar is
@@ -37,7 +38,7 @@ def fastestdet_int8(request, fastestdet_dir, tmp_path_factory):
     from edgekit.quant.pipeline import Int8Options
     from edgekit.spec import load_class_names
 
-    pytest.importorskip("openvino")
+    skip_unless_backends("openvino")
     model = load_checkpoint(fastestdet_dir / "fastestdet_coco_352.pth", family="fastestdet",
                             class_names=load_class_names(fastestdet_dir / "coco.names"))
     backend = request.param

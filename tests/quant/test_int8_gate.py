@@ -22,8 +22,9 @@ import pytest
 
 from edgekit.errors import CalibrationError, ConversionError
 from tests.conftest import ZOO_DIR
+from tests.helpers import skip_unless_backends
 
-pytest.importorskip("onnxruntime")
+skip_unless_backends("onnxruntime")
 
 TARGET = "onnxruntime-cpu"
 #: few images, one observer pass: the gate and the cache checks are under test, not calibration quality

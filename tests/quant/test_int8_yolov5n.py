@@ -17,8 +17,9 @@ import pytest
 
 from edgekit.quant.calibration import default_calibration_dir
 from tests.conftest import SHARED_DIR
+from tests.helpers import skip_unless_backends
 
-pytest.importorskip("onnxruntime")
+skip_unless_backends("onnxruntime")
 AGREEMENT_BAR = 0.95
 CHECKPOINT = SHARED_DIR / "models" / "ultralytics" / "yolov5n.pt"
 COCO8 = SHARED_DIR / "datasets" / "coco8"

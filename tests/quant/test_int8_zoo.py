@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ZOO_DIR
+from tests.helpers import skip_unless_backends
 
-pytest.importorskip("onnxruntime")
+skip_unless_backends("onnxruntime")
 
 CHECKPOINTS = sorted(ZOO_DIR.glob("*.pt"))
 DRIFT_BUDGET = 1.0  # mAP points (issue 6)
@@ -51,8 +52,7 @@ def int8_artifacts(request, splits, tmp_path_factory):
     from edgekit.models.loading import load_checkpoint
     from edgekit.quant.pipeline import Int8Options
 
-    pytest.importorskip("openvino")
-    pytest.importorskip("ncnn")
+    skip_unless_backends("openvino", "ncnn")
     model = load_checkpoint(request.param)
     out = tmp_path_factory.mktemp(f"int8-{request.param.stem}")
     _, tuning = splits
