@@ -2,8 +2,9 @@
 
 A pass is a named object whose ``apply(model)`` returns a :class:`PassResult`: the rewritten model
 and how many rewrites it made. Passes may mutate the model they are given: the pipeline
-(:mod:`edgekit.convert.passes`) always hands them a private copy, so a failing pass never corrupts
-its caller's model. A pass that finds nothing to do returns the model unchanged with ``rewrites=0``.
+(:mod:`edgekit.convert.passes.pipeline`) works on its own copy of the caller's model and aborts on the
+first failing pass, so a failing pass never corrupts its caller's model. A pass that finds nothing to
+do returns the model unchanged with ``rewrites=0``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-STAGES = ("module", "onnx")
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``str(exc)`` (at most ``limit`` characters; "" for an empty message)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "")[:limit]
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,22 @@ class Pass(ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+class LegalizationPass(Pass):
+    """A backend-specific rewrite: makes the model expressible for ``backend``'s converter (the name of
+    its Runner in ``edgekit.runtime.backends``). It runs in that backend's legalisation stage only
+    (:data:`edgekit.convert.passes.pipeline.LEGALIZATION`), never on the portable ONNX."""
+
+    backend: ClassVar[str]
+
+
 @dataclass(frozen=True)
 class PassRecord:
     """What one pass did, for the manifest and the one-line CLI summary.
 
-    stage: ``"module"`` or ``"onnx"``. nodes_before / nodes_after: the number of torch modules
-    (``len(list(model.modules()))``) for module passes, the number of top-level graph nodes for
-    ONNX passes. max_abs / max_rel: the largest output difference between the model before and
+    stage: the name of the stage that ran it: ``"module"``, ``"onnx"``, or a backend's legalisation stage
+    (``"ncnn"``: torch modules). nodes_before / nodes_after: the number of torch modules
+    (``len(list(model.modules()))``) for torch stages, the number of top-level graph nodes for the
+    ONNX stage. max_abs / max_rel: the largest output difference between the model before and
     after the pass over the check inputs (rel = abs / max |reference output|, per output).
     skipped: the pass was named in ``skip`` and did not run (all numbers are then 0 / unchanged).
     check_dtype: the precision the before/after comparison ran in (``"float64"`` for module passes on
@@ -76,7 +90,7 @@ class PassRecord:
         """One line, e.g. ``module fold_bn: 57 rewrites, 281 -> 224 modules, max rel err 2.1e-07 (0.04 s)``."""
         if self.skipped:
             return f"{self.stage} {self.name}: skipped"
-        unit = "modules" if self.stage == "module" else "nodes"
+        unit = "nodes" if self.stage == "onnx" else "modules"
         line = (f"{self.stage} {self.name}: {self.rewrites} rewrites, {self.nodes_before} -> {self.nodes_after} {unit}, "
                 f"max rel err {self.max_rel:.1e} ({self.seconds:.2f} s)")
         return f"{line}; {self.notes}" if self.notes else line

@@ -39,14 +39,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from edgekit.convert.passes.base import Pass, PassResult
-from edgekit.convert.passes.module.tree import (
-    child_reference_counts,
-    iter_modules,
-    near_descendants,
-    replace_submodule,
-    trace_calls,
-)
+from edgekit.convert.passes.module.tree import SubmoduleRewrite, near_descendants, replace_submodule, trace_calls
 
 _OFFSETS = {(0, 0), (1, 0), (0, 1), (1, 1)}
 
@@ -144,33 +137,43 @@ def space_to_depth_conv(conv: nn.Conv2d, offsets: list[tuple[int, int]]) -> nn.C
     return new.train(conv.training)
 
 
-class FocusToConv(Pass):
+def may_be_focus(module: nn.Module) -> bool:
+    """Cheap pre-filter before tracing: not a container or conv, one conv among the children /
+    grandchildren, on a multiple of 4 channels."""
+    if isinstance(module, (nn.Sequential, nn.Conv2d)):
+        return False
+    convs = [m for m in near_descendants(module) if isinstance(m, nn.Conv2d)]
+    return len(convs) == 1 and convs[0].in_channels % 4 == 0
+
+
+def focus_stem(module: nn.Module) -> tuple[list[tuple[int, int]], nn.Module, str] | None:
+    """(slice offsets, ``child``, path of its leading conv relative to ``child``: "" when ``child`` is the
+    conv) when ``module`` is a Focus (see the module docstring), else None."""
+    pattern = focus_pattern(module)
+    if pattern is None:
+        return None
+    offsets, child_path = pattern
+    child = module.get_submodule(child_path)
+    conv_path = _leading_conv_path(child)
+    return None if conv_path is None else (offsets, child, conv_path)
+
+
+def swap_conv(child: nn.Module, conv_path: str, new_conv: nn.Conv2d) -> nn.Module:
+    """``child`` with the conv at ``conv_path`` replaced by ``new_conv`` (``new_conv`` itself for "")."""
+    return new_conv if not conv_path else replace_submodule(child, conv_path, new_conv)
+
+
+class FocusToConv(SubmoduleRewrite):
     name = "focus"
     description = "Focus space-to-depth slicing + kxk conv -> one 2k x 2k stride-2 conv (YOLOv5 v6.0 stem)"
 
-    def apply(self, model: nn.Module) -> PassResult:
-        shared = child_reference_counts(model)
-        rewrites = 0
-        for path, module in iter_modules(model):
-            if shared[id(module)] > 1 or isinstance(module, (nn.Sequential, nn.Conv2d)):
-                continue
-            convs = [m for m in near_descendants(module) if isinstance(m, nn.Conv2d)]
-            if len(convs) != 1 or convs[0].in_channels % 4:
-                continue  # cheap pre-filter before tracing: one conv, a child or grandchild, on 4C channels
-            pattern = focus_pattern(module)
-            if pattern is None:
-                continue
-            offsets, child_path = pattern
-            child = module.get_submodule(child_path)
-            conv_path = _leading_conv_path(child)
-            if conv_path is None:
-                continue
-            new_conv = space_to_depth_conv(child.get_submodule(conv_path) if conv_path else child, offsets)
-            if new_conv is None:
-                continue
-            replacement = new_conv if not conv_path else replace_submodule(child, conv_path, new_conv)
-            model = replace_submodule(model, path, replacement)
-            rewrites += 1
-            if not path:
-                break
-        return PassResult(model, rewrites)
+    def prefilter(self, module: nn.Module) -> bool:
+        return may_be_focus(module)
+
+    def rewrite(self, module: nn.Module) -> nn.Module | None:
+        stem = focus_stem(module)
+        if stem is None:
+            return None
+        offsets, child, conv_path = stem
+        new_conv = space_to_depth_conv(child.get_submodule(conv_path) if conv_path else child, offsets)
+        return None if new_conv is None else swap_conv(child, conv_path, new_conv)

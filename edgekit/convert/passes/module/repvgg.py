@@ -36,9 +36,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from edgekit.convert.passes.base import Pass, PassResult
 from edgekit.convert.passes.module.fold_bn import batchnorm_scale_shift, foldable_batchnorm
-from edgekit.convert.passes.module.tree import child_reference_counts, iter_modules, replace_submodule
+from edgekit.convert.passes.module.tree import NotRewritten, SubmoduleRewrite
 
 ACTIVATION_ATTRIBUTES = ("nonlinearity", "act")
 
@@ -56,10 +55,6 @@ class RepConvDeploy(nn.Module):
         return self.act(self.se(self.conv(x)))
 
 
-class _NotRepVGG(Exception):
-    """The module has RepVGG-like attributes but does not meet the contract (left alone)."""
-
-
 def _branch_conv_bn(branch: nn.Module) -> tuple[nn.Conv2d, nn.Module | None]:
     """(conv, bn or None) of a conv(+BN) branch in one of the accepted forms."""
     if isinstance(branch, nn.Conv2d):
@@ -70,16 +65,16 @@ def _branch_conv_bn(branch: nn.Module) -> tuple[nn.Conv2d, nn.Module | None]:
             return children[0], None
         if len(children) == 2 and isinstance(children[0], nn.Conv2d) and isinstance(children[1], _BatchNorm):
             return children[0], children[1]
-        raise _NotRepVGG("branch Sequential is not (conv, bn)")
+        raise NotRewritten("branch Sequential is not (conv, bn)")
     conv, bn = getattr(branch, "conv", None), getattr(branch, "bn", None)
     act = getattr(branch, "act", None)
     if not isinstance(conv, nn.Conv2d) or (act is not None and not isinstance(act, nn.Identity)):
-        raise _NotRepVGG("branch is not conv(+bn) without activation")
+        raise NotRewritten("branch is not conv(+bn) without activation")
     if bn is None or isinstance(bn, nn.Identity):
         return conv, None
     if isinstance(bn, _BatchNorm):
         return conv, bn
-    raise _NotRepVGG("branch .bn is not a BatchNorm")
+    raise NotRewritten("branch .bn is not a BatchNorm")
 
 
 def _fused_kernel_bias(conv: nn.Conv2d, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +84,7 @@ def _fused_kernel_bias(conv: nn.Conv2d, bn: nn.Module | None) -> tuple[torch.Ten
     if bn is None:
         return weight, bias
     if not foldable_batchnorm(bn) or bn.num_features != weight.shape[0]:
-        raise _NotRepVGG("branch BatchNorm is in training mode or has no running statistics")
+        raise NotRewritten("branch BatchNorm is in training mode or has no running statistics")
     scale, shift = batchnorm_scale_shift(bn)
     return weight * scale.reshape(-1, 1, 1, 1), bias * scale + shift
 
@@ -99,20 +94,20 @@ def _conv_geometry(conv: nn.Conv2d) -> tuple:
 
 
 def reparameterize(block: nn.Module) -> RepConvDeploy:
-    """The single-conv equivalent of a block that meets the module contract; raises _NotRepVGG otherwise."""
+    """The single-conv equivalent of a block that meets the module contract; raises NotRewritten otherwise."""
     dense_conv, dense_bn = _branch_conv_bn(block.rbr_dense)
     small_conv, small_bn = _branch_conv_bn(block.rbr_1x1)
     kh, kw = dense_conv.kernel_size
     if kh != kw or kh % 2 == 0 or small_conv.kernel_size != (1, 1):
-        raise _NotRepVGG("dense branch must be an odd square kernel and the other 1x1")
+        raise NotRewritten("dense branch must be an odd square kernel and the other 1x1")
     if _conv_geometry(dense_conv) != _conv_geometry(small_conv) or dense_conv.dilation != (1, 1):
-        raise _NotRepVGG("branches differ in channels, stride, groups or dilation")
+        raise NotRewritten("branches differ in channels, stride, groups or dilation")
     if dense_conv.padding_mode != "zeros" or isinstance(dense_conv.padding, str) or isinstance(small_conv.padding, str):
-        raise _NotRepVGG("only zero, numeric padding is supported")
+        raise NotRewritten("only zero, numeric padding is supported")
     centre = kh // 2
     # the 1x1 tap must read the pixel the kxk window's centre reads
     if tuple(p - centre for p in dense_conv.padding) != tuple(small_conv.padding):
-        raise _NotRepVGG("1x1 padding is not dense padding - k // 2")
+        raise NotRewritten("1x1 padding is not dense padding - k // 2")
 
     kernel, bias = _fused_kernel_bias(dense_conv, dense_bn)
     small_kernel, small_bias = _fused_kernel_bias(small_conv, small_bn)
@@ -124,7 +119,7 @@ def reparameterize(block: nn.Module) -> RepConvDeploy:
     if identity is not None:
         c_in, c_out = dense_conv.in_channels, dense_conv.out_channels
         if c_in != c_out or dense_conv.stride != (1, 1):
-            raise _NotRepVGG("identity branch needs c_in == c_out and stride 1")
+            raise NotRewritten("identity branch needs c_in == c_out and stride 1")
         per_group = c_in // dense_conv.groups
         identity_kernel = torch.zeros_like(kernel)
         channels = torch.arange(c_in)
@@ -135,16 +130,16 @@ def reparameterize(block: nn.Module) -> RepConvDeploy:
             scale, identity_bias = batchnorm_scale_shift(identity)
             identity_kernel = identity_kernel * scale.reshape(-1, 1, 1, 1)
         else:
-            raise _NotRepVGG("rbr_identity is neither a foldable BatchNorm, nn.Identity nor None")
+            raise NotRewritten("rbr_identity is neither a foldable BatchNorm, nn.Identity nor None")
         kernel = kernel + identity_kernel
         bias = bias + identity_bias
 
     act = next((getattr(block, a) for a in ACTIVATION_ATTRIBUTES if isinstance(getattr(block, a, None), nn.Module)), None)
     if act is None:
-        raise _NotRepVGG("no activation attribute (nonlinearity / act)")
+        raise NotRewritten("no activation attribute (nonlinearity / act)")
     se = getattr(block, "se", None)
     if se is not None and not isinstance(se, nn.Module):
-        raise _NotRepVGG("se is not a module")
+        raise NotRewritten("se is not a module")
 
     conv = nn.Conv2d(dense_conv.in_channels, dense_conv.out_channels, dense_conv.kernel_size, dense_conv.stride,
                      dense_conv.padding, groups=dense_conv.groups, bias=True)
@@ -160,27 +155,13 @@ def is_repvgg_like(module: nn.Module) -> bool:
     return isinstance(getattr(module, "rbr_dense", None), nn.Module) and isinstance(getattr(module, "rbr_1x1", None), nn.Module)
 
 
-class ReparameterizeRepVGG(Pass):
+class ReparameterizeRepVGG(SubmoduleRewrite):
     name = "repvgg"
     description = "RepVGG / RepConv block (kxk + 1x1 + identity, each with BN) -> one kxk conv"
+    rejected = "RepVGG-like blocks"
 
-    def apply(self, model: nn.Module) -> PassResult:
-        shared = child_reference_counts(model)
-        rewrites = 0
-        rejected: list[str] = []
-        replaced: set[str] = set()
-        for path, module in iter_modules(model):
-            if "" in replaced:
-                break  # the root itself was the block
-            if not is_repvgg_like(module) or any(path.startswith(p + ".") for p in replaced) or shared[id(module)] > 1:
-                continue
-            try:
-                deploy = reparameterize(module)
-            except _NotRepVGG as why:
-                rejected.append(f"{path or '<root>'} ({why})")
-                continue
-            model = replace_submodule(model, path, deploy)
-            replaced.add(path)
-            rewrites += 1
-        notes = f"left {len(rejected)} RepVGG-like blocks: {', '.join(rejected[:3])}" if rejected else ""
-        return PassResult(model, rewrites, notes)
+    def prefilter(self, module: nn.Module) -> bool:
+        return is_repvgg_like(module)
+
+    def rewrite(self, module: nn.Module) -> nn.Module | None:
+        return reparameterize(module)  # NotRewritten (with the reason) when the block breaks the contract

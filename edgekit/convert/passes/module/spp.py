@@ -22,16 +22,11 @@ only the submodules it still calls: the larger pools are gone.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from torch import fx, nn
 
-from edgekit.convert.passes.base import Pass, PassResult
-from edgekit.convert.passes.module.tree import (
-    child_reference_counts,
-    iter_modules,
-    near_descendants,
-    replace_submodule,
-    trace_calls,
-)
+from edgekit.convert.passes.module.tree import SubmoduleRewrite, near_descendants, trace_calls
 
 
 def _same_size_pool_kernel(pool: nn.Module) -> int | None:
@@ -65,7 +60,7 @@ def _parallel_pool_groups(module: nn.Module, graph: fx.Graph) -> list[list[tuple
         if len(pools) < 2 or len(set(kernels)) != len(kernels) or kernels[0] == 1:
             continue
         base = kernels[0]
-        if all(b == a + base - 1 for a, b in zip(kernels, kernels[1:])):
+        if all(b == a + base - 1 for a, b in pairwise(kernels)):
             groups.append(pools)
     return groups
 
@@ -99,23 +94,15 @@ def chain_pools(module: nn.Module) -> fx.GraphModule | None:
     return rewritten.train(module.training)
 
 
-class SppToSppf(Pass):
+class SppToSppf(SubmoduleRewrite):
     name = "sppf"
     description = "SPP parallel max-pools (5, 9, 13) -> SPPF chained 5x5 max-pools (exact)"
 
-    def apply(self, model: nn.Module) -> PassResult:
-        shared = child_reference_counts(model)
-        rewrites = 0
-        for path, module in iter_modules(model):
-            if shared[id(module)] > 1 or isinstance(module, (nn.Sequential, nn.MaxPool2d, fx.GraphModule)):
-                continue
-            if sum(_same_size_pool_kernel(m) is not None for m in near_descendants(module)) < 2:
-                continue  # cheap pre-filter before tracing: needs two pools among children / grandchildren
-            rewritten = chain_pools(module)
-            if rewritten is None:
-                continue
-            model = replace_submodule(model, path, rewritten)
-            rewrites += 1
-            if not path:
-                break
-        return PassResult(model, rewrites)
+    def prefilter(self, module: nn.Module) -> bool:
+        # not a container / pool / an already rewritten graph, and two size-preserving pools nearby
+        # (children / grandchildren) before paying for a trace
+        return (not isinstance(module, (nn.Sequential, nn.MaxPool2d, fx.GraphModule))
+                and sum(_same_size_pool_kernel(m) is not None for m in near_descendants(module)) >= 2)
+
+    def rewrite(self, module: nn.Module) -> nn.Module | None:
+        return chain_pools(module)

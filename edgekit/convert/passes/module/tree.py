@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import torch
 from torch import fx, nn
 
+from edgekit.convert.passes.base import Pass, PassResult
+
 
 class _CallsTracer(fx.Tracer):
     """An fx tracer that never traces *into* a submodule: every ``self.<child>(...)`` call
@@ -119,3 +121,47 @@ def replace_submodule(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
 def module_count(model: nn.Module) -> int:
     """Number of modules in the tree (the root included): the structural size recorded per module pass."""
     return sum(1 for _ in model.modules())
+
+
+class NotRewritten(Exception):
+    """Raised by :meth:`SubmoduleRewrite.rewrite` for a module that looks like the pattern but does not meet
+    the pass's contract; the reason lands in the pass's notes."""
+
+
+class SubmoduleRewrite(Pass):
+    """A module pass that replaces whole submodules, one at a time.
+
+    ``apply`` visits every module of the tree once (the root included, in ``named_modules`` order) and
+    calls :meth:`rewrite` on it; a returned module takes its place. Skipped: modules held by more than
+    one parent (tied weights: the other user would change too) and modules inside one already replaced.
+    ``rejected`` names, for the notes, what a :class:`NotRewritten` module was (e.g. "RepVGG-like blocks").
+    """
+
+    rejected = "candidates"
+
+    def prefilter(self, module: nn.Module) -> bool:
+        """Cheap structural test run before :meth:`rewrite` (which may trace); default: every module."""
+        return True
+
+    def rewrite(self, module: nn.Module) -> nn.Module | None:
+        """The replacement of ``module``, or None when it does not hold the pattern."""
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module) -> PassResult:
+        shared = child_reference_counts(model)
+        replaced: list[str] = []
+        rejected: list[str] = []
+        for path, module in iter_modules(model):
+            inside = any(not done or path.startswith(done + ".") for done in replaced)
+            if inside or shared[id(module)] > 1 or not self.prefilter(module):
+                continue
+            try:
+                new = self.rewrite(module)
+            except NotRewritten as why:
+                rejected.append(f"{path or '<root>'} ({why})")
+                continue
+            if new is not None:
+                model = replace_submodule(model, path, new)
+                replaced.append(path)
+        notes = f"left {len(rejected)} {self.rejected}: {', '.join(rejected[:3])}" if rejected else ""
+        return PassResult(model, len(replaced), notes)

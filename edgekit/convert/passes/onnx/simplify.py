@@ -18,12 +18,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import onnx
 
-from edgekit.convert.passes.base import Pass, PassResult
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+from edgekit.convert.passes.base import Pass, PassResult, first_line
 
 
 def _run_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -62,7 +57,7 @@ class Simplify(Pass):
                     warnings.simplefilter("ignore")
                     simplified = runners[tool](source)
             except Exception as exc:  # the tools raise many types; record and try the next one
-                failures.append(f"{tool} failed: {_first_line(exc)}")
+                failures.append(f"{tool} failed: {first_line(exc, 200) or type(exc).__name__}")
                 continue
             del simplified.metadata_props[:]
             for key, value in metadata:
