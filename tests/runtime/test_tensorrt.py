@@ -2,7 +2,7 @@
 
 Everything above the "on a GPU" line runs here (no TensorRT, no GPU) on a real jetson-orin-nano
 artifact built by ``edgekit convert``: nothing is mocked. The tests below that line need TensorRT,
-cuda-python, a GPU and ``trtexec``; they build the engine with the artifact's own
+the CUDA runtime library, a GPU and ``trtexec``; they build the engine with the artifact's own
 ``tensorrt_build.sh`` and compare the engine's outputs with ONNX Runtime on the artifact's ONNX. They
 skip by ``TensorRtRunner.is_available()``, never by mocking the backend.
 """
@@ -28,7 +28,7 @@ from edgekit.runtime.backends.tensorrt import TensorRtRunner, check_engine_file,
 from edgekit.runtime.detector import Detector
 from tests.conftest import REPO_ROOT
 
-needs_tensorrt = pytest.mark.skipif(not TensorRtRunner.is_available(), reason="tensorrt / cuda-python not installed")
+needs_tensorrt = pytest.mark.skipif(not TensorRtRunner.is_available(), reason="tensorrt / libcudart not installed")
 without_tensorrt = pytest.mark.skipif(TensorRtRunner.is_available(), reason="tensorrt is installed here")
 
 SIZE = (64, 64)
@@ -68,9 +68,11 @@ def test_the_registry_knows_tensorrt():
     assert TensorRtRunner.name == "tensorrt" and TensorRtRunner.pip_extra == "tensorrt"
 
 
-def test_is_available_means_tensorrt_and_cuda_python_are_importable():
-    importable = all(importlib.util.find_spec(m) is not None for m in ("tensorrt", "cuda"))
-    assert TensorRtRunner.is_available() is importable
+def test_is_available_means_tensorrt_importable_and_the_cuda_runtime_found():
+    from edgekit.runtime.backends.tensorrt import find_cudart
+
+    expected = importlib.util.find_spec("tensorrt") is not None and find_cudart() is not None
+    assert TensorRtRunner.is_available() is expected
 
 
 @without_tensorrt
@@ -79,8 +81,8 @@ def test_detector_load_on_a_jetson_artifact_names_what_to_install(artifact):
         Detector.load(artifact, backend="tensorrt")
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("backend 'tensorrt' needs the Python module(s) tensorrt")
-    assert "JetPack" in message and "pip install 'edgekit[tensorrt]'" in message and "cuda-python" in message
+    assert message.startswith("backend 'tensorrt' needs ")
+    assert "JetPack" in message and "pip install 'edgekit[tensorrt]'" in message
     # raised by edgekit before anything of TensorRT was touched: no chained exception from deep inside
     assert caught.value.__cause__ is None and caught.value.__context__ is None
     assert "tensorrt" not in sys.modules
@@ -94,7 +96,7 @@ def test_cli_detect_with_tensorrt_prints_one_error_line(artifact, tmp_path, caps
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
     assert main(["detect", str(artifact), str(image), "--backend", "tensorrt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: backend 'tensorrt' needs the Python module(s) tensorrt")
+    assert len(err) == 1 and err[0].startswith("error: backend 'tensorrt' needs ")
 
 
 def test_the_module_imports_without_tensorrt_and_without_torch(artifact):
@@ -246,7 +248,7 @@ def trtexec() -> str | None:
 @pytest.fixture(scope="module", params=["fp32", "fp16"])
 def built_artifact(request, tmp_path_factory) -> tuple[Path, str]:
     if not TensorRtRunner.is_available():
-        pytest.skip("tensorrt / cuda-python not installed")
+        pytest.skip("tensorrt / libcudart not installed")
     if trtexec() is None:
         pytest.skip("trtexec not found")
     precision = request.param
