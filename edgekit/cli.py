@@ -739,6 +739,18 @@ def inspect(artifact: str, family: str | None, names: str | None) -> None:
         raise EdgekitError(f"{path}: {len(bad)} file(s) do not match the manifest: {', '.join(bad)}")
 
 
+@cli.command("build-engine")
+@click.argument("artifact", type=click.Path())
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="which TensorRT entry of the artifact (default: the first)")
+def build_engine_command(artifact: str, precision: str | None) -> None:
+    """On the device: build the artifact's TensorRT engine for the installed TensorRT (8.5 to 11.x) through its
+    Python API; writes the engine and its record (TensorRT version, GPU, source ONNX sha256) into the artifact."""
+    from edgekit.convert.tensorrt_engine import build_engine
+
+    build_engine(Path(artifact), precision, progress=click.echo)
+
+
 def _echo_spec(spec) -> None:
     h, w = spec.input_size
     click.echo(f"family: {spec.family}   input: {spec.input_name} [B, 3, {h}, {w}] {spec.color_order}, "
