@@ -106,7 +106,7 @@ def build_engine(artifact: str | Path, precision: str | None = None,
 def _cache_calibrator(trt: Any, cache: bytes) -> Any:
     """An entropy calibrator that only serves the cache (DLA's implicit int8 on <= 10.x): no images on the device."""
 
-    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
 

@@ -74,9 +74,11 @@ def float_weight_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
         float_name = _fresh(f"{weight}_float", used)
         graph.initializer.append(numpy_helper.from_array((q * scale).astype(np.float32), float_name))
         q_out = _fresh(f"{weight}_requantized", used)
-        attrs = {"axis": axis} if any(a.name == "axis" for a in node.attribute) else {}
-        new_nodes.append(helper.make_node("QuantizeLinear", [float_name, *node.input[1:]], [q_out],
-                                          name=_fresh(f"{weight}_Q", used), **attrs))
+        quantize = helper.make_node("QuantizeLinear", [float_name, *node.input[1:]], [q_out],
+                                    name=_fresh(f"{weight}_Q", used))
+        if any(a.name == "axis" for a in node.attribute):
+            quantize.attribute.append(helper.make_attribute("axis", axis))
+        new_nodes.append(quantize)
         dq = onnx.NodeProto()
         dq.CopyFrom(node)
         dq.input[0] = q_out

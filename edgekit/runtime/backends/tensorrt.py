@@ -57,7 +57,7 @@ MIN_TENSORRT = (8, 5)
 #: file suffixes a serialized engine is usually saved with (for runners opened on a bare engine file)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 #: TensorRT DataType member names -> numpy dtypes (looked up with getattr: INT64 is 10.x only)
-_NUMPY_DTYPES = {
+_NUMPY_DTYPES: dict[str, np.dtype] = {
     "FLOAT": np.dtype(np.float32),
     "HALF": np.dtype(np.float16),
     "INT8": np.dtype(np.int8),
