@@ -27,7 +27,7 @@ what the int8 layers hold. From the ncnn sources (repository Tencent/ncnn):
   if ``bias_term``: ``bias_data = mb.load(num_output, 1)``; if ``int8_scale_term``:
   ``weight_data_int8_scales = mb.load(num_output, 1)``, ``bottom_blob_int8_scales = mb.load(1, 1)``;
   if ``int8_scale_term > 100`` also ``top_blob_int8_scales = mb.load(1, 1)`` (requantised int8
-  output; not written here: every int8 layer dequantises its output to float32).
+  output, written where ncnn's own ``ncnn2int8`` would write it: :func:`requantize_pairs`).
   ``InnerProduct::load_model`` (``src/layer/innerproduct.cpp``) is the same.
   ``ConvolutionDepthWise::load_model`` (``src/layer/convolutiondepthwise.cpp``): with
   ``int8_scale_term == 1`` ``mb.load(group, 1)`` weight scales (one per *group*) then ``mb.load(1, 1)``;
@@ -56,8 +56,8 @@ without complaint and returns NaN (measured).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ from edgekit.runtime.ncnn_format import (
     WEIGHT_PARAM_IDS,
     NcnnModel,
     ParamLayer,
+    consumers,
     float32_blob,
     int8_weight_blob,
     read_ncnn_model,
@@ -83,6 +84,8 @@ from edgekit.runtime.ncnn_format import (
 #: the layer requantises its output to int8 for the next int8 layer (see :func:`requantize_plan`)
 INT8_SCALE_TERM = {"Convolution": 2, "ConvolutionDepthWise": 1, "InnerProduct": 2}
 REQUANTIZE_OFFSET = 100
+#: layer types whose int8 output ncnn2int8 requantises, and that read an int8 input without quantising it
+REQUANTIZE_TYPES = ("Convolution", "ConvolutionDepthWise")
 #: ONNX op type each ncnn layer type is matched against
 ONNX_OP = {"Convolution": "Conv", "ConvolutionDepthWise": "Conv", "InnerProduct": "Gemm"}
 #: weight value matching tolerances: fp32 blobs hold the ONNX values up to the BN-folding rounding
@@ -302,7 +305,7 @@ def _render(model: NcnnModel, plans: Mapping[str, _Int8Plan]) -> tuple[str, byte
 
 
 def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, param_out: str | Path, bin_out: str | Path,
-                    layer_scales: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
+                    layer_scales: Mapping[str, tuple[Any, ...]], requantize: bool = True) -> dict[str, Any]:
     """Write the fp32 ncnn model ``param_in`` / ``bin_in`` with the layers of ``layer_scales`` in int8.
 
     layer_scales: ncnn layer name -> (weight scales, input scale) in the ONNX convention (step sizes):
@@ -312,16 +315,56 @@ def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, param_out: str | P
     An optional third element, float [num_output], is subtracted from the layer's bias (bias
     correction, ``result.bias_correction``; a layer without a bias gets one).
 
+    requantize: an int8 convolution whose output only int8 convolutions read (directly or through a
+    Split) hands them int8 instead of float32 (:func:`requantize_pairs`).
+
     Every other layer, and each int8 layer's bias unless corrected, is copied byte for byte. Both files are written
     next to their destinations, walked again with ncnn's loaders, then renamed into place.
-    Returns {"int8": [layer names in .param order], "bin_bytes_in": int, "bin_bytes_out": int}.
+    Returns {"int8": [layer names in .param order], "requantized": {layer: [its int8 consumers]},
+    "bin_bytes_in": int, "bin_bytes_out": int}.
     """
     model = read_ncnn_model(param_in, bin_in)
-    return _write(model, Path(param_out), Path(bin_out), layer_scales)
+    return _write(model, Path(param_out), Path(bin_out), layer_scales, requantize)
+
+
+def requantize_pairs(model: NcnnModel, int8_layers: Collection[str]) -> dict[str, list[str]]:
+    """int8 layer -> the int8 layers reading its output, for every output ncnn can pass on in int8.
+
+    ncnn's own rule (``tools/quantize/ncnn2int8.cpp`` ``fuse_requantize``): a Convolution /
+    ConvolutionDepthWise followed by a Convolution / ConvolutionDepthWise with that single bottom,
+    or by a Split all of whose tops go to such layers, gets ``int8_scale_term + 100`` and the
+    consumer's bottom scale as its ``top_blob_int8_scales``. It then computes
+    ``int8(activation(sum * dequant + bias) * top_scale)`` in one pass
+    (``requantize_from_int32_to_int8``) and the consumer, seeing an 8-bit blob, skips its own
+    quantisation. Only the activations a convolution fuses (``activation_type``: ReLU, LeakyReLU,
+    Clip, Sigmoid, Mish, HardSwish) can sit in between; a separate activation layer (pnnx writes
+    SiLU as a ``Swish`` layer: ncnn has no fused Swish) reads float32, so the pair is not formed.
+    Here every consumer must be int8 too and, through a Split, all consumers must share one input
+    scale (they read the same tensor, so a calibration gives them one).
+    """
+    int8 = set(int8_layers)
+    readers = consumers(model.layers)
+    by_name = {layer.name: layer for layer in model.layers}
+    pairs: dict[str, list[str]] = {}
+    for name in int8:
+        layer = by_name[name]
+        if layer.type not in REQUANTIZE_TYPES or len(layer.tops) != 1:
+            continue
+        direct = readers.get(layer.tops[0], [])
+        if len(direct) != 1:
+            continue
+        final = [direct[0]]
+        if direct[0].type == "Split":
+            final = [reader for top in direct[0].tops for reader in readers.get(top, [])]
+            if len(final) != len(direct[0].tops):
+                continue  # a Split top nobody reads (an output) or read twice
+        if final and all(c.name in int8 and c.type in REQUANTIZE_TYPES and len(c.bottoms) == 1 for c in final):
+            pairs[name] = [c.name for c in final]
+    return pairs
 
 
 def _write(model: NcnnModel, param_out: Path, bin_out: Path,
-           layer_scales: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
+           layer_scales: Mapping[str, tuple[Any, ...]], requantize: bool) -> dict[str, Any]:
     plans: dict[str, _Int8Plan] = {}
     for name, scales in layer_scales.items():
         try:
@@ -331,6 +374,13 @@ def _write(model: NcnnModel, param_out: Path, bin_out: Path,
         if len(shift) > 1:
             raise CalibrationError(f"layer {name!r}: scales must be (weight scales, input scale[, bias shift])")
         plans[name] = _plan(model, name, weight_scales, input_scale, shift[0] if shift else None)
+    pairs = requantize_pairs(model, plans) if requantize else {}
+    for name, readers in list(pairs.items()):
+        bottoms = {plans[reader].bottom_scale for reader in readers}
+        if len(bottoms) != 1:
+            del pairs[name]  # consumers of one tensor given different input scales: each quantises for itself
+            continue
+        plans[name] = replace(plans[name], top_scale=bottoms.pop())
     param_text, data = _render(model, plans)
 
     param_tmp = param_out.with_name(f".{param_out.name}.partial")
@@ -348,15 +398,19 @@ def _write(model: NcnnModel, param_out: Path, bin_out: Path,
         param_tmp.unlink(missing_ok=True)
         bin_tmp.unlink(missing_ok=True)
     return {"int8": [layer.name for layer in model.layers if layer.name in plans],
+            "requantized": {name: pairs[name] for name in plans if name in pairs},
             "bin_bytes_in": len(model.data), "bin_bytes_out": len(data)}
 
 
 def _check_written(written: NcnnModel, plans: Mapping[str, _Int8Plan]) -> None:
-    """ncnn's loaders read the written pair as intended: int8 weights, then bias, weight and bottom scales."""
+    """ncnn's loaders read the written pair as intended: int8 weights, then bias, weight and bottom (and top) scales."""
     for name, plan in plans.items():
         blobs = written.blobs[name]
+        tail = 3 if plan.top_scale is not None else 2
+        weight_scales, bottom = blobs[-tail], blobs[1 - tail]
+        top_ok = plan.top_scale is None or (blobs[-1].count == 1 and blobs[-1].values[0] == plan.top_scale)
         if (blobs[0].storage != "int8" or not np.array_equal(blobs[0].values, plan.weight_int8)
-                or blobs[-2].count != plan.weight_scales.size or blobs[-1].count != 1):
+                or weight_scales.count != plan.weight_scales.size or bottom.count != 1 or not top_ok):
             raise CalibrationError(f"ncnn int8 writer: layer {name!r} does not read back as written (internal error)")
 
 
@@ -364,15 +418,17 @@ def _check_written(written: NcnnModel, plans: Mapping[str, _Int8Plan]) -> None:
 
 
 def emit_ncnn_int8(fp32_param: str | Path, fp32_bin: str | Path, onnx_path: str | Path, result: CalibrationResult,
-                   out_param: str | Path, out_bin: str | Path) -> dict[str, Any]:
+                   out_param: str | Path, out_bin: str | Path, requantize: bool = True) -> dict[str, Any]:
     """Write the int8 ncnn model for ``result`` (computed on the fp32 ONNX file ``onnx_path``).
 
     Every ncnn Convolution / ConvolutionDepthWise / InnerProduct matched to a layer of
     ``result.quantized_layers`` becomes int8 with that layer's weight scales and the input scale
     ``int8_symmetric(*result.activation_ranges[layer.input])``; the rest stay fp32: layers without
     an ONNX match, layers of ``result.float_layers`` and grouped (non-depthwise) convolutions.
+    requantize: chain int8 outputs into int8 consumers where ncnn can (:func:`requantize_pairs`).
     Returns {"int8": [ncnn names], "float": {ncnn name: reason}, "onnx_layers": {ncnn name: ONNX name},
-    "onnx_unmatched": [ONNX layers with no ncnn counterpart], "bin_bytes_in", "bin_bytes_out"}.
+    "requantized": {ncnn name: [its int8 consumers]}, "onnx_unmatched": [ONNX layers with no ncnn
+    counterpart], "bin_bytes_in", "bin_bytes_out"}.
     """
     onnx_path = Path(onnx_path)
     result.check_model(onnx_path)
@@ -402,11 +458,11 @@ def emit_ncnn_int8(fp32_param: str | Path, fp32_bin: str | Path, onnx_path: str 
                               int8_symmetric(*result.activation_ranges[quant.input]))
         if shifts.get(onnx_name) is not None:
             scales[layer.name] += (shifts[onnx_name],)
-    summary = _write(model, Path(out_param), Path(out_bin), scales)
+    summary = _write(model, Path(out_param), Path(out_bin), scales, requantize)
     matched = set(mapping.values())
     return {"int8": summary["int8"], "float": float_reasons,
             "onnx_layers": {name: mapping[name] for name in summary["int8"]},
-            "onnx_unmatched": [q.name for q in result.layers if q.name not in matched],
+            "requantized": summary["requantized"], "onnx_unmatched": [q.name for q in result.layers if q.name not in matched],
             "bin_bytes_in": summary["bin_bytes_in"], "bin_bytes_out": summary["bin_bytes_out"]}
 
 

@@ -463,6 +463,96 @@ def test_match_layers_finds_every_conv_of_a_yolov8_export(tmp_path):
         assert 1e-3 < relative < YOLOV8_TOLERANCE, (name, relative)
 
 
+# --- requantise chaining: int8 from one convolution into the next ---------------------------------
+
+
+class ReluChain(nn.Module):
+    """conv-ReLU -> depthwise-ReLU -> conv-ReLU -> Split into two conv-ReLU -> add -> conv: pnnx fuses
+    every ReLU into its convolution (activation_type 1), so each edge but the add is conv -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c = nn.Conv2d(16, 32, 1)
+        self.d1 = nn.Conv2d(32, 16, 3, padding=1)
+        self.d2 = nn.Conv2d(32, 16, 1)
+        self.e = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.c(torch.relu(self.b(torch.relu(self.a(x))))))
+        return self.e(torch.relu(self.d1(x)) + torch.relu(self.d2(x)))
+
+
+def raw_blob_bytes(param: Path, weights: Path, x: np.ndarray, blobs: list[str]) -> list[int]:
+    """Bytes per element of each named blob as ncnn holds it (``extract(name, 1)``: no conversion to fp32)."""
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.use_int8_inference = True
+    net.opt.num_threads = 1
+    assert net.load_param(str(param)) == 0 and net.load_model(str(weights)) == 0
+    mat = ncnn.Mat(np.ascontiguousarray(x, np.float32))
+    extractor = net.create_extractor()
+    assert extractor.input("in0", mat) == 0
+    sizes = []
+    for blob in blobs:
+        code, out = extractor.extract(blob, 1)
+        assert code == 0
+        sizes.append(out.elemsize // out.elempack)
+    extractor.clear()
+    net.clear()
+    return sizes
+
+
+def test_requantize_keeps_consecutive_int8_convolutions_in_int8(tmp_path):
+    model = varied_weights(ReluChain(), seed=5)
+    shape = [1, 3, 32, 32]
+    param, weights = convert(model, shape, tmp_path / "ncnn")
+    onnx_path = export(model, shape, tmp_path / "model.onnx")
+    result = calibrate(onnx_path, lambda: iter(image_batches(0, 8, shape)), method="minmax")
+    chained = emit_ncnn_int8(param, weights, onnx_path, result, tmp_path / "rq.param", tmp_path / "rq.bin")
+    plain = emit_ncnn_int8(param, weights, onnx_path, result, tmp_path / "dq.param", tmp_path / "dq.bin",
+                           requantize=False)
+    source = read_ncnn_model(param, weights)
+    a, b, c, d1, d2, e = [layer.name for layer in source.quantizable_layers()]
+    assert chained["int8"] == plain["int8"] == [a, b, c, d1, d2, e] and plain["requantized"] == {}
+    # ncnn2int8's pairs: conv -> conv, conv -> Split -> convs; not into the add, not the output layer
+    assert {k: sorted(v) for k, v in chained["requantized"].items()} == {a: [b], b: [c], c: sorted([d1, d2])}
+
+    written = read_ncnn_model(tmp_path / "rq.param", tmp_path / "rq.bin")
+    terms = {name: written.layer(name).get_int(8, 0) for name in (a, b, c, d1, d2, e)}
+    assert terms == {a: 102, b: 101, c: 102, d1: 2, d2: 2, e: 2}  # + 100: the top blob scale follows
+    for producer, readers in chained["requantized"].items():
+        top_scale = written.blobs[producer][-1]
+        for reader in readers:  # the consumer's own bottom scale (last but its top scale), as ncnn2int8 copies it
+            bottom = written.blobs[reader][-2 if reader in chained["requantized"] else -1]
+            assert top_scale.count == 1 and top_scale.values[0] == bottom.values[0]
+
+    # what ncnn executes: the chained blobs are 1 byte per element (int8), the others float32
+    x = image_batches(7, 1, [3, 32, 32])[0]
+    blobs = [source.layer(name).tops[0] for name in (a, b, c, d1, e)]
+    assert raw_blob_bytes(tmp_path / "rq.param", tmp_path / "rq.bin", x, blobs) == [1, 1, 1, 4, 4]
+    assert raw_blob_bytes(tmp_path / "dq.param", tmp_path / "dq.bin", x, blobs) == [4, 4, 4, 4, 4]
+
+    for x in image_batches(99, 3, [3, 32, 32]):
+        reference = run_ncnn(param, weights, x, int8=False)
+        candidate = run_ncnn(tmp_path / "rq.param", tmp_path / "rq.bin", x, int8=True)
+        dequantised = run_ncnn(tmp_path / "dq.param", tmp_path / "dq.bin", x, int8=True)
+        scale = np.abs(reference).max()
+        # requantising in one step rounds the same float32 values the next layer would have rounded
+        assert np.abs(candidate - dequantised).max() <= 1e-6 * scale
+        assert 1e-3 < np.abs(candidate - reference).max() / scale <= MULTI_LAYER_TOLERANCE
+
+
+def test_no_requantize_across_a_separate_activation_layer(small_net, tmp_path):
+    """SiLU is a Swish layer in ncnn (no fused Swish): a conv feeding it must hand over float32."""
+    model, param, weights, onnx_path, result = small_net
+    summary = emit_ncnn_int8(param, weights, onnx_path, result, tmp_path / "int8.param", tmp_path / "int8.bin")
+    assert summary["requantized"] == {}
+    assert all(read_ncnn_model(tmp_path / "int8.param", tmp_path / "int8.bin").layer(name).get_int(8, 0) < 100
+               for name in summary["int8"])
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 
