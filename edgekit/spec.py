@@ -53,11 +53,11 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError, SpecError
+from edgekit.errors import EdgekitError, SpecError, did_you_mean
 
 SPEC_VERSION = 1
 ONNX_METADATA_KEY = "edgekit.spec"
@@ -187,9 +187,10 @@ class ModelSpec:
             raise SpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
         known = {"family", "input_size", "class_names", "head", "color_order", "normalization",
                  "resize", "postprocess", "input_name", "version"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"{source}: unknown field(s) {unknown}; expected only {sorted(known)}")
+        _reject_unknown(source, "", data, known)
+        for section, kind in (("normalization", Normalization), ("resize", ResizeSpec), ("postprocess", PostprocessSpec),
+                              ("head", HeadSpec)):
+            _reject_unknown(source, section, data.get(section, {}), [f.name for f in fields(kind)])
         for required in ("family", "input_size", "class_names", "head"):
             if required not in data:
                 raise SpecError(f"{source}: missing required field {required!r}")
@@ -239,6 +240,18 @@ class ModelSpec:
         from dataclasses import replace
 
         return replace(self, input_size=(int(input_size[0]), int(input_size[1])))
+
+
+def _reject_unknown(source: str, section: str, data: Any, known: Sequence[str] | set[str]) -> None:
+    """SpecError naming the first key of the JSON object ``data`` that is not in ``known``, with a "did you
+    mean" (a typo such as ``conf_treshold`` must not silently fall back to a default)."""
+    if not isinstance(data, dict):
+        return  # the constructor reports the wrong type
+    unknown = sorted(str(key) for key in data if key not in known)
+    if unknown:
+        where = f"{section}.{unknown[0]}" if section else unknown[0]
+        raise SpecError(f"{source}: unknown field {where!r}{did_you_mean(unknown[0], known)} "
+                        f"(expected only {sorted(known)})")
 
 
 def _tuple_fields(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

@@ -7,14 +7,13 @@ passed to the backend. Unknown keys and unknown target names fail with a "did yo
 
 from __future__ import annotations
 
-import difflib
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,11 +61,6 @@ class Target:
     source: str = ""
 
 
-def _did_you_mean(word: str, choices: list[str] | set[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _profiles_dir() -> Path:
     return Path(str(resources.files("edgekit") / "targets"))
 
@@ -84,7 +78,7 @@ def load_target(name_or_path: str | Path) -> Target:
         name = str(name_or_path)
         path = _profiles_dir() / f"{name}.toml"
         if not path.is_file():
-            raise TargetError(f"unknown target {name!r}{_did_you_mean(name, target_names())} "
+            raise TargetError(f"unknown target {name!r}{did_you_mean(name, target_names())} "
                               f"(known: {', '.join(target_names())}; or give a path to a .toml profile)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -99,7 +93,7 @@ def parse_target(name: str, data: dict[str, Any], source: str) -> Target:
 
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
-            raise TargetError(f"{source}: unknown key {key!r}{_did_you_mean(key, _TOP_LEVEL_KEYS)}")
+            raise TargetError(f"{source}: unknown key {key!r}{did_you_mean(key, _TOP_LEVEL_KEYS)}")
     for key in ("description", "backend", "precision"):
         if key not in data:
             raise TargetError(f"{source}: missing required key {key!r}")
@@ -107,12 +101,12 @@ def parse_target(name: str, data: dict[str, Any], source: str) -> Target:
     known_backends = set(backend_names()) | {"tensorrt"}
     if backend not in known_backends:
         raise TargetError(f"{source}: backend {backend!r} is not one of {', '.join(sorted(known_backends))}"
-                          f"{_did_you_mean(str(backend), known_backends)}")
+                          f"{did_you_mean(str(backend), known_backends)}")
     precisions = tuple(data.get("precisions", [data["precision"]]))
     for precision in (data["precision"], *precisions):
         if precision not in PRECISIONS:
             raise TargetError(f"{source}: precision {precision!r} is not one of {', '.join(PRECISIONS)}"
-                              f"{_did_you_mean(str(precision), set(PRECISIONS))}")
+                              f"{did_you_mean(str(precision), set(PRECISIONS))}")
     if data["precision"] not in precisions:
         raise TargetError(f"{source}: precision {data['precision']!r} is not in its own precisions list {list(precisions)}")
     size = data.get("input_size")
@@ -136,11 +130,11 @@ def parse_target(name: str, data: dict[str, Any], source: str) -> Target:
     for key in calibration_data:
         if key not in _CALIBRATION_KEYS:
             raise TargetError(f"{source}: unknown key 'calibration.{key}'"
-                              f"{_did_you_mean('calibration.' + key, {'calibration.' + k for k in _CALIBRATION_KEYS})}")
+                              f"{did_you_mean('calibration.' + key, {'calibration.' + k for k in _CALIBRATION_KEYS})}")
     calibration = Calibration(**calibration_data)
     if calibration.method not in CALIBRATION_METHODS:
         raise TargetError(f"{source}: calibration.method {calibration.method!r} is not one of "
-                          f"{', '.join(CALIBRATION_METHODS)}{_did_you_mean(calibration.method, set(CALIBRATION_METHODS))}")
+                          f"{', '.join(CALIBRATION_METHODS)}{did_you_mean(calibration.method, set(CALIBRATION_METHODS))}")
     options = data.get("backend_options", {})
     if not isinstance(options, dict):
         raise TargetError(f"{source}: [backend_options] must be a table")

@@ -78,3 +78,19 @@ def test_class_names_file(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(SpecError, match="no class names"):
         load_class_names(tmp_path / "empty.txt")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(clas_names=["a"]), "unknown field 'clas_names'; did you mean 'class_names'?"),
+    (lambda d: d["postprocess"].update(conf_treshold=0.3),
+     "unknown field 'postprocess.conf_treshold'; did you mean 'conf_threshold'?"),
+    (lambda d: d["resize"].update(mdoe="letterbox"), "unknown field 'resize.mdoe'; did you mean 'mode'?"),
+    (lambda d: d.update(zzz=1), "unknown field 'zzz' (expected only"),  # nothing close: no suggestion
+])
+def test_unknown_fields_suggest_the_closest_known_one(mutate, message):
+    """A typo in a spec file must not silently fall back to a default: one line, with a did you mean."""
+    data = make_spec().to_dict()
+    mutate(data)
+    with pytest.raises(SpecError) as info:
+        ModelSpec.from_dict(data)
+    assert message in str(info.value) and "\n" not in str(info.value)

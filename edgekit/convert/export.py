@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgekit.errors import ConversionError
+from edgekit.errors import ConversionError, first_line
 from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 
 DEFAULT_OPSET = 17
@@ -50,7 +50,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, out_path: str | Path, opset: 
             outputs = model(dummy)
         except Exception as exc:  # the model itself fails on a correctly shaped input
             raise ConversionError(f"export: the model fails on a [1, 3, {height}, {width}] input "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                  f"({type(exc).__name__}: {first_line(exc, empty='')})") from None
     if isinstance(outputs, torch.Tensor):
         outputs = (outputs,)
     if len(outputs) != len(spec.head.output_names):
@@ -77,8 +77,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, out_path: str | Path, opset: 
     except ConversionError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"export to ONNX failed: {first[:300]}") from None
+        raise ConversionError(f"export to ONNX failed: {first_line(exc)}") from None
     finally:
         tmp_path.unlink(missing_ok=True)
     return out_path

@@ -12,7 +12,6 @@ the families does not build or import any of them.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -20,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from edgekit.errors import SpecError
+from edgekit.errors import SpecError, did_you_mean
 from edgekit.spec import HeadSpec, ModelSpec, Normalization, PostprocessSpec, ResizeSpec
 
 FAMILIES: dict[str, str] = {
@@ -45,11 +44,7 @@ def family_names() -> list[str]:
 def _check_family(family: Any) -> str:
     if isinstance(family, str) and family in FAMILIES:
         return family
-    hint = ""
-    if isinstance(family, str):
-        close = difflib.get_close_matches(family.lower(), FAMILIES, n=1)
-        if close:
-            hint = f"; did you mean {close[0]!r}?"
+    hint = did_you_mean(family.lower(), FAMILIES) if isinstance(family, str) else ""
     raise SpecError(f"unknown model family {family!r}{hint} (known families: {', '.join(family_names())})")
 
 
@@ -96,9 +91,7 @@ class ModelConfig:
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise SpecError(f"model config: unknown field {key!r}{hint} (expected {known})")
+                raise SpecError(f"model config: unknown field {key!r}{did_you_mean(str(key), known)} (expected {known})")
         for required in ("family", "num_classes"):
             if required not in data:
                 raise SpecError(f"model config: missing required field {required!r}")

@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.errors import CalibrationError
+from edgekit.errors import CalibrationError, first_line
 from edgekit.quant.collect import layer_name, weight_axis
 from edgekit.quant.result import (CalibrationResult, bias_correction, int8_symmetric, quantize_weight,
                                   uint8_affine)
@@ -110,7 +110,7 @@ def _ensure_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
         return version_converter.convert_version(model, minimum)
     except Exception as exc:
         raise CalibrationError(f"cannot upgrade the graph from opset {opset} to {minimum} for per-channel Q/DQ "
-                               f"({str(exc).splitlines()[0][:200]})") from None
+                               f"({first_line(exc, 200)})") from None
 
 
 class _Builder:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from edgekit.errors import ModelFileError
+from edgekit.errors import ModelFileError, first_line
 from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 
 MANIFEST_NAME = "edgekit.json"
@@ -216,8 +216,7 @@ def spec_from_onnx(path: str | Path) -> ModelSpec:
             raise ModelFileError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
         text = next((p.value for p in model.metadata_props if p.key == ONNX_METADATA_KEY), None)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: not a loadable ONNX model ({first[:300]})") from None
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
     if text is None:
         raise ModelFileError(f"{path}: no edgekit spec in the ONNX metadata (key {ONNX_METADATA_KEY!r}); "
                              "export it with edgekit, or pass --family and --names for a third-party model")

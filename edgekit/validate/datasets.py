@@ -34,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, did_you_mean
 from edgekit.runtime.preprocess import IMAGE_SUFFIXES, open_image
 from edgekit.spec import check_class_names, load_class_names
 
@@ -503,9 +503,7 @@ def load_class_map(path: str | Path) -> dict[str, str]:
 
 def _suggest(name: str, choices: list[str]) -> str:
     """`'name' (did you mean 'x'?)` when a choice is close, else `'name'`."""
-    from edgekit.targets import _did_you_mean  # the project's one did-you-mean helper
-
-    hint = _did_you_mean(name, choices)
+    hint = did_you_mean(name, choices)
     return f"{name!r} ({hint.removeprefix('; ')})" if hint else repr(name)
 
 

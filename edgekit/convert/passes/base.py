@@ -14,12 +14,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of ``str(exc)`` (at most ``limit`` characters; "" for an empty message)."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else "")[:limit]
-
-
 @dataclass(frozen=True)
 class PassResult:
     """model: the rewritten model (nn.Module or onnx.ModelProto); rewrites: how many pattern

@@ -25,7 +25,6 @@ generic stages, with the same checks, records and ``--skip`` names.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import tempfile
 import time
@@ -40,14 +39,16 @@ import onnx
 import torch
 from torch import nn
 
-from edgekit.convert.passes.base import Pass, PassRecord, PassResult, first_line
+from edgekit.convert.passes.base import Pass, PassRecord, PassResult
 from edgekit.convert.passes.module import focus, fold_bn, ncnn_focus, noop, repvgg, spp
 from edgekit.convert.passes.module.tree import module_count
 from edgekit.convert.passes.onnx import bn_fold, constant_fold, dead_nodes, simplify
-from edgekit.errors import ConversionError, EdgekitError
+from edgekit.errors import ConversionError, EdgekitError, did_you_mean, first_line
+from edgekit.tolerances import MODULE_PASS
 from edgekit.validate.compare import TensorError, tensor_error
 
-DEFAULT_TOLERANCE = 1e-5
+#: module passes, checked in float64 (why 1e-5: edgekit.tolerances.MODULE_PASS)
+DEFAULT_TOLERANCE = MODULE_PASS
 
 #: one evaluation of a model on every check input: outputs per input, in a fixed order
 Outputs = list[list[np.ndarray]]
@@ -432,9 +433,8 @@ def check_skip_names(skip: Sequence[str] | str | None, extra_passes: Sequence[Pa
     for name in sorted(_skip_set(skip)):
         if name in known:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConversionError(f"--skip {name!r}: no pass of that name{hint} (passes: {', '.join(known)})")
+        raise ConversionError(f"--skip {name!r}: no pass of that name{did_you_mean(name, known, cutoff=0.5)} "
+                              f"(passes: {', '.join(known)})")
 
 
 # --------------------------------------------------------------------------------------------

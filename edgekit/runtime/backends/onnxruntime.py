@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ModelFileError
+from edgekit.errors import ModelFileError, first_line
 from edgekit.runtime.backends.base import Runner, TensorSpec
 
 # ONNX tensor element type strings as ONNX Runtime reports them -> numpy dtypes
@@ -58,8 +58,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self._session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=list(self.providers))
         except Exception as exc:  # onnxruntime raises its own exception types with multi-line text
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{self.model_path}: onnxruntime cannot load this model ({first_line[:300]})") from None
+            raise ModelFileError(f"{self.model_path}: onnxruntime cannot load this model ({first_line(exc)})") from None
 
     def _deactivate(self) -> None:
         self._session = None

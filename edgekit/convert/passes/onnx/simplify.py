@@ -18,7 +18,8 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import onnx
 
-from edgekit.convert.passes.base import Pass, PassResult, first_line
+from edgekit.convert.passes.base import Pass, PassResult
+from edgekit.errors import first_line
 
 
 def _run_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
