@@ -4,6 +4,7 @@ image suffixes, images above the decompression-bomb limit, and OpenVINO's teleme
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import struct
@@ -18,7 +19,7 @@ from edgekit.cli import OPSET_RANGE, expand_sources
 from edgekit.errors import EdgekitError, InputError, SpecError
 from edgekit.spec import HeadSpec, ModelSpec, load_class_names
 from edgekit.validate.datasets import DatasetError, load_dataset
-from tests.helpers import one_error_line, run_cli
+from tests.helpers import one_error_line, run_cli, skip_unless_backends
 
 run = run_cli
 
@@ -340,7 +341,11 @@ def test_huge_image_through_detect_and_a_dataset(tmp_path, capsys):
 
 
 def test_openvino_conversion_sends_no_telemetry(tmp_path, monkeypatch):
-    pytest.importorskip("openvino")
+    skip_unless_backends("openvino")
+    # NOTE: `import openvino` itself sends an "import" telemetry event (openvino/tools/ovc/__init__.py) and writes
+    # ~/intel unless CI is set; edgekit does not yet suppress that, so the import happens before HOME is redirected
+    # and this test covers the conversion only.
+    importlib.import_module("openvino")
     telemetry = pytest.importorskip("openvino_telemetry")
     from openvino_telemetry.utils.sender import TelemetrySender
 

@@ -33,7 +33,9 @@ from edgekit.models.common import (
 )
 from edgekit.models.ssd import num_priors
 from edgekit.models.yolov5 import default_anchors
+from edgekit.runtime import decode as runtime_decode
 from edgekit.spec import ModelSpec
+from tests.helpers import skip_unless_backends
 
 torch.set_num_threads(1)
 
@@ -198,10 +200,8 @@ def test_ssd_params_describe_the_feature_maps(size):
     assert len(params["min_sizes"]) == len(params["max_sizes"]) == len(params["aspect_ratios"]) == 4
     assert all(lo < hi for lo, hi in zip(params["min_sizes"], params["max_sizes"]))
     assert num_priors(params) == expected_shapes(make_model("ssd", size).spec, 1)[0][1]
-    runtime_decode = pytest.importorskip("edgekit.runtime.decode")
-    if hasattr(runtime_decode, "ssd_priors"):
-        # the runtime's prior generator agrees with the model's loc/conf row count
-        assert len(runtime_decode.ssd_priors(params, size)) == expected_shapes(make_model("ssd", size).spec, 1)[0][1]
+    # the runtime's prior generator agrees with the model's loc/conf row count
+    assert len(runtime_decode.ssd_priors(params, size)) == expected_shapes(make_model("ssd", size).spec, 1)[0][1]
 
 
 @pytest.mark.parametrize("family", BUILT_IN)
@@ -265,8 +265,10 @@ PORTABLE_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "Relu", "Sigmoid"
 
 @pytest.mark.parametrize("family", BUILT_IN)
 def test_onnx_export_matches_torch(family, tmp_path):
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    skip_unless_backends("onnxruntime")
+    import onnx
+    import onnxruntime as ort
+
     size = (128, 192)  # non-square, so a swapped H/W anywhere in the graph shows
     model = make_model(family, size, seed=3)
     x = images(size, seed=4)
@@ -440,9 +442,6 @@ def test_conv_bn_act_is_conv_then_bn_then_activation():
 
 @pytest.mark.parametrize("family", BUILT_IN)
 def test_runtime_decoder_reads_each_family(family):
-    runtime_decode = pytest.importorskip("edgekit.runtime.decode")
-    if not hasattr(runtime_decode, "decode"):
-        pytest.skip("edgekit.runtime.decode has no decode() yet")
     size = (128, 192)
     model = make_model(family, size).eval()
     with torch.no_grad():

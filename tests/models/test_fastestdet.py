@@ -18,6 +18,7 @@ from edgekit.errors import InputError, SpecError
 from edgekit.models.checkpoint import load_state_dict_strict, safe_torch_load
 from edgekit.models.fastestdet import FastestDet, _channel_halves, build_fastestdet, fastestdet_spec
 from edgekit.spec import ModelSpec
+from tests.helpers import skip_unless_backends
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FASTESTDET_DIR = (REPO_ROOT / ".." / "shared" / "models" / "fastestdet").resolve()
@@ -59,7 +60,9 @@ def coco_model() -> FastestDet:
 
 @pytest.fixture(scope="module")
 def upstream_session():
-    ort = pytest.importorskip("onnxruntime")
+    skip_unless_backends("onnxruntime")
+    import onnxruntime as ort
+
     if not UPSTREAM_ONNX.is_file():
         pytest.skip(f"upstream ONNX not found at {UPSTREAM_ONNX}")
     options = ort.SessionOptions()

@@ -34,6 +34,7 @@ from edgekit.reference.detector import ReferenceDetector
 from edgekit.runtime.decode import decode as runtime_decode
 from edgekit.runtime.preprocess import load_image, preprocess
 from edgekit.spec import HeadSpec, ModelSpec
+from tests.helpers import skip_unless_backends
 from tests.parity_helpers import is_zero_area, load_predictions, match_upstream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +107,9 @@ def test_predictions_match_the_upstream(real_models, raw_runs, name, conf):
 def test_onnx_export_of_the_same_file_equals_the_torch_module(real_models):
     """yolov8n-coco8.pt through edgekit's module, decoded into the export's [1, 4+nc, N] layout (xywh in input
     pixels, sigmoid class scores) with the reference dfl decoder, equals ONNX Runtime on the upstream's ONNX."""
-    ort = pytest.importorskip("onnxruntime")
+    skip_unless_backends("onnxruntime")
+    import onnxruntime as ort
+
     model = real_models["yolov8n-coco8"]
     tensor, _ = preprocess([load_image(str(IMAGES[0]))], model.spec)
     session = ort.InferenceSession(str(ULTRA / "yolov8n-coco8.onnx"), providers=["CPUExecutionProvider"])
@@ -183,6 +186,7 @@ def test_yolo26_end2end_branch(real_models, raw_runs):
     e2e = build_from_pickled(ck, "yolo26n-coco8.pt", end2end=True)
     pp = e2e.spec.postprocess
     assert (pp.nms, pp.max_detections) == (False, 300)
+    assert e2e.spec.head.params["one2one_topk"] == 300  # the end-to-end export's own top-k selection
     runs = _run(e2e)
     assert not torch.allclose(runs[0][0][0], raw_runs["yolo26n-coco8"][0][0][0])  # really the other branch
     ours = _our_predictions(e2e, runs, 0.25)

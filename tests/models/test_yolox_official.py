@@ -24,7 +24,7 @@ from edgekit.models.imports.yolox_official import (
     is_yolox_state_dict,
 )
 from edgekit.spec import ModelSpec
-from tests.helpers import REPO_ROOT, load_tool
+from tests.helpers import REPO_ROOT, load_tool, skip_unless_backends
 
 ASSETS = REPO_ROOT / "tests" / "assets" / "yolox_official"
 SCALES = [name for name, *_ in KNOWN_SCALES]
@@ -309,7 +309,9 @@ def test_other_state_dicts_are_not_yolox() -> None:
 
 def test_exports_to_onnx_and_onnxruntime_matches_pytorch(oracle, tmp_path: Path) -> None:
     """Through edgekit's export chain (Focus -> conv, SPP -> SPPF, BN folding, ONNX passes) at 128x160."""
-    ort = pytest.importorskip("onnxruntime")
+    skip_unless_backends("onnxruntime")
+    import onnxruntime as ort
+
     from edgekit.convert.chain import export_artifact
 
     weights, _ = _recorded(oracle, "yolox_nano")
@@ -328,7 +330,7 @@ def test_exports_to_onnx_and_onnxruntime_matches_pytorch(oracle, tmp_path: Path)
 def test_exported_artifact_detects_like_the_pytorch_reference(oracle, tmp_path: Path) -> None:
     """Runtime path (top-left letterbox, BGR, no /255, decode, class-agnostic NMS) on the ONNX model vs the
     torch reference detector, on images of several aspect ratios."""
-    pytest.importorskip("onnxruntime")
+    skip_unless_backends("onnxruntime")
     from edgekit.convert.chain import export_artifact
     from edgekit.reference.detector import ReferenceDetector
     from edgekit.runtime.detector import Detector

@@ -22,6 +22,7 @@ import pytest
 
 from edgekit.errors import InputError
 from edgekit.runtime import nms as rt
+from tests.helpers import skip_unless_backends
 
 try:  # the torch reference is an extra oracle; the runtime tests must also run on a torch-free device
     import torch
@@ -40,8 +41,10 @@ F32 = np.float32
 @pytest.fixture(scope="module")
 def ort_nms():
     """Callable (boxes [N,4], scores [C,N], iou, score_threshold) -> list of C index lists, in ORT's order."""
-    ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
+    skip_unless_backends("onnxruntime")
+    import onnx
+    import onnxruntime as ort
+
     helper, tp = onnx.helper, onnx.TensorProto
     node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score_threshold"],
                             ["selected"], center_point_box=0)
