@@ -10,6 +10,7 @@ skip by ``TensorRtRunner.is_available()``, never by mocking the backend.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -308,3 +309,69 @@ def test_a_corrupt_engine_is_one_model_file_error(artifact, tmp_path):
     with pytest.raises(ModelFileError, match="cannot load this engine") as caught:
         Detector.load(art, backend="tensorrt")
     assert "\n" not in str(caught.value)
+
+
+@needs_tensorrt
+def test_build_engine_through_the_python_api_matches_onnxruntime(tmp_path):
+    """``edgekit build-engine``: the installed TensorRT's build from the manifest, its record, then parity."""
+    from edgekit.convert.tensorrt_engine import build_engine
+    from edgekit.validate.compare import tensor_error
+
+    art = jetson_artifact(tmp_path / "art", "fp32")
+    engine = build_engine(art)
+    record = json.loads((art / f"{engine.name}.json").read_text())
+    assert record["onnx"] == "model.onnx" and record["built_by"] == "edgekit build-engine"
+    tensor = np.random.default_rng(4).random((2, 3, *SIZE), dtype=np.float32)  # batch 2 on a batch-1 engine
+    with Detector.load(art, backend="onnxruntime") as baseline, \
+            Detector.load(art, backend="tensorrt", precision="fp32") as candidate:
+        error = tensor_error(baseline.infer_tensor(tensor), [np.asarray(a, np.float32)
+                                                             for a in candidate.infer_tensor(tensor)])
+    assert error.max_rel <= 1e-3, error  # --noTF32 / TF32 cleared: fp32 arithmetic
+
+
+@needs_tensorrt
+def test_an_engine_of_a_re_converted_model_is_refused_at_load(built_artifact, tmp_path):
+    art, precision = built_artifact
+    copy = a_copy(art, tmp_path)
+    record_file = copy / f"model_{precision}.engine.json"
+    record = json.loads(record_file.read_text())
+    record["onnx_sha256"] = "0" * 64
+    record_file.write_text(json.dumps(record))
+    with pytest.raises(ModelFileError, match="built from another") as caught:
+        Detector.load(copy, backend="tensorrt", precision=precision)
+    assert "\n" not in str(caught.value)
+
+
+@needs_tensorrt
+def test_a_data_dependent_nms_output_matches_onnxruntime(tmp_path):
+    """ONNX NonMaxSuppression -> TensorRT's INMSLayer: a [num_selected, 3] output the runner sizes after the run."""
+    import onnxruntime as ort
+    import tensorrt as trt
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    xy = rng.random((1, 64, 2), dtype=np.float32) * 100
+    boxes = np.concatenate([xy, xy + 10 + rng.random((1, 64, 2), dtype=np.float32) * 20], axis=2)
+    scores = rng.random((1, 3, 64), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "k", "iou", "conf"], ["selected"])], "nms",
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 64, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, 64])],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, ["n", 3])],
+        [numpy_helper.from_array(np.array([20], np.int64), "k"), numpy_helper.from_array(np.array([0.5], np.float32),
+                                                                                        "iou"),
+         numpy_helper.from_array(np.array([0.3], np.float32), "conf")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"boxes": boxes, "scores": scores})[0]
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    network = builder.create_network(0 if explicit is None else 1 << int(explicit))
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(model.SerializeToString())
+    engine = tmp_path / "nms.engine"
+    engine.write_bytes(bytes(builder.build_serialized_network(network, builder.create_builder_config())))
+    with TensorRtRunner(engine) as runner:
+        actual = runner.infer({"boxes": boxes, "scores": scores})["selected"]
+    key = lambda rows: sorted(map(tuple, np.asarray(rows, np.int64).tolist()))  # noqa: E731
+    assert key(actual) == key(expected)

@@ -70,7 +70,8 @@ _NUMPY_DTYPES: dict[str, np.dtype] = {
 #: (``tools/trt_api_surface.json``, extracted by ``tools/trt_api_surface.py``)
 TENSORRT_RUNTIME_API = ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype",
                         "get_tensor_profile_shape", "set_input_shape", "set_tensor_address", "execute_async_v3",
-                        "deserialize_cuda_engine", "create_execution_context", "TensorIOMode", "ILogger")
+                        "deserialize_cuda_engine", "create_execution_context", "TensorIOMode", "ILogger",
+                        "IOutputAllocator", "set_output_allocator", "reallocate_output", "notify_shape")
 #: the record the device build writes next to the engine (``<engine>.json``)
 ENGINE_RECORD_FORMAT = "edgekit-tensorrt-engine"
 #: cuda errors that mean "no usable GPU here" rather than "this call went wrong"
@@ -233,6 +234,7 @@ class TensorRtRunner(Runner):
         self._static_batch: dict[str, int] = {}
         self._buffers: dict[str, tuple[int, int]] = {}  # tensor name -> (device pointer, capacity in bytes)
         self._pinned: dict[str, tuple[int, int]] = {}  # tensor name -> (pinned host pointer, capacity in bytes)
+        self._allocator: Any = None  # trt.IOutputAllocator for outputs whose shape depends on the data (NMS)
         # one context + stream + buffers: held for the whole of each inference (input shapes, copies, outputs)
         self._infer_lock = threading.Lock()
 
@@ -346,7 +348,10 @@ class TensorRtRunner(Runner):
                 cuda.lib.cudaFreeHost(ctypes.c_void_p(pointer))
             if self._stream:
                 cuda.lib.cudaStreamDestroy(ctypes.c_void_p(self._stream))
-        self._buffers, self._pinned = {}, {}
+            if self._allocator is not None:
+                for pointer, _ in self._allocator.buffers.values():
+                    cuda.lib.cudaFree(ctypes.c_void_p(pointer))
+        self._buffers, self._pinned, self._allocator = {}, {}, None
         self._stream = 0
         # context before engine before runtime: each must outlive what was created from it
         self._context = None
@@ -380,6 +385,11 @@ class TensorRtRunner(Runner):
         for start, stop, padded in plan:
             chunk = {n: _pad_rows(a[start:stop], padded) for n, a in feeds.items()}
             result = self._infer_once(chunk)
+            if self._allocator is not None and self._allocator.registered:
+                # rows of a data-dependent output (NMS: [num_selected, 3]) are not batch rows: no chunking
+                raise InputError(f"{self.model_path.name}: a batch of {total} does not fit this engine "
+                                 f"({self._profile_text(next(iter(feeds)))}) and its data-dependent outputs "
+                                 "cannot be run in chunks; send at most the engine's batch")
             parts.append({n: r[:stop - start] for n, r in result.items()})
         return {name: np.concatenate([p[name] for p in parts]) for name, _ in self._outputs}
 
@@ -403,11 +413,15 @@ class TensorRtRunner(Runner):
                                   f"copying input '{spec.name}' to the GPU")
             self._set_address(spec.name, pointer)
         shapes: dict[str, tuple[int, ...]] = {}
+        data_dependent = []
         for name, dtype in self._outputs:
             shape = tuple(int(d) for d in context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise OutputError(f"{self.model_path.name}: output '{name}' has a data-dependent shape {list(shape)}, "
-                                  "which this runner does not support")
+                # known only after the run (an NMS output: [num_selected, 3]): TensorRT asks the output allocator
+                # for memory and tells it the shape (IOutputAllocator, TensorRT >= 8.5)
+                self._use_output_allocator(name)
+                data_dependent.append(name)
+                continue
             shapes[name] = shape
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             self._set_address(name, self._device_buffer(name, nbytes))
@@ -416,12 +430,26 @@ class TensorRtRunner(Runner):
             raise OutputError(f"{self.model_path.name}: TensorRT failed to enqueue the inference "
                               f"({_first_line(_recording_logger(self._trt).errors)})")
         for name, dtype in self._outputs:
+            if name in data_dependent:
+                continue
             nbytes = int(np.prod(shapes[name], dtype=np.int64)) * dtype.itemsize
             if nbytes:
                 cuda.memcpy_async(self._pinned_buffer(name, nbytes), self._buffers[name][0], nbytes, CUDA_D2H,
                                   self._stream, f"copying output '{name}' from the GPU")
         cuda.check(cuda.lib.cudaStreamSynchronize(ctypes.c_void_p(self._stream)), "running the engine "
                    "(cudaStreamSynchronize)")
+        if data_dependent:  # their shapes are known now: copy them back, then wait again
+            dtypes = dict(self._outputs)
+            for name in data_dependent:
+                if name not in self._allocator.shapes:
+                    raise OutputError(f"{self.model_path.name}: TensorRT reported no shape for output '{name}'")
+                shapes[name] = self._allocator.shapes[name]
+                nbytes = int(np.prod(shapes[name], dtype=np.int64)) * dtypes[name].itemsize
+                if nbytes:
+                    cuda.memcpy_async(self._pinned_buffer(name, nbytes), self._allocator.buffers[name][0], nbytes,
+                                      CUDA_D2H, self._stream, f"copying output '{name}' from the GPU")
+            cuda.check(cuda.lib.cudaStreamSynchronize(ctypes.c_void_p(self._stream)), "copying data-dependent "
+                       "outputs (cudaStreamSynchronize)")
         results = {}
         for name, dtype in self._outputs:
             host = np.empty(shapes[name], dtype=dtype)
@@ -443,6 +471,15 @@ class TensorRtRunner(Runner):
         cuda = self._cuda
         assert cuda is not None
         return _grown(self._pinned, name, nbytes, cuda.malloc_host, cuda.free_host)
+
+    def _use_output_allocator(self, name: str) -> None:
+        if self._allocator is None:
+            assert self._cuda is not None  # activated
+            self._allocator = _output_allocator(self._trt, self._cuda)
+        if name not in self._allocator.registered:
+            if not self._context.set_output_allocator(name, self._allocator):
+                raise OutputError(f"{self.model_path.name}: TensorRT refused an output allocator for '{name}'")
+            self._allocator.registered.add(name)
 
     def _set_address(self, name: str, pointer: int) -> None:
         if not self._context.set_tensor_address(name, pointer):
@@ -467,6 +504,31 @@ def _grown(buffers: dict[str, tuple[int, int]], name: str, nbytes: int, allocate
     pointer = allocate(size, name)
     buffers[name] = (pointer, size)
     return pointer
+
+
+def _output_allocator(trt: Any, cuda: CudaRuntime) -> Any:
+    """A ``trt.IOutputAllocator`` that keeps one growing device buffer per output and records the shapes TensorRT
+    reports. ``reallocate_output`` is 8.x's callback, ``reallocate_output_async`` 10.x's (both defined: each
+    version calls the one it has)."""
+
+    class OutputAllocator(trt.IOutputAllocator):
+        def __init__(self) -> None:
+            trt.IOutputAllocator.__init__(self)
+            self.buffers: dict[str, tuple[int, int]] = {}
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.registered: set[str] = set()
+
+        def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+            return _grown(self.buffers, tensor_name, int(size), cuda.malloc, cuda.free)
+
+        def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int,
+                                    stream: int) -> int:
+            return self.reallocate_output(tensor_name, memory, size, alignment)
+
+        def notify_shape(self, tensor_name: str, shape: Any) -> None:
+            self.shapes[tensor_name] = tuple(int(d) for d in shape)
+
+    return OutputAllocator()
 
 
 def chunk_plan(total: int | None, static_batch: int | None, max_batch: int | None) -> list[tuple[int, int, int]] | None:
