@@ -22,7 +22,10 @@ implement exactly this:
 - ``dfl`` params ``strides``, ``reg_max``: one tensor per level ``[B, 4*reg_max + nc, H, W]``;
   distances ltrb = sum_i softmax(bins)_i * i * stride from anchor points (grid + 0.5) * stride;
   score = sig(cls); no objectness. ``reg_max`` 1 (YOLO26) means no bins: the 4 box channels are the
-  raw ltrb distances in stride units, ltrb = raw * stride.
+  raw ltrb distances in stride units, ltrb = raw * stride. Optional ``one2one_topk`` K (YOLOv10 / YOLO26
+  one-to-one heads, end to end, no NMS): the candidates are then the K anchors with the highest max-class score,
+  and among their K x nc (anchor, class) pairs the K highest scores, descending (ties to the lower index) —
+  one anchor may appear once per class, as the Ultralytics end-to-end export outputs them.
 - ``centernet`` params ``stride``, ``topk``: three tensors ``heatmap [B, nc, H, W]`` (logits),
   ``wh [B, 2, H, W]`` and ``offset [B, 2, H, W]`` in output-grid units; peaks by 3x3 max-pool
   suppression; no NMS.

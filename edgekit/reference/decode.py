@@ -157,7 +157,7 @@ def decode_dfl(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult
     reg_max = int(_require(spec, "reg_max"))
     _expect_count(outputs, len(strides), spec)
     nc = spec.num_classes
-    all_boxes, all_scores, all_labels = [], [], []
+    all_boxes, all_scores, all_labels, all_class_scores = [], [], [], []
     for i, (out, stride) in enumerate(zip(outputs, strides)):
         _expect(out.dim() == 4 and out.shape[1] == 4 * reg_max + nc, spec, i, f"[B, {4 * reg_max + nc}, H, W]", out)
         b, _, h, w = out.shape
@@ -172,11 +172,31 @@ def decode_dfl(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult
         ax = (xs.flatten() + 0.5) * stride
         ay = (ys.flatten() + 0.5) * stride
         boxes = torch.stack([ax - ltrb[:, 0], ay - ltrb[:, 1], ax + ltrb[:, 2], ay + ltrb[:, 3]], dim=-1)
-        scores, labels = out[:, 4 * reg_max:].flatten(2).sigmoid().max(dim=1)
+        class_scores = out[:, 4 * reg_max:].flatten(2).sigmoid()  # [B, nc, H*W]
+        scores, labels = class_scores.max(dim=1)
         all_boxes.append(boxes)
         all_scores.append(scores)
         all_labels.append(labels)
+        all_class_scores.append(class_scores)
+    one2one_topk = spec.head.params.get("one2one_topk")
+    if one2one_topk is not None:
+        return _one_to_one(torch.cat(all_boxes, 1), torch.cat(all_class_scores, 2).transpose(1, 2), int(one2one_topk))
     return torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_labels, 1)
+
+
+def _one_to_one(boxes: torch.Tensor, class_scores: torch.Tensor, k: int) -> DecodeResult:
+    """End-to-end (one-to-one head) selection: the k anchors with the best max-class score, then the k best
+    (anchor, class) pairs among them, anchor-major; both by a stable descending sort (ties to the lower index)."""
+    n, nc = class_scores.shape[1:]
+    picked_boxes, picked_scores, picked_labels = [], [], []
+    for image_boxes, image_scores in zip(boxes, class_scores):
+        anchors = torch.sort(image_scores.max(dim=1).values, descending=True, stable=True).indices[:min(k, n)]
+        pairs = image_scores[anchors].flatten()
+        order = torch.sort(pairs, descending=True, stable=True).indices[:min(k, len(pairs))]
+        picked_boxes.append(image_boxes[anchors[order // nc]])
+        picked_scores.append(pairs[order])
+        picked_labels.append(order % nc)
+    return torch.stack(picked_boxes), torch.stack(picked_scores), torch.stack(picked_labels)
 
 
 # --- centernet ---------------------------------------------------------------------------------

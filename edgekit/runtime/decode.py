@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -324,6 +324,15 @@ def decode_dfl(outputs: Sequence[np.ndarray], spec: ModelSpec,
                      f"[B, {4 * reg_max + nc}, H, W] (4 x reg_max {reg_max} + {nc} classes)", batch)
         _check_grid(arr.shape[2], arr.shape[3], strides[i], i, spec)
     bin_index = np.arange(reg_max, dtype=np.float32)
+    one2one_topk = spec.head.params.get("one2one_topk")
+    if one2one_topk is not None:
+        if int(one2one_topk) < 1:
+            raise SpecError(f"head kind 'dfl': params.one2one_topk must be >= 1, got {one2one_topk}")
+        # every anchor's box is needed before the selection; the end-to-end K is small, so is the extra work
+        everything = decode_dfl(outputs, replace(spec, head=replace(spec.head, params={
+            k: v for k, v in spec.head.params.items() if k != "one2one_topk"})), None)
+        class_logits = np.concatenate([a.reshape(a.shape[0], a.shape[1], -1)[:, 4 * reg_max:] for a in arrays], 2)
+        return _one_to_one(everything.boxes, _sigmoid(class_logits.transpose(0, 2, 1)), int(one2one_topk))
     result = _allocate(batch, sum(a.shape[2] * a.shape[3] for a in arrays))
     start = 0
     for arr, stride in zip(arrays, strides):
@@ -355,6 +364,29 @@ def decode_dfl(outputs: Sequence[np.ndarray], spec: ModelSpec,
                 out[image, keep] = sub[0]
         start += n
     return result
+
+
+def _one_to_one(boxes: np.ndarray, class_scores: np.ndarray, k: int) -> Candidates:
+    """End-to-end selection of a one-to-one head: boxes [B, N, 4] xyxy, class_scores [B, N, nc] in [0, 1].
+
+    Stage 1: the k1 = min(k, N) anchors with the highest max-class score. Stage 2: among their k1 * nc
+    (anchor, class) pairs, flattened anchor-major (pair p = anchor slot * nc + class), the min(k, k1 * nc) highest
+    scores. Both stages sort descending with ties to the lower index (a stable sort of the negated scores).
+    Returns Candidates with one row per selected pair, in descending score order: [B, K, 4] / [B, K] / [B, K].
+    """
+    b, n, nc = class_scores.shape
+    k1 = min(k, n)
+    k2 = min(k, k1 * nc)
+    out = _allocate(b, k2)
+    for image in range(b):
+        anchors = np.argsort(-class_scores[image].max(axis=1), kind="stable")[:k1]
+        pairs = class_scores[image, anchors].reshape(-1)  # anchor-major
+        best = np.argsort(-pairs, kind="stable")[:k2]
+        chosen = anchors[best // nc]
+        out.boxes[image] = boxes[image, chosen]
+        out.scores[image] = pairs[best]
+        out.labels[image] = best % nc
+    return out
 
 
 def _dfl_boxes(bins_flat: np.ndarray, gx: np.ndarray, gy: np.ndarray, stride: float, reg_max: int,

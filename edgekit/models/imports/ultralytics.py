@@ -516,9 +516,11 @@ def build_from_pickled(ck: PickledCheckpoint, source: str, *, end2end: bool | No
             raise ModelFileError(f"{source}: end-to-end output requested but the Detect head has no one-to-one "
                                  "branch (only YOLO26-style heads with one2one_cv2/one2one_cv3 have it)")
         head.use_one2one = use_one2one
-        spec_head = HeadSpec(kind="dfl", output_names=output_names,
-                             params={"strides": strides, "reg_max": int(head.reg_max)})
         max_det = int(layers[-1].attrs.get("max_det", 300) or 300)
+        params: dict[str, Any] = {"strides": strides, "reg_max": int(head.reg_max)}
+        if use_one2one:  # the end-to-end head's own selection (no NMS): see spec's ``dfl`` one2one_topk
+            params["one2one_topk"] = max_det
+        spec_head = HeadSpec(kind="dfl", output_names=output_names, params=params)
         post = (PostprocessSpec(conf_threshold=0.25, iou_threshold=0.7, nms=False, class_agnostic=False,
                                 pre_nms_topk=30000, max_detections=max_det or END2END_MAX_DETECTIONS)
                 if use_one2one else
