@@ -8,15 +8,20 @@ rebuilt by edgekit's importer) and other slice orders are all rewritten.
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 from torch import nn
 
+from edgekit.convert.chain import convert
 from edgekit.convert.passes import LEGALIZATION, all_pass_names, legalization_stage, run_stages
 from edgekit.convert.passes.module.focus import focus_pattern
 from edgekit.convert.passes.module.ncnn_focus import FocusToPixelUnshuffle, PixelUnshuffleFocus
+from edgekit.models import ModelConfig, build_model
 from edgekit.models.common import Focus
 from edgekit.models.imports.ultralytics_blocks import Focus as UltralyticsFocus
+from edgekit.runtime.backends import get_runner_class
+from edgekit.targets import parse_target
 from tests.convert.pass_contract import (
     ModulePassContract,
     apply_pass,
@@ -88,3 +93,20 @@ class TestNcnnFocusContract(ModulePassContract):
     def without_pattern(self) -> nn.Module:
         torch.manual_seed(0)
         return nn.Sequential(nn.Conv2d(3, 16, 6, 2, 2), nn.ReLU()).eval()
+
+
+@pytest.mark.skipif(not get_runner_class("ncnn").is_available(), reason="ncnn not installed")
+def test_ncnn_build_of_a_focus_model_goes_through_the_legalisation_stage(tmp_path) -> None:
+    """With the generic focus rewrite skipped (``--no-passes`` takes the same route: the legalisation stage
+    runs without the module stage, see chain._export_stage), the Focus stem still reaches ncnn as pixel_unshuffle — as a recorded pass of the ``ncnn`` stage, not a rewrite
+    hidden in the builder — and the built ncnn model matches the PyTorch model."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("yolov5", 3, (64, 64)), ("a", "b", "c")).eval()
+    target = parse_target("test-ncnn", {"description": "test", "backend": "ncnn", "precision": "fp32",
+                                        "precisions": ["fp32"]}, "test.toml")
+    manifest = convert(model, target, tmp_path / "art", skip_passes=["focus"])
+    legal = [r for r in manifest.info["passes"] if r["stage"] == "ncnn"]
+    assert [(r["name"], r["rewrites"]) for r in legal] == [("ncnn_focus", 1)]
+    assert manifest.info["parity"]["ncnn/fp32"]["checked"] and manifest.info["parity"]["ncnn/fp32"]["max_rel"] <= 1e-4
+    onnx_ops = {n.op_type for n in onnx.load(str(tmp_path / "art" / "model.onnx")).graph.node}
+    assert "Slice" in onnx_ops  # the portable ONNX keeps its Focus: legalisation is for ncnn only
