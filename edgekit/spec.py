@@ -56,7 +56,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,13 @@ class PostprocessSpec:
     class_agnostic: bool = False
     pre_nms_topk: int = 1000
     max_detections: int = 300
+
+    def with_thresholds(self, conf_threshold: float | None = None,
+                        iou_threshold: float | None = None) -> PostprocessSpec:
+        """A copy with the score / NMS IoU thresholds a user gave (``--conf`` / ``--iou``); None keeps the spec's."""
+        return replace(self,
+                       conf_threshold=self.conf_threshold if conf_threshold is None else float(conf_threshold),
+                       iou_threshold=self.iou_threshold if iou_threshold is None else float(iou_threshold))
 
 
 @dataclass(frozen=True)
@@ -240,8 +247,6 @@ class ModelSpec:
         return cls.from_json(path.read_text(encoding="utf-8", errors="replace"), source=str(path))
 
     def with_input_size(self, input_size: tuple[int, int]) -> ModelSpec:
-        from dataclasses import replace
-
         return replace(self, input_size=(int(input_size[0]), int(input_size[1])))
 
 
