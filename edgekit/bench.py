@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.atomic_io import write_text_atomic
 from edgekit.errors import EdgekitError
-from edgekit.runtime.artifact import read_manifest
+from edgekit.runtime.artifact import READY, read_manifest
 from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.detector import Detector
 from edgekit.runtime.preprocess import ImageLike, load_image, preprocess
@@ -53,16 +53,18 @@ class BenchResult:
 
 
 def bench_artifact(artifact: str | Path, image: ImageLike, backends: Sequence[str] | None = None, runs: int = 50,
-                   warmup: int = 5, threads: int = 0) -> list[BenchResult]:
+                   warmup: int = 5, threads: int | None = None) -> list[BenchResult]:
+    """``threads``: None = the artifact's (its target profile's), 0 = each backend's default."""
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
+    threads = manifest.threads if threads is None else threads
     array = load_image(image)
     results = []
     for entry in manifest.models:
         if backends and entry.backend not in backends:
             continue
         try:
-            runnable = not entry.awaits_device_build(artifact) and get_runner_class(entry.backend).is_available()
+            runnable = entry.status(artifact) == READY and get_runner_class(entry.backend).is_available()
         except EdgekitError:
             runnable = False
         if not runnable:
@@ -135,3 +137,128 @@ def write_bench_report(results: Sequence[BenchResult], folder: str | Path) -> tu
     plt.close(fig)
     return json_path, png_path
 
+
+
+# --- throughput: frames/s end to end on a video next to the backend's raw throughput ---------------------------
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    name: str                 # backend/precision
+    workers: int              # inference requests in flight, in both measurements
+    frames: int               # frames per round
+    rounds: int
+    raw_fps: float            # median over rounds: Runner.infer alone from `workers` threads, preprocessed tensor
+    end_to_end_fps: float     # median over rounds: Detector.stream(video, throughput): decode .. postprocess
+    stage_ms: dict            # mean busy ms per frame of each stream stage (last round)
+
+    @property
+    def ratio(self) -> float:
+        """end-to-end / raw frames per second, measured in the same interleaved run."""
+        return self.end_to_end_fps / self.raw_fps if self.raw_fps else float("nan")
+
+
+def raw_throughput(runner, feeds: dict, workers: int, frames: int) -> float:
+    """Frames/s of ``frames`` Runner.infer calls on one prepared feed, ``workers`` calls in flight (threads)."""
+    import threading
+
+    remaining = [frames]
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+            runner.infer(feeds)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return frames / (time.perf_counter() - t0)
+
+
+def write_test_video(path: str | Path, images: Sequence[ImageLike], frames: int, size: tuple[int, int] = (1280, 720),
+                     fps: float = 30.0) -> Path:
+    """An MPEG-4 video (``mp4v``, what every OpenCV wheel writes) of ``frames`` frames at ``size`` (width, height):
+    the images in turn, resized, each shifted a little further so that consecutive frames differ."""
+    import cv2
+
+    path = Path(path)
+    bases = [cv2.cvtColor(cv2.resize(load_image(image), size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_RGB2BGR)
+             for image in images]
+    if not bases:
+        raise EdgekitError("write_test_video: no images given")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not writer.isOpened():
+        raise EdgekitError(f"{path}: OpenCV cannot write an mp4v video here")
+    for index in range(frames):
+        writer.write(np.ascontiguousarray(np.roll(bases[index % len(bases)], 5 * index, axis=1)))
+    writer.release()
+    return path
+
+
+def bench_throughput(artifact: str | Path, video: str | Path, backends: Sequence[str] | None = None,
+                     rounds: int = 3, warmup_frames: int = 8, threads: int = 0,
+                     workers: int = 0) -> list[ThroughputResult]:
+    """For each runnable model of ``artifact``: ``Detector.stream(video)`` in throughput mode (the whole video,
+    decode included) and the raw ``Runner.infer`` throughput with the same number of requests in flight,
+    interleaved round by round so machine-load drift hits both alike; medians over ``rounds``.
+
+    workers: requests in flight (0 = :meth:`Detector.optimal_requests`: OpenVINO's own number under its
+    THROUGHPUT hint, one per core elsewhere). threads: backend threads per request (0 = backend default).
+    """
+    import cv2
+
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    capture = cv2.VideoCapture(str(video))
+    ok, first = capture.read()
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    if not ok or frames <= 0:
+        raise EdgekitError(f"{video}: cannot read this video (expected a video file OpenCV decodes)")
+    first_rgb = cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
+    results = []
+    for entry in manifest.models:
+        if backends and entry.backend not in backends:
+            continue
+        try:
+            if not get_runner_class(entry.backend).is_available():
+                continue
+            detector = Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads,
+                                     mode="throughput")
+        except EdgekitError:  # e.g. a TensorRT entry that awaits its on-device build
+            continue
+        with detector:
+            count = workers or detector.optimal_requests()
+            tensor, _ = preprocess([first_rgb], detector.spec)
+            feeds = {detector.spec.input_name: tensor.astype(detector._input.dtype, copy=False)}
+            raw_throughput(detector.runner, feeds, count, warmup_frames)
+            raw, e2e = [], []
+            stage_ms: dict = {}
+            for _ in range(rounds):
+                raw.append(raw_throughput(detector.runner, feeds, count, frames))
+                stream = detector.stream(video, mode="throughput", workers=count)
+                t0 = time.perf_counter()
+                processed = sum(1 for _ in stream)
+                e2e.append(processed / (time.perf_counter() - t0))
+                stage_ms = stream.stage_ms()
+            results.append(ThroughputResult(f"{entry.backend}/{entry.precision}", count, frames, rounds,
+                                            float(np.median(raw)), float(np.median(e2e)), stage_ms))
+    if not results:
+        raise EdgekitError(f"{artifact}: no model in the artifact runs on this machine")
+    return results
+
+
+def format_throughput(results: Sequence[ThroughputResult]) -> str:
+    lines = ["| model | requests | raw infer frames/s | end-to-end frames/s | e2e / raw | decode / pre / infer / post ms |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        ms = " / ".join(f"{r.stage_ms.get(k, 0.0):.1f}" for k in ("decode", "preprocess", "inference", "postprocess"))
+        lines.append(f"| {r.name} | {r.workers} | {r.raw_fps:.1f} | {r.end_to_end_fps:.1f} | {r.ratio:.3f} | {ms} |")
+    return "\n".join(lines)

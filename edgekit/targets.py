@@ -1,15 +1,29 @@
-"""Deployment target profiles: one TOML file per device, shipped inside the package.
+"""Deployment target profiles: one TOML file per device, in the repository's top-level ``targets/``.
 
 A profile names the backend, the default precision (and which precisions make sense on that
-hardware), the input size, batch, threads, where NMS runs, calibration defaults and options
-passed to the backend. Unknown keys and unknown target names fail with a "did you mean".
+hardware), the input size, the batch range, threads, where NMS runs, calibration defaults and the
+backend builder's own options. Every key is typed and used:
+
+- ``threads``: recorded in the artifact's runtime options; ``Detector.load`` runs with it on the
+  device unless the caller passes ``threads``.
+- ``batch`` / ``dynamic_batch`` / ``max_batch``: the batch the build is tuned for, and the largest it
+  accepts. ``max_batch > 1`` exports a dynamic batch axis (``dynamic_batch`` defaults to it) and gives every
+  builder the range (``BuildSource.batch_range`` = (1, batch, max_batch): TensorRT's min/opt/max shapes);
+  ``max_batch = 1`` is a static batch 1. ``dynamic_batch = true`` alone: any batch, tuned for ``batch``.
+- ``[backend_options]``: declared, with their types, by the backend's builder
+  (``BackendBuilder.profile_options``), e.g. ``use_vulkan`` for NCNN, ``device`` for OpenVINO.
+
+Unknown keys (anywhere) and unknown target names fail with a "did you mean".
+
+Where the files live: ``targets/`` at the top of the repository; a wheel ships them as the package
+data ``edgekit/profiles/`` (pyproject ``package-dir``), so an installed edgekit finds them there.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +31,7 @@ from edgekit.errors import EdgekitError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
-else:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.8-3.10
     import tomli as tomllib
 
 
@@ -29,9 +43,12 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile", "mse")
 NMS_PLACEMENTS = ("host",)  # NMS inside the graph is not built yet; host = edgekit's numpy NMS
 
-_TOP_LEVEL_KEYS = {"description", "backend", "precision", "precisions", "input_size", "batch", "dynamic_batch",
-                   "max_batch", "threads", "nms", "calibration", "backend_options"}
-_CALIBRATION_KEYS = {"method", "images", "percentile"}
+#: every top-level key and its TOML type (tables are checked by their own sections)
+_TOP_LEVEL_KEYS: dict[str, type | tuple[type, ...]] = {
+    "description": str, "backend": str, "precision": str, "precisions": list, "input_size": (int, list),
+    "batch": int, "dynamic_batch": bool, "max_batch": int, "threads": int, "nms": str,
+    "calibration": dict, "backend_options": dict}
+_CALIBRATION_KEYS: dict[str, type | tuple[type, ...]] = {"method": str, "images": int, "percentile": (float, int)}
 
 
 @dataclass(frozen=True)
@@ -43,7 +60,12 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Target:
-    """A validated target profile. ``input_size`` None = keep the checkpoint's size."""
+    """A validated target profile. ``input_size`` None = keep the checkpoint's size.
+
+    ``batch``: the batch the build is tuned for (TensorRT's opt shape); ``max_batch``: the largest batch the
+    artifact accepts (> 1: a dynamic batch axis); ``threads``: the device's inference threads (0 = the backend's
+    default), recorded in the artifact.
+    """
 
     name: str
     description: str
@@ -60,13 +82,26 @@ class Target:
     backend_options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
+    @property
+    def batch_range(self) -> tuple[int, int, int]:
+        """(min, opt, max) batch of the build: (1, batch, max_batch) with a dynamic batch axis, else all ``batch``."""
+        return (1, self.batch, self.max_batch) if self.dynamic_batch else (self.batch, self.batch, self.batch)
 
-def _profiles_dir() -> Path:
-    return Path(str(resources.files("edgekit") / "targets"))
+    def runtime_options(self) -> dict[str, Any]:
+        """What the artifact carries to the device from this profile (``Manifest.runtime``)."""
+        return {"threads": self.threads}
+
+
+def profiles_dir() -> Path:
+    """The folder of the built-in profiles: an installed wheel's package data ``edgekit/profiles``, else the
+    repository's ``targets/`` (a source checkout or an editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "profiles"
+    return installed if installed.is_dir() else package.parent / "targets"
 
 
 def target_names() -> list[str]:
-    return sorted(p.stem for p in _profiles_dir().glob("*.toml"))
+    return sorted(p.stem for p in profiles_dir().glob("*.toml"))
 
 
 def load_target(name_or_path: str | Path) -> Target:
@@ -76,7 +111,7 @@ def load_target(name_or_path: str | Path) -> Target:
         name = path.stem
     else:
         name = str(name_or_path)
-        path = _profiles_dir() / f"{name}.toml"
+        path = profiles_dir() / f"{name}.toml"
         if not path.is_file():
             raise TargetError(f"unknown target {name!r}{did_you_mean(name, target_names())} "
                               f"(known: {', '.join(target_names())}; or give a path to a .toml profile)")
@@ -87,18 +122,40 @@ def load_target(name_or_path: str | Path) -> Target:
     return parse_target(name, data, str(path))
 
 
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+             dict: "a table"}
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _check_type(source: str, key: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    # TOML true/false are Python bools, and bool is an int subclass: `threads = true` is not 1
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        raise TargetError(f"{source}: {key} must be {_type_name(expected)}, got {value!r}")
+
+
+def _check_keys(source: str, table: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "") -> None:
+    for key in table:
+        if key not in known:
+            raise TargetError(f"{source}: unknown key '{prefix}{key}'"
+                              f"{did_you_mean(prefix + key, {prefix + k for k in known})}")
+
+
 def parse_target(name: str, data: dict[str, Any], source: str) -> Target:
     """Validate a profile's data; each error names the file and the key."""
     from edgekit.runtime.backends import backend_names
 
-    for key in data:
-        if key not in _TOP_LEVEL_KEYS:
-            raise TargetError(f"{source}: unknown key {key!r}{did_you_mean(key, _TOP_LEVEL_KEYS)}")
+    _check_keys(source, data, _TOP_LEVEL_KEYS)
     for key in ("description", "backend", "precision"):
         if key not in data:
             raise TargetError(f"{source}: missing required key {key!r}")
+    for key, value in data.items():
+        _check_type(source, key, value, _TOP_LEVEL_KEYS[key])
     backend = data["backend"]
-    known_backends = set(backend_names()) | {"tensorrt"}
+    known_backends = set(backend_names()) | set(_builder_names())
     if backend not in known_backends:
         raise TargetError(f"{source}: backend {backend!r} is not one of {', '.join(sorted(known_backends))}"
                           f"{did_you_mean(str(backend), known_backends)}")
@@ -114,32 +171,62 @@ def parse_target(name: str, data: dict[str, Any], source: str) -> Target:
     if size is not None:
         sizes = [size, size] if isinstance(size, int) else size
         if (not isinstance(sizes, list) or len(sizes) != 2
-                or not all(isinstance(s, int) and s > 0 and s % 32 == 0 for s in sizes)):
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 and s % 32 == 0 for s in sizes)):
             raise TargetError(f"{source}: input_size must be a multiple of 32 or [height, width], got {size!r}")
         input_size = (sizes[0], sizes[1])
-    for key in ("batch", "max_batch", "threads"):
-        value = data.get(key, 0 if key == "threads" else 1)
-        if not isinstance(value, int) or value < (0 if key == "threads" else 1):
-            raise TargetError(f"{source}: {key} must be an integer >= {0 if key == 'threads' else 1}, got {value!r}")
+    batch, max_batch, threads = data.get("batch", 1), data.get("max_batch", data.get("batch", 1)), data.get("threads", 0)
+    for key, value, least in (("batch", batch, 1), ("max_batch", max_batch, 1), ("threads", threads, 0)):
+        if value < least:
+            raise TargetError(f"{source}: {key} must be an integer >= {least}, got {value!r}")
+    # the export writes batch 1 or a dynamic batch axis: any batch above 1 is built dynamic
+    dynamic_batch = data.get("dynamic_batch", max_batch > 1)
+    if max_batch < batch:
+        raise TargetError(f"{source}: max_batch ({max_batch}) must be >= batch ({batch})")
+    if max_batch > 1 and not dynamic_batch:
+        raise TargetError(f"{source}: batch {batch} / max_batch {max_batch} need a dynamic batch axis (edgekit "
+                          "exports batch 1 or a dynamic batch); set dynamic_batch = true, or batch = max_batch = 1")
     nms = data.get("nms", "host")
     if nms not in NMS_PLACEMENTS:
         raise TargetError(f"{source}: nms {nms!r} is not supported (expected one of {', '.join(NMS_PLACEMENTS)})")
     calibration_data = data.get("calibration", {})
-    if not isinstance(calibration_data, dict):
-        raise TargetError(f"{source}: [calibration] must be a table")
-    for key in calibration_data:
-        if key not in _CALIBRATION_KEYS:
-            raise TargetError(f"{source}: unknown key 'calibration.{key}'"
-                              f"{did_you_mean('calibration.' + key, {'calibration.' + k for k in _CALIBRATION_KEYS})}")
+    _check_keys(source, calibration_data, _CALIBRATION_KEYS, "calibration.")
+    for key, value in calibration_data.items():
+        _check_type(source, f"calibration.{key}", value, _CALIBRATION_KEYS[key])
     calibration = Calibration(**calibration_data)
     if calibration.method not in CALIBRATION_METHODS:
         raise TargetError(f"{source}: calibration.method {calibration.method!r} is not one of "
                           f"{', '.join(CALIBRATION_METHODS)}{did_you_mean(calibration.method, set(CALIBRATION_METHODS))}")
-    options = data.get("backend_options", {})
-    if not isinstance(options, dict):
-        raise TargetError(f"{source}: [backend_options] must be a table")
-    return Target(name=name, description=str(data["description"]), backend=backend, precision=data["precision"],
-                  precisions=precisions, input_size=input_size, batch=data.get("batch", 1),
-                  dynamic_batch=bool(data.get("dynamic_batch", False)), max_batch=data.get("max_batch", 1),
-                  threads=data.get("threads", 0), nms=nms, calibration=calibration, backend_options=dict(options),
+    options = check_backend_options(source, backend, data.get("backend_options", {}))
+    return Target(name=name, description=data["description"], backend=backend, precision=data["precision"],
+                  precisions=precisions, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
+                  max_batch=max_batch, threads=threads, nms=nms, calibration=calibration, backend_options=options,
                   source=source)
+
+
+def _builder_names() -> list[str]:
+    from edgekit.convert.builders import builder_names
+
+    return builder_names()
+
+
+def check_backend_options(source: str, backend: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``[backend_options]`` against the options the backend's builder declares (``profile_options``): unknown
+    keys (did you mean), wrong types and values outside an option's choices are errors naming the key.
+
+    The builder module imports its converter (torch, pnnx …); where that is missing (a device listing its
+    profiles) the options cannot be checked here, and ``convert`` — which needs the builder — checks them.
+    """
+    from edgekit.convert.builders import get_builder_class
+
+    try:
+        declared = get_builder_class(backend).profile_options
+    except ImportError:
+        return dict(options)
+    _check_keys(source, options, declared, "backend_options.")
+    for key, value in options.items():
+        option = declared[key]
+        _check_type(source, f"backend_options.{key}", value, option.type)
+        if option.choices and value not in option.choices:
+            raise TargetError(f"{source}: backend_options.{key} {value!r} is not one of "
+                              f"{', '.join(map(str, option.choices))}{did_you_mean(str(value), set(map(str, option.choices)))}")
+    return dict(options)

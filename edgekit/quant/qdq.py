@@ -37,15 +37,15 @@ fit in int32, see ``_fit_int32_bias``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.errors import CalibrationError, first_line
+from edgekit.errors import CalibrationError
 from edgekit.quant.collect import layer_name, weight_axis
+from edgekit.quant.placement import QdqPlacement
 from edgekit.quant.result import (CalibrationResult, bias_correction, int8_symmetric, quantize_weight,
                                   uint8_affine)
 
@@ -56,27 +56,16 @@ MIN_QDQ_OPSET = 13
 BIAS_CODE_LIMIT = 2**30
 
 
-@dataclass(frozen=True)
-class QdqPlacement:
-    name: str
-    activation_type: str      # "uint8" (affine) or "int8" (symmetric)
-    quantize_outputs: bool    # also Q/DQ each quantised conv's output
-    quantize_bias: bool       # int32 bias through DequantizeLinear (needed by ORT's fusion)
-    producer_side: bool = False  # Q/DQ where the activation is produced, not at each conv input
+def get_placement(backend: str) -> QdqPlacement:
+    """The Q/DQ placement a backend's builder declares (``BackendBuilder.qdq_placement``)."""
+    from edgekit.convert.builders import builder_names, get_builder_class
+    from edgekit.errors import EdgekitError
 
-
-PLACEMENTS = {
-    "onnxruntime": QdqPlacement("onnxruntime", "uint8", quantize_outputs=True, quantize_bias=True),
-    "openvino": QdqPlacement("openvino", "uint8", quantize_outputs=False, quantize_bias=False, producer_side=True),
-    "tensorrt": QdqPlacement("tensorrt", "int8", quantize_outputs=False, quantize_bias=False),
-}
-
-
-def get_placement(name: str) -> QdqPlacement:
     try:
-        return PLACEMENTS[name]
-    except KeyError:
-        raise CalibrationError(f"no Q/DQ placement for {name!r}; known: {', '.join(PLACEMENTS)}") from None
+        return get_builder_class(backend).qdq_placement
+    except EdgekitError:
+        raise CalibrationError(f"no Q/DQ placement for {backend!r}: no backend builder of that name; "
+                               f"known: {', '.join(builder_names())}") from None
 
 
 def write_qdq(onnx_path: str | Path, result: CalibrationResult, placement: QdqPlacement | str,
@@ -110,7 +99,7 @@ def _ensure_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
         return version_converter.convert_version(model, minimum)
     except Exception as exc:
         raise CalibrationError(f"cannot upgrade the graph from opset {opset} to {minimum} for per-channel Q/DQ "
-                               f"({first_line(exc, 200)})") from None
+                               f"({str(exc).splitlines()[0][:200]})") from None
 
 
 class _Builder:

@@ -3,6 +3,18 @@
 The manifest records the ModelSpec, the sha256 of every file, which file each backend and
 precision runs, and how the artifact was produced (tool versions, passes and their measured
 error). Reading it needs only the standard library and numpy: it runs on the device.
+
+What the device runs with is kept apart from how the artifact was made:
+
+- ``runtime``: defaults the device runs with (``threads`` from the target profile);
+- ``models[i].options``: the runtime options its Runner reads (blob names, precision switches, the
+  engine a device build writes …);
+- ``models[i].build``: provenance of that model (converter and route, Q/DQ placement, its parity
+  check, int8 layer counts): read by people and reports, never by a Runner;
+- ``info``: provenance of the artifact (producer, target, tools, passes, parity, calibration).
+
+Format version 1 (before this split) had no ``runtime`` and no ``build``: it loads, its provenance keys
+moved out of ``options`` (:data:`PROVENANCE_OPTIONS`).
 """
 
 from __future__ import annotations
@@ -18,7 +30,17 @@ from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 
 MANIFEST_NAME = "edgekit.json"
 MANIFEST_FORMAT = "edgekit-artifact"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+#: manifest versions this edgekit reads (1: runtime options and provenance mixed in ``options``)
+READABLE_VERSIONS = (1, 2)
+#: keys a version-1 manifest kept in a model's ``options`` that are provenance, not runtime options
+PROVENANCE_OPTIONS = ("converter", "parity", "qdq_placement", "weights", "int8")
+#: ``runtime`` keys and their types (a manifest is input: anything else is refused)
+RUNTIME_KEYS = {"threads": int}
+#: ModelEntry.status(): the entry's files are all there and it can run on a machine with its backend
+READY = "ready"
+#: ModelEntry.status(): the runnable file is built on the device (TensorRT engine) and is not there yet
+AWAITS_DEVICE_BUILD = "awaits device build"
 #: entry options that name one file, and the folder the runtime resolves each against ("entry": the
 #: folder of the entry's own ``file``, "artifact": the artifact folder). Every one is checked to stay
 #: inside the artifact folder when the manifest is read; so are options ending in ``_file``.
@@ -29,20 +51,53 @@ FILE_LIST_OPTIONS = ("companion_files",)
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One runnable model file: which backend runs it, at what precision, and backend options."""
+    """One runnable model file: which backend runs it, at what precision, its runtime options (what the
+    backend's Runner reads) and its build provenance (what made it; never read by a Runner).
+
+    A model built on the device (TensorRT) has the runtime options ``built_on_device`` (true), ``engine``
+    (the file the device build writes, next to ``file``), ``build_script`` (artifact-relative) and
+    ``build_command``; only this class and the backend's own builder and runner read them.
+    """
 
     backend: str
     precision: str
     file: str
     options: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
 
-    def awaits_device_build(self, artifact_dir: str | Path) -> bool:
-        """True for an entry whose engine is built on the device (TensorRT, ``built_on_device``) and is
-        not in ``artifact_dir`` yet: nothing of it can run until its build script has written the engine."""
-        if not self.options.get("built_on_device"):
-            return False
-        engine = self.options.get("engine")
-        return not (engine and (Path(artifact_dir) / str(engine)).is_file())
+    @property
+    def builds_on_device(self) -> bool:
+        """True when the runnable file (an engine) is made on the device from ``file``."""
+        return bool(self.options.get("built_on_device"))
+
+    @property
+    def engine(self) -> str | None:
+        """The device-built file, relative to the artifact folder (None for other entries)."""
+        engine = self.options.get("engine") if self.builds_on_device else None
+        return str(PurePosixPath(self.file).parent / str(engine)) if engine else None
+
+    def status(self, artifact_dir: str | Path) -> str:
+        """:data:`READY`, or :data:`AWAITS_DEVICE_BUILD` while a device-built entry's engine is not in
+        ``artifact_dir`` (nothing of it can run until its build script has written the engine)."""
+        if self.builds_on_device:
+            engine = self.engine
+            if not (engine and (Path(artifact_dir) / engine).is_file()):
+                return AWAITS_DEVICE_BUILD
+        return READY
+
+    def payload_files(self) -> list[str]:
+        """The files this model runs from, relative to the artifact folder: its engine (device-built entries)
+        or its ``file``, then its companion files (weights next to a graph)."""
+        return [self.engine or self.file, *self.options.get("companion_files", [])]
+
+    def build_hint(self) -> str:
+        """What builds a device-built entry's engine on the device: ``./<script> (it runs: <command>)``; "" for
+        other entries."""
+        if not self.builds_on_device:
+            return ""
+        script, command = self.options.get("build_script"), self.options.get("build_command")
+        how = f"./{script}" if script else "trtexec"
+        return how + (f" (it runs: {command})" if command else "")
 
 
 @dataclass(frozen=True)
@@ -51,17 +106,26 @@ class Manifest:
     models: tuple[ModelEntry, ...]
     files: dict[str, str]  # relative file name -> sha256 hex
     info: dict[str, Any] = field(default_factory=dict)  # producer, tool versions, passes, calibration …
+    #: what the device runs with unless told otherwise (``threads``: the target profile's)
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
             "spec": self.spec.to_dict(),
-            "models": [{"backend": m.backend, "precision": m.precision, "file": m.file, "options": m.options}
+            "runtime": self.runtime,
+            "models": [{"backend": m.backend, "precision": m.precision, "file": m.file, "options": m.options,
+                        **({"build": m.build} if m.build else {})}
                        for m in self.models],
             "files": dict(sorted(self.files.items())),
             "info": self.info,
         }
+
+    @property
+    def threads(self) -> int:
+        """The inference threads the target profile asked for (0 = the backend's default)."""
+        return int(self.runtime.get("threads", 0))
 
     def find(self, backend: str, precision: str | None) -> ModelEntry:
         """The entry for backend (+ precision; None = the first listed for that backend)."""
@@ -95,20 +159,42 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
         raise ModelFileError(f"{path}: manifest is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise ModelFileError(f"{path}: not an edgekit manifest (expected \"format\": \"{MANIFEST_FORMAT}\")")
-    if data.get("version") != MANIFEST_VERSION:
-        raise ModelFileError(f"{path}: manifest version {data.get('version')!r} is not supported (expected {MANIFEST_VERSION})")
+    version = data.get("version")
+    if version not in READABLE_VERSIONS:
+        raise ModelFileError(f"{path}: manifest version {version!r} is not supported "
+                             f"(expected one of {', '.join(map(str, READABLE_VERSIONS))})")
     spec = ModelSpec.from_dict(data.get("spec"), source=f"{path} spec")
     try:
-        models = tuple(ModelEntry(backend=str(m["backend"]), precision=str(m["precision"]), file=str(m["file"]),
-                                  options=dict(m.get("options", {}))) for m in data["models"])
+        models = tuple(_read_entry(m, version) for m in data["models"])
         files = {str(k): str(v) for k, v in data["files"].items()}
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ModelFileError(f"{path}: malformed 'models' or 'files' section ({exc})") from None
+    runtime = _read_runtime(path, data.get("runtime", {}))
     check_manifest_paths(path, artifact_dir, models, files)
     for entry in models:
         if entry.file not in files:
             raise ModelFileError(f"{path}: model file {entry.file!r} has no sha256 in 'files'")
-    return Manifest(spec=spec, models=models, files=files, info=dict(data.get("info", {})))
+    return Manifest(spec=spec, models=models, files=files, info=dict(data.get("info", {})), runtime=runtime)
+
+
+def _read_entry(data: dict[str, Any], version: int) -> ModelEntry:
+    options, build = dict(data.get("options", {})), dict(data.get("build", {}))
+    if version == 1:  # provenance lived among the runtime options
+        build.update({key: options.pop(key) for key in PROVENANCE_OPTIONS if key in options})
+    return ModelEntry(backend=str(data["backend"]), precision=str(data["precision"]), file=str(data["file"]),
+                      options=options, build=build)
+
+
+def _read_runtime(path: Path, runtime: object) -> dict[str, Any]:
+    if not isinstance(runtime, dict):
+        raise ModelFileError(f"{path}: 'runtime' must be an object, got {type(runtime).__name__}")
+    for key, value in runtime.items():
+        expected = RUNTIME_KEYS.get(key)
+        if expected is None:
+            raise ModelFileError(f"{path}: unknown 'runtime' key {key!r} (known: {', '.join(RUNTIME_KEYS)})")
+        if not isinstance(value, expected) or isinstance(value, bool) or value < 0:
+            raise ModelFileError(f"{path}: runtime.{key} must be a non-negative integer, got {value!r}")
+    return dict(runtime)
 
 
 def check_manifest_paths(manifest_path: Path, artifact_dir: Path, models: tuple[ModelEntry, ...],
@@ -168,11 +254,20 @@ def _check_inside(manifest_path: Path, root: Path, base: Path, what: str, name: 
         except (OSError, RuntimeError):  # a symlink loop
             problem = "a symlink loop"
         else:
-            if not resolved.is_relative_to(root):
+            if not _is_relative_to(resolved, root):
                 problem = f"a symlink resolving to {resolved}"
     if problem is not None:
         raise ModelFileError(f"{manifest_path}: {what} {shown} leaves the artifact folder ({problem}); "
                              "every file a manifest names must be a relative path inside its folder")
+
+
+def _is_relative_to(path: Path, root: Path) -> bool:
+    """``Path.is_relative_to`` (Python 3.9+), for the runtime's Python 3.8."""
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
 
 
 def verify_file(artifact_dir: Path, manifest: Manifest, relative: str) -> Path:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.runtime.artifact import read_manifest
+from edgekit.runtime.artifact import AWAITS_DEVICE_BUILD, read_manifest
 from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.detections import Detections
 from edgekit.runtime.detector import Detector
@@ -156,11 +156,13 @@ def reference_detector(reference_model: Any, spec: Any) -> Any:
 
 
 def validate_artifact(artifact: str | Path, dataset: Dataset, backends: Sequence[str] | None = None,
-                      reference_model: Any | None = None, threads: int = 0,
+                      reference_model: Any | None = None, threads: int | None = None,
                       progress: Callable[[Sequence, str], Any] | None = None,
                       class_map: dict[str, str] | None = None,
                       notice: Callable[[str], None] | None = None) -> ValidationReport:
     """Evaluate every model in the artifact (or those of ``backends``) on ``dataset``.
+
+    ``threads``: None = the artifact's (its target profile's), 0 = each backend's default.
 
     ``reference_model``: the PyTorch nn.Module (with .spec) the artifact was made from; when given,
     it is run through the reference detector and is what Δ and agreement are measured against.
@@ -173,7 +175,7 @@ def validate_artifact(artifact: str | Path, dataset: Dataset, backends: Sequence
 
 
 def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backends: Sequence[str] | None = None,
-                       reference_model: Any | None = None, threads: int = 0,
+                       reference_model: Any | None = None, threads: int | None = None,
                        progress: Callable[[Sequence, str], Any] | None = None,
                        class_map: dict[str, str] | None = None,
                        notice: Callable[[str], None] | None = None) -> ValidationReport:
@@ -197,18 +199,17 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
                 available = get_runner_class(entry.backend).is_available()
             except EdgekitError:
                 available = False
-            unbuilt = entry.awaits_device_build(artifact)
+            unbuilt = entry.status(artifact) == AWAITS_DEVICE_BUILD
             if not available or unbuilt:
                 report.skipped.append((name, "backend not installed here" if not available else
-                                       f"engine not built yet (run ./{entry.options.get('build_script')} on the device)"))
+                                       f"engine not built yet (on the device: {entry.build_hint()})"))
                 continue
             with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads) as detector:
                 detector.postprocess_spec = map_postprocess(manifest.spec)
                 run = run_detector(detector, dataset, name, progress)
             # a device-built entry's size is its engine's, not the ONNX it was built from
-            engine = entry.options.get("engine") if entry.options.get("built_on_device") else None
-            files = [str(engine) if engine else entry.file, *entry.options.get("companion_files", [])]
-            report.runs.append(replace(run, size_bytes=sum((artifact / f).stat().st_size for f in files)))
+            report.runs.append(replace(run, size_bytes=sum((artifact / f).stat().st_size
+                                                           for f in entry.payload_files())))
             if not report.reference:
                 report.reference = name
     if not report.runs:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import pytest
 
 from edgekit.convert.builders import builder_names, get_builder
-from edgekit.quant.qdq import PLACEMENTS
+from edgekit.quant.placement import QdqPlacement
+from edgekit.quant.qdq import get_placement
 
 
 @pytest.mark.parametrize("backend", builder_names())
-def test_every_builder_names_a_known_int8_placement(backend):
-    assert get_builder(backend).int8_placement in PLACEMENTS
+def test_every_builder_declares_its_int8_placement(backend):
+    assert isinstance(get_builder(backend).qdq_placement, QdqPlacement)
+    assert get_placement(backend) is get_builder(backend).qdq_placement
 
 
 def test_ncnn_is_judged_with_symmetric_int8_inputs_and_float_outputs():
-    placement = PLACEMENTS[get_builder("ncnn").int8_placement]
+    placement = get_builder("ncnn").qdq_placement
     # ncnn's int8 Convolution: int8 input q = round(x * scale) in [-127, 127], int8 weights, float output
     assert placement.activation_type == "int8" and not placement.quantize_outputs and not placement.quantize_bias
     assert get_builder("openvino").int8_placement == "openvino"
@@ -48,4 +50,4 @@ def test_convert_ranks_layers_with_the_target_backends_placement(monkeypatch, tm
         with pytest.raises(Stop):
             convert(tiny_model(), target, tmp_path / target, precision="int8", input_size=(64, 64), no_passes=True,
                     int8=Int8Options(calib_dir=calib, force=True, drift_budget=1.0))
-    assert seen == ["onnxruntime", "tensorrt"]
+    assert [placement.name for placement in seen] == ["onnxruntime", "tensorrt"]

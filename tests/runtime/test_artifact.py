@@ -7,7 +7,8 @@ import pytest
 
 from edgekit.convert.artifact import ArtifactWriter
 from edgekit.errors import EdgekitError, ModelFileError, OutputError
-from edgekit.runtime.artifact import MANIFEST_NAME, ModelEntry, read_manifest, spec_from_onnx
+from edgekit.runtime.artifact import (AWAITS_DEVICE_BUILD, MANIFEST_NAME, READY, ModelEntry, read_manifest,
+                                      spec_from_onnx)
 from edgekit.runtime.detector import Detector
 from tests.onnx_graphs import fastestdet_like_graph, fastestdet_like_spec, save
 
@@ -140,9 +141,10 @@ def test_an_entry_built_on_the_device_waits_for_its_engine(tmp_path):
     plain = ModelEntry("onnxruntime", "fp32", "model.onnx")
     device = ModelEntry("tensorrt", "fp16", "model.onnx",
                         {"engine": "model_fp16.engine", "built_on_device": True, "build_script": "tensorrt_build.sh"})
-    assert not plain.awaits_device_build(tmp_path)
-    assert device.awaits_device_build(tmp_path)                   # validate / bench skip it
+    assert plain.status(tmp_path) == READY and plain.payload_files() == ["model.onnx"]
+    assert device.status(tmp_path) == AWAITS_DEVICE_BUILD         # validate / bench skip it
+    assert device.payload_files() == ["model_fp16.engine"] and "./tensorrt_build.sh" in device.build_hint()
     (tmp_path / "model_fp16.engine").write_bytes(b"engine")
-    assert not device.awaits_device_build(tmp_path)               # built by its script: it runs
+    assert device.status(tmp_path) == READY                       # built by its script: it runs
     nameless = ModelEntry("tensorrt", "fp16", "model.onnx", {"built_on_device": True})
-    assert nameless.awaits_device_build(tmp_path)                 # no engine named: nothing can run
+    assert nameless.status(tmp_path) == AWAITS_DEVICE_BUILD       # no engine named: nothing can run

@@ -178,7 +178,7 @@ def test_recorded_blobs_follow_the_model_output_order_and_onnx_shapes(family_art
     assert [entry.options["output_shapes"][n] for n in ("loc", "conf")] == torch_shapes
     assert entry.options["input_blob"] == "in0" and entry.options["input_shape"] == [1, 3, *SIZE]
     assert entry.options["companion_files"] == ["model.ncnn.bin"]
-    assert entry.options["parity"]["max_rel"] <= FP32_TOLERANCE
+    assert entry.build["parity"]["max_rel"] <= FP32_TOLERANCE
 
 
 @needs_pnnx
@@ -228,6 +228,27 @@ def test_detector_load_rejects_a_modified_bin(family_artifact, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="model.ncnn.bin.*sha256 mismatch"):
         Detector.load(copy, backend="ncnn")
+
+
+# --- the export-friendly Focus ---------------------------------------------------------------
+
+@needs_pnnx
+@pytest.mark.parametrize("kernel_size, stride", [(3, 1), (1, 1), (3, 2), (5, 1)])
+def test_pixel_unshuffle_focus_equals_focus(kernel_size, stride):
+    import torch
+
+    from edgekit.convert.builders.ncnn import PixelUnshuffleFocus, make_ncnn_friendly
+    from edgekit.models.common import Focus
+
+    torch.manual_seed(kernel_size * 10 + stride)
+    focus = varied_weights(Focus(3, 16, kernel_size=kernel_size, stride=stride), seed=1)
+    x = torch.randn(2, 3, 32, 48)
+    rewritten = PixelUnshuffleFocus.from_focus(focus)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), focus(x), rtol=1e-5, atol=1e-5)
+    friendly = make_ncnn_friendly(torch.nn.Sequential(focus, torch.nn.ReLU()))
+    assert isinstance(friendly[0], PixelUnshuffleFocus)
+    assert isinstance(focus, Focus)  # the caller's model is left untouched (a copy is rewritten)
 
 
 # --- the real FastestDet ---------------------------------------------------------------------
@@ -302,7 +323,7 @@ def test_third_party_onnx_route_matches_pytorch_reference(fastestdet_dir, refere
     spec = fastestdet_spec(load_class_names(fastestdet_dir / "coco.names"))
     entry = get_builder("ncnn").build(BuildSource(fastestdet_dir / "FastestDet.onnx", spec, None), "fp32",
                                       lambda name: tmp_path / name, {})
-    assert entry.options["converter"]["route"] == "onnx"
+    assert entry.build["converter"]["route"] == "onnx"
     assert entry.options["output_shapes"] == {"output": [1, 85, 22, 22]}
     runner = NcnnRunner.from_artifact(tmp_path / entry.file, entry.options)
     with Detector(runner, spec) as detector:

@@ -1,13 +1,25 @@
 """Backend builders: turn the exported (and pass-optimised) ONNX file into a backend's model files.
 
-One module per backend, one line in ``_BUILDERS``; nothing else in edgekit branches on backend
-names. A builder writes its files through the artifact writer (so a failed build leaves nothing
-behind) and returns the manifest entries the runtime's Runner for that backend will open.
+One module per backend, registered in ``_BUILDERS`` (built-in) or with :func:`register_builder` (a
+backend of your own); nothing else in edgekit branches on backend names. Everything edgekit needs to
+know about a backend's build is a class attribute of its builder:
+
+- ``precisions``: what it can build;
+- ``qdq_placement``: the Q/DQ placement (:class:`edgekit.quant.qdq.QdqPlacement`) that reproduces its
+  int8 arithmetic in ONNX Runtime (``--drift-budget`` ranks and judges layers with it);
+- ``profile_options``: the typed ``[backend_options]`` a target profile may set (anything else is an error);
+- ``tools``: the Python distributions whose versions the manifest records for its builds;
+- ``builds_on_device``: True when the runnable file is made on the device itself (TensorRT engines):
+  the converter host cannot run or check it.
+
+A builder writes its files through the artifact writer (so a failed build leaves nothing behind) and
+returns the manifest entries the runtime's Runner for that backend will open.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edgekit.errors import ConversionError
+from edgekit.quant.placement import FUSED_UINT8, QdqPlacement
 from edgekit.runtime.artifact import ModelEntry
 from edgekit.spec import ModelSpec
 
@@ -33,6 +46,8 @@ class BuildSource:
     spec: ModelSpec
     torch_model: Any | None = None
     calibration: Any | None = None
+    #: (min, opt, max) batch the build is for (``Target.batch_range``); min == max: a static batch
+    batch_range: tuple[int, int, int] = (1, 1, 1)
 
     def require_calibration(self, backend: str) -> Any:
         if self.calibration is None:
@@ -44,14 +59,40 @@ class BuildSource:
 FileSink = Callable[[str], Path]
 
 
+@dataclass(frozen=True)
+class ProfileOption:
+    """One ``[backend_options]`` key a builder accepts: its TOML type, what it does, and (optionally) the only
+    values allowed."""
+
+    type: type | tuple[type, ...]
+    help: str
+    choices: tuple[Any, ...] = ()
+
+
 class BackendBuilder(ABC):
     backend: ClassVar[str] = ""
     #: precisions this builder can produce (e.g. ("fp32", "fp16", "bf16"))
     precisions: ClassVar[tuple[str, ...]] = ()
-    #: the Q/DQ placement (``quant.qdq.PLACEMENTS``) that reproduces this backend's int8 arithmetic in ONNX
-    #: Runtime: what ``--drift-budget`` ranks layers and judges drift with, so the layers kept in float are
-    #: the ones that hurt *this* backend (ncnn's symmetric int8 inputs lose a bit on one-sided activations)
-    int8_placement: ClassVar[str] = "onnxruntime"
+    #: the Q/DQ placement that reproduces this backend's int8 arithmetic in ONNX Runtime: what
+    #: ``--drift-budget`` ranks layers and judges drift with, so the layers kept in float are the ones that
+    #: hurt *this* backend (ncnn's symmetric int8 inputs lose a bit on one-sided activations)
+    qdq_placement: ClassVar[QdqPlacement] = FUSED_UINT8
+    #: the target profile's ``[backend_options]`` this builder reads, typed; any other key is refused
+    profile_options: ClassVar[Mapping[str, ProfileOption]] = {}
+    #: Python distributions whose installed versions the manifest records (``info.tools``) for this build
+    tools: ClassVar[tuple[str, ...]] = ()
+    #: the runnable file is built on the device (TensorRT): not run or checked on the converter host
+    builds_on_device: ClassVar[bool] = False
+
+    @property
+    def int8_placement(self) -> str:
+        """The name of :attr:`qdq_placement` (what the manifest and the progress lines show)."""
+        return self.qdq_placement.name
+
+    @classmethod
+    def tool_versions(cls) -> dict[str, str]:
+        """Installed versions of :attr:`tools` (a distribution that is not installed is left out)."""
+        return installed_versions(cls.tools)
 
     @abstractmethod
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
@@ -63,6 +104,17 @@ class BackendBuilder(ABC):
                                   f"it supports {', '.join(self.precisions)}")
 
 
+def installed_versions(distributions: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """distribution name -> installed version, for those installed."""
+    versions = {}
+    for name in distributions:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
 _BUILDERS: dict[str, str] = {
     "onnxruntime": "edgekit.convert.builders.onnxruntime:OnnxRuntimeBuilder",
     "openvino": "edgekit.convert.builders.openvino:OpenVinoBuilder",
@@ -71,13 +123,46 @@ _BUILDERS: dict[str, str] = {
 }
 
 
+def register_builder(backend: str, target: str) -> None:
+    """Add a backend's builder: ``target`` is ``"package.module:BuilderClass"``, imported when first used.
+
+    The public registration point for a backend outside edgekit (with ``edgekit.runtime.backends.register_runner``
+    for its Runner, and a target profile TOML naming ``backend``). A built-in backend cannot be replaced.
+    """
+    module_name, sep, class_name = target.partition(":")
+    if not (backend and module_name and sep and class_name):
+        raise ConversionError(f"register_builder({backend!r}, {target!r}): expected a backend name and "
+                              "'package.module:BuilderClass'")
+    if _BUILDERS.get(backend, target) != target:
+        raise ConversionError(f"backend {backend!r} already has a builder ({_BUILDERS[backend]})")
+    _BUILDERS[backend] = target
+
+
+def unregister_builder(backend: str) -> None:
+    """Remove a builder added with :func:`register_builder` (built-in builders stay)."""
+    if backend in _BUILTIN_BUILDERS:
+        raise ConversionError(f"the built-in builder for {backend!r} cannot be removed")
+    _BUILDERS.pop(backend, None)
+
+
+_BUILTIN_BUILDERS = frozenset(_BUILDERS)
+
+
 def builder_names() -> list[str]:
     return list(_BUILDERS)
 
 
-def get_builder(backend: str) -> BackendBuilder:
+def get_builder_class(backend: str) -> type[BackendBuilder]:
+    """The builder class for ``backend`` (imports its module: a converter library missing raises ImportError)."""
     try:
         module_name, _, class_name = _BUILDERS[backend].partition(":")
     except KeyError:
         raise ConversionError(f"no builder for backend {backend!r}; known: {', '.join(_BUILDERS)}") from None
-    return getattr(importlib.import_module(module_name), class_name)()
+    builder = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(builder, type) and issubclass(builder, BackendBuilder) and builder.backend == backend):
+        raise ConversionError(f"{_BUILDERS[backend]} is not a BackendBuilder for backend {backend!r}")
+    return builder
+
+
+def get_builder(backend: str) -> BackendBuilder:
+    return get_builder_class(backend)()

@@ -14,10 +14,11 @@ runs with ncnn's fp16 storage / packing / arithmetic on. On CPUs without fp16 ar
 x86) ncnn widens the weights back to fp32 when loading them, so the fp16 variant still costs the
 weight rounding but computes in fp32 there; on ARMv8.2+ boards it computes in fp16.
 
-Export-friendly form. What ncnn cannot express is rewritten before the build, by the pass pipeline's
-``ncnn`` legalisation stage (``edgekit.convert.passes.pipeline.LEGALIZATION``: a Focus stem's strided
-slices -> ``pixel_unshuffle``, pass ``ncnn_focus``), checked and recorded like every pass; the builder
-traces the model it is given. Anything else pnnx cannot express raises ConversionError naming the
+Export-friendly form. NCNN has no strided slice, so the Focus stem's ``x[..., ::2, ::2]`` slices
+(YOLOv5 v5.0, YOLOX) do not convert. Before tracing, every :class:`~edgekit.models.common.Focus`
+is replaced by ``pixel_unshuffle`` (ncnn ``Reorg``) followed by the same convolution with its input
+channels permuted to pixel_unshuffle's order — the same function, exactly (see
+:class:`PixelUnshuffleFocus`). Anything else pnnx cannot express raises ConversionError naming the
 operator.
 
 Blob names. pnnx names the input ``in0`` and the outputs ``out0``, ``out1`` … in the order the model
@@ -29,6 +30,7 @@ with ConversionError when an output has no match within the precision's toleranc
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -40,19 +42,23 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink
-from edgekit.errors import ConversionError, EdgekitError, first_line
+from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink, ProfileOption
+from edgekit.errors import ConversionError, EdgekitError
+from edgekit.quant.placement import SYMMETRIC_INT8
 from edgekit.runtime.artifact import ModelEntry
 from edgekit.runtime.backends.ncnn import NcnnRunner, read_param_io
 from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from edgekit.spec import ModelSpec
-from edgekit.tolerances import NCNN_BLOB_MATCH
 from edgekit.validate.compare import tensor_error
 
-#: max |ncnn - onnxruntime| / max |onnxruntime| per output accepted at build time, to tell which blob is
-#: which output and catch a wrong layout (why fp16 is 5e-2, not 1e-2: edgekit.tolerances.NCNN_BLOB_MATCH)
-TOLERANCES = NCNN_BLOB_MATCH
+#: max |ncnn - onnxruntime| / max |onnxruntime| per output accepted at build time. The check is
+#: there to catch a wrong layout or operator (errors of order 1); fp16 *weights* alone cost the real
+#: FastestDet 2.7e-2 (its raw box regression, |x| up to 7, moves by 0.19) while its detections
+#: still match, so fp16 gets 5e-2.
+TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2}
 #: pnnx on a large model takes tens of seconds; anything near this is a hung converter
 PNNX_TIMEOUT_SECONDS = 900
 _PNNX_COMPLAINTS = re.compile(r"not supported|not exists|unsupported|ignore |error|failed", re.IGNORECASE)
@@ -61,14 +67,19 @@ _PNNX_COMPLAINTS = re.compile(r"not supported|not exists|unsupported|ignore |err
 class NcnnBuilder(BackendBuilder):
     """Writes ``model.ncnn.param`` / ``model.ncnn.bin`` (fp32) or ``model_fp16.ncnn.*`` (fp16).
 
-    ``options`` (from the target profile's backend options): ``threads`` for the verification
-    run (default: ncnn's own choice). Other keys are ignored.
+    ``options`` (the target profile's ``[backend_options]``, see ``profile_options``): ``use_vulkan``
+    (recorded for the runner). The verification run here is on the CPU.
     """
 
     backend = "ncnn"
     precisions = ("fp32", "fp16", "int8")
     # ncnn int8 convolutions: symmetric int8 input, per-channel int8 weights, float output, as that placement
-    int8_placement = "tensorrt"
+    qdq_placement = SYMMETRIC_INT8
+    tools = ("ncnn", "pnnx")
+    profile_options = {
+        "use_vulkan": ProfileOption(bool, "run on the GPU through Vulkan (ncnn's use_vulkan_compute); the runner "
+                                          "refuses when the installed ncnn has no Vulkan or sees no GPU"),
+    }
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         self.check_precision(precision)
@@ -110,11 +121,13 @@ class NcnnBuilder(BackendBuilder):
             "output_blobs": blobs,
             "output_shapes": shapes,
             "use_fp16": fp16,
-            "converter": {"tool": "pnnx", "version": getattr(pnnx, "__version__", "unknown"), "route": route,
-                          "fp16_weights": fp16},
-            "parity": {"reference": "onnxruntime/fp32", **parity},
         }
-        return ModelEntry(self.backend, precision, param_name, entry_options)
+        if options.get("use_vulkan"):
+            entry_options["use_vulkan"] = True
+        build = {"converter": {"tool": "pnnx", "version": getattr(pnnx, "__version__", "unknown"), "route": route,
+                               "fp16_weights": fp16},
+                 "parity": {"reference": "onnxruntime/fp32", **parity}}
+        return ModelEntry(self.backend, precision, param_name, entry_options, build)
 
 
     def _build_int8(self, source: BuildSource, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
@@ -129,10 +142,11 @@ class NcnnBuilder(BackendBuilder):
             summary = emit_ncnn_int8(Path(scratch) / fp32.file, Path(scratch) / fp32.options["bin_file"],
                                      source.onnx_path, calibration, sink(param_name), sink(bin_name))
         entry_options = dict(fp32.options)
-        entry_options.update(bin_file=bin_name, companion_files=[bin_name], use_int8=True,
-                             int8={"layers": len(summary["int8"]), "float_layers": summary["float"]})
-        entry_options.pop("parity", None)  # measured on the fp32 model; the chain measures the int8 one
-        return ModelEntry(self.backend, "int8", param_name, entry_options)
+        entry_options.update(bin_file=bin_name, companion_files=[bin_name], use_int8=True)
+        # parity was measured on the fp32 model; the chain measures the int8 one
+        build = {"converter": fp32.build["converter"],
+                 "int8": {"layers": len(summary["int8"]), "float_layers": summary["float"]}}
+        return ModelEntry(self.backend, "int8", param_name, entry_options, build)
 
 
 # --- conversion steps -------------------------------------------------------------------------
@@ -147,16 +161,18 @@ def _require_converter() -> None:
 
 
 def trace_for_pnnx(model: Any, input_shape: Sequence[int], out_path: Path) -> Path:
-    """Trace ``model`` (legalised for ncnn by the pass pipeline) to TorchScript at ``out_path``."""
+    """Trace a copy of ``model`` (Focus stems made ncnn-friendly) to TorchScript at ``out_path``."""
+    friendly = make_ncnn_friendly(model)
     example = torch.zeros(*input_shape, dtype=torch.float32)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model, example, check_trace=False)
+            traced = torch.jit.trace(friendly, example, check_trace=False)
             traced.save(str(out_path))
     except Exception as exc:  # tracing failures come from arbitrary user model code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConversionError(f"ncnn: torch.jit.trace failed on a {list(input_shape)} input "
-                              f"({type(exc).__name__}: {first_line(exc, 200, empty='')})") from None
+                              f"({type(exc).__name__}: {first[:200]})") from None
     return out_path
 
 
@@ -264,7 +280,61 @@ def match_outputs(onnx_path: Path, spec: ModelSpec, param: Path, weights: Path, 
         chosen[name] = best
         shapes[name] = [int(d) for d in ref.shape]
     candidate = [raw[chosen[name]].reshape(ref.shape) for name, ref in zip(spec.head.output_names, reference)]
-    return chosen, shapes, tensor_error(reference, candidate, spec.head.output_names).to_dict()
+    return chosen, shapes, tensor_error(reference, candidate).to_dict()
+
+
+# --- export-friendly rewrites -------------------------------------------------------------------
+
+
+def make_ncnn_friendly(model: Any) -> Any:
+    """A deep copy of ``model`` in eval mode with every Focus stem replaced by PixelUnshuffleFocus."""
+    from edgekit.models.common import Focus
+
+    model = copy.deepcopy(model).eval()
+    if isinstance(model, Focus):
+        return PixelUnshuffleFocus.from_focus(model) or model
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Focus):
+            replacement = PixelUnshuffleFocus.from_focus(module)
+            if replacement is not None:
+                parent_name, _, attribute = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, attribute, replacement)
+    return model
+
+
+class PixelUnshuffleFocus(nn.Module):
+    """Focus (space-to-depth by strided slices, then ``conv``) as ``conv'(pixel_unshuffle(x, 2))``.
+
+    Both gather the same four pixels of every 2x2 block into channels, in different orders:
+
+    - Focus: channel ``k*C + c`` holds ``x[c, i::2, j::2]`` for offset index ``k = i + 2j``
+      (offsets (0,0), (1,0), (0,1), (1,1));
+    - pixel_unshuffle: channel ``c*4 + 2i + j`` holds ``x[c, i::2, j::2]``.
+
+    So ``conv'`` is ``conv`` with its input channels permuted:
+    ``W'[:, c*4 + 2i + j] = W[:, (i + 2j)*C + c]`` — an exact rewrite for any kernel, stride and
+    padding (grouped convolutions, where the permutation would cross groups, are left alone).
+    """
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    @classmethod
+    def from_focus(cls, focus: nn.Module) -> PixelUnshuffleFocus | None:
+        """The rewrite of ``focus`` (its ``conv`` a ConvBNAct-like module with ``.conv``), or None if not exact."""
+        conv = copy.deepcopy(focus.conv)
+        inner = getattr(conv, "conv", None)
+        if not isinstance(inner, nn.Conv2d) or inner.groups != 1 or inner.in_channels % 4:
+            return None
+        channels = inner.in_channels // 4
+        order = [(i + 2 * j) * channels + c for c in range(channels) for i in range(2) for j in range(2)]
+        with torch.no_grad():
+            inner.weight.copy_(inner.weight[:, order])
+        return cls(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pixel_unshuffle(x, 2))
 
 
 # --- helpers ------------------------------------------------------------------------------------

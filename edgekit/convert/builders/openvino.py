@@ -40,7 +40,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink
+from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink, ProfileOption
+from edgekit.quant.placement import PRODUCER_SIDE_UINT8
 from edgekit.errors import ConversionError, EdgekitError
 from edgekit.runtime.artifact import ModelEntry
 from edgekit.runtime.backends.openvino import normalize_precision_hint, openvino_error_text, unconverted_operators
@@ -61,7 +62,14 @@ def inference_precision_hint(precision: str, device: str) -> str:
 class OpenVinoBuilder(BackendBuilder):
     backend = "openvino"
     precisions = ("fp32", "fp16", "bf16", "int8")
-    int8_placement = "openvino"
+    qdq_placement = PRODUCER_SIDE_UINT8
+    tools = ("openvino",)
+    profile_options = {
+        "device": ProfileOption(str, "OpenVINO device the model runs on: CPU, GPU, GPU.0, NPU, AUTO …"),
+        "performance_hint": ProfileOption(str, "OpenVINO PERFORMANCE_HINT", ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")),
+        "inference_precision": ProfileOption(str, "INFERENCE_PRECISION_HINT (overrides the precision's default)",
+                                             ("f32", "f16", "bf16", "fp32", "fp16")),
+    }
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         """Convert ``source.onnx_path`` to IR for ``precision``; returns the manifest entry.
@@ -89,9 +97,8 @@ class OpenVinoBuilder(BackendBuilder):
             entry_options["inference_precision"] = normalize_precision_hint(hint)
         except EdgekitError as exc:
             raise ConversionError(str(exc)) from None
-        entry_options["weights"] = weights
         entry_options["companion_files"] = [bin_name]
-        return ModelEntry(self.backend, precision, xml_name, entry_options)
+        return ModelEntry(self.backend, precision, xml_name, entry_options, build={"weights": weights})
 
 
 def write_int8_ir(source: BuildSource, xml_path: Path) -> Path:
@@ -103,7 +110,7 @@ def write_int8_ir(source: BuildSource, xml_path: Path) -> Path:
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ov-int8-") as tmp:
         qdq_path = Path(tmp) / "model_qdq.onnx"
-        write_qdq(source.onnx_path, source.require_calibration("openvino"), "openvino", qdq_path)
+        write_qdq(source.onnx_path, source.require_calibration("openvino"), OpenVinoBuilder.qdq_placement, qdq_path)
         return write_ir(replace(source, onnx_path=qdq_path), xml_path, compress_to_fp16=False)
 
 

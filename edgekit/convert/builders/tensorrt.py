@@ -18,8 +18,9 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink
+from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink, ProfileOption
 from edgekit.errors import ConversionError
+from edgekit.quant.placement import SYMMETRIC_INT8
 from edgekit.runtime.artifact import ModelEntry
 
 BUILD_SCRIPT = "tensorrt_build.sh"
@@ -30,7 +31,13 @@ INT8_ONNX = "model_int8_qdq.onnx"
 class TensorRtBuilder(BackendBuilder):
     backend = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
-    int8_placement = "tensorrt"
+    qdq_placement = SYMMETRIC_INT8  # TensorRT accepts only symmetric int8 (zero point 0)
+    builds_on_device = True  # an engine is tied to its GPU and TensorRT version: the device builds it
+    tools = ()  # nothing TensorRT-side runs on the converter host; the device build records its version
+    profile_options = {
+        "workspace_mib": ProfileOption(int, "builder workspace (--memPoolSize=workspace:<MiB>)"),
+        "dla_core": ProfileOption(int, "DLA core to build for (--useDLACore N --allowGPUFallback); -1 = GPU only"),
+    }
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
         self.check_precision(precision)
