@@ -19,6 +19,7 @@ from typing import Any
 from edgekit.convert.tensorrt_versions import calibration_header, family_for, parse_version
 from edgekit.errors import BackendUnavailableError, ConversionError, InputError
 from edgekit.runtime.artifact import read_manifest, sha256_file
+from edgekit.runtime.backends.tensorrt import plain_file_name
 
 #: TensorRT Python names the build uses, by the families that have them (checked against the bindings wheels
 #: by tests/runtime/test_tensorrt_api.py)
@@ -42,6 +43,10 @@ def build_engine(artifact: str | Path, precision: str | None = None,
     if not isinstance(builds, dict):
         raise InputError(f"{artifact}: this artifact predates per-version TensorRT builds; re-convert it with this "
                          "edgekit, or run its ./tensorrt_build.sh")
+    for build in builds.values():  # file names first: a hostile manifest never gets a file outside the folder read
+        for key in ("onnx", "calib_cache"):
+            if isinstance(build, dict) and build.get(key) is not None:
+                plain_file_name(build[key], artifact)
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -52,8 +57,8 @@ def build_engine(artifact: str | Path, precision: str | None = None,
     build = builds.get(family.name)
     if not isinstance(build, dict):
         raise InputError(f"{artifact}: no build for TensorRT {family.name} in the manifest")
-    onnx_file = artifact / str(build["onnx"])
-    engine = artifact / str(entry.options["engine"])
+    onnx_file = artifact / plain_file_name(build.get("onnx"), artifact)
+    engine = artifact / plain_file_name(entry.options.get("engine"), artifact)
     progress(f"build-engine  TensorRT {version} ({family.name}): {onnx_file.name} -> {engine.name}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -78,7 +83,7 @@ def build_engine(artifact: str | Path, precision: str | None = None,
         config.DLA_core = int(build["dla_core"])
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     if build.get("calib_cache"):
-        cache = (artifact / str(build["calib_cache"])).read_text(encoding="utf-8").split("\n", 1)[1]
+        cache = (artifact / plain_file_name(build["calib_cache"], artifact)).read_text(encoding="utf-8").split("\n", 1)[1]
         config.int8_calibrator = _cache_calibrator(trt, (calibration_header(version) + "\n" + cache).encode())
     batch = entry.options.get("batch") or {}
     if batch.get("dynamic"):

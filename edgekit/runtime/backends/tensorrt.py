@@ -164,6 +164,16 @@ def check_engine_record(engine: Path, allowed_onnx: set[str] | frozenset[str], t
     return dict(record)
 
 
+def plain_file_name(name: object, where: Path | str) -> str:
+    """``name`` when it names a file in the artifact folder itself; ModelFileError for a path (``../x``, ``/etc/x``):
+    the manifest's per-version builds name files the device reads and hashes."""
+    text = str(name)
+    if not text or Path(text).name != text or text in (".", ".."):
+        raise ModelFileError(f"{where}: the manifest's tensorrt builds name {text!r}; expected a file name inside "
+                             "the artifact folder")
+    return text
+
+
 def tensorrt_number(version: str) -> int:
     """``NV_TENSORRT_VERSION`` of a version string ("8.6.2.3" -> 8602, "10.3.0.30" -> 100300)."""
     parts = [int(p) for p in re.findall(r"\d+", str(version))[:3]] + [0, 0, 0]
@@ -249,7 +259,8 @@ class TensorRtRunner(Runner):
             builds = options.get("builds")
             allowed = {Path(model_path).name}
             if isinstance(builds, Mapping):
-                allowed |= {str(b["onnx"]) for b in builds.values() if isinstance(b, Mapping) and b.get("onnx")}
+                allowed |= {plain_file_name(b["onnx"], model_path) for b in builds.values()
+                            if isinstance(b, Mapping) and b.get("onnx")}
         return cls(path, build_script=str(script) if script else None, build_command=str(command) if command else None,
                    allowed_onnx=allowed, threads=threads)
 
