@@ -2,13 +2,14 @@
 
 The graph is the one the artifact ships (``model.onnx``: passes applied, BN folded), so the ranges
 and weight scales are measured on exactly the tensors every emitter quantises. ONNX Runtime runs
-it with graph optimisation off, every layer's input and output tensor added as a graph output:
-pass 1 records each tensor's exact min/max; when the observer needs it, pass 2 (the same images
-again) fills a histogram of ``|x|`` over the pass-1 range (``observers.TensorStats``).
+it with every observed tensor (``observed_tensors``) added as a graph output, in ONE pass over the
+images for every method: each tensor's exact min/max and, when the observer needs it, a histogram
+of a subsample of ``|x|`` that grows with the range (``observers.TensorStats.observe``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -59,12 +60,36 @@ def find_layers(model: onnx.ModelProto) -> list[QuantLayer]:
     return layers
 
 
+#: ops whose outputs are observed besides the convs' inputs and outputs: the ones a placement may quantise
+#: (ONNX Runtime's integer kernels, ``qdq.INTEGER_OPS`` and ``qdq.FUSED_ACTIVATIONS``); a Sigmoid's range follows from
+#: its input's (``derived_ranges``)
+OBSERVED_OPS = ("LeakyRelu", "AveragePool", "GlobalAveragePool", "Add", "Mul", "Concat", "Relu")
+
+
+def observed_tensors(model: onnx.ModelProto, layers: list[QuantLayer]) -> list[str]:
+    """The tensors calibration records a range for (sorted): every layer's input and output, and the output of
+    each OBSERVED_OPS node whose inputs are all activations (a Mul by a constant is not quantised by any placement)
+    unless it is a graph output."""
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {o for node in model.graph.node if node.op_type == "Constant" for o in node.output}
+    outputs = {o.name for o in model.graph.output}  # never quantised: the decoder reads them in float
+    names = {name for layer in layers for name in (layer.input, layer.output)}
+    names |= {node.output[0] for node in model.graph.node if node.op_type in OBSERVED_OPS and node.output
+              and node.output[0] not in outputs and not any(i in constants for i in node.input)}
+    return sorted(names)
+
+
 def layer_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
-def _observation_session(model: onnx.ModelProto, tensor_names: list[str]):
-    """An ONNX Runtime session returning ``tensor_names`` besides the model outputs (optimisation off)."""
+def _observation_session(model: onnx.ModelProto, tensor_names: list[str], optimize: bool = False):
+    """An ONNX Runtime session returning ``tensor_names`` besides the model outputs.
+
+    ``optimize``: ORT's basic graph optimisations (constant folding, redundant-node removal) are safe with every
+    observed tensor kept as an output; the extended / layout levels fuse Conv + activation and reorder to NCHWc,
+    which the extra outputs block or undo with a reorder per output (measured slower than no optimisation here).
+    """
     import onnxruntime as ort
 
     observed = onnx.ModelProto()
@@ -75,9 +100,25 @@ def _observation_session(model: onnx.ModelProto, tensor_names: list[str]):
             observed.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             existing.add(name)
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
     return ort.InferenceSession(observed.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def derived_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Ranges that follow from others without observing: a Sigmoid is monotonic, so its output over an input
+    range ``[lo, hi]`` is exactly ``[σ(lo), σ(hi)]`` (and an input clipped at ``T`` clips the output at ``σ(T)``)."""
+    derived = {}
+    for node in model.graph.node:
+        if node.op_type == "Sigmoid" and node.input[0] in ranges and node.output[0] not in ranges:
+            lo, hi = ranges[node.input[0]]
+            derived[node.output[0]] = (_sigmoid(lo), _sigmoid(hi))
+    return derived
 
 
 def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "entropy",
@@ -86,7 +127,8 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
     """Calibrate the fp32 ONNX graph at ``onnx_path``.
 
     tensors: returns a fresh iterable of float32 [1,3,H,W] inputs (the preprocessed calibration
-    images) each time it is called; called once (minmax) or twice (histogram methods).
+    images); called once: every method observes in one pass (the exact range of every tensor and, for the
+    clipping methods, a growing histogram of a subsample, ``TensorStats.observe``).
     Returns the backend-neutral CalibrationResult (nothing kept in float yet).
     """
     onnx_path = Path(onnx_path)
@@ -95,41 +137,38 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
     if not layers:
         raise CalibrationError(f"{onnx_path.name}: no Conv layer with constant weights to quantise")
     observe = make_observer(method, percentile)
+    histogram = needs_histogram(method)
     input_name = model.graph.input[0].name
-    names = sorted({name for layer in layers for name in (layer.input, layer.output)})
+    names = observed_tensors(model, layers)
     session = _observation_session(model, names)
     stats = {name: TensorStats() for name in names}
     started = time.perf_counter()
-    passes = [("range", TensorStats.observe_range)]
-    if needs_histogram(method):
-        passes.append(("histogram", TensorStats.observe_histogram))
-    # per-channel sums of each layer input's mean over the images (range pass): for bias correction
+    # per-channel sums of each layer input's mean over the images: for bias correction
     layer_inputs = {layer.input for layer in layers}
     channel_sums: dict[str, np.ndarray] = {}
     count = 0
-    for label, update in passes:
-        count = 0
-        iterator = tensors()
-        if progress:
-            iterator = progress(iterator, f"calibrate ({method}, {label} pass)")
-        for tensor in iterator:
-            outputs = session.run(names, {input_name: np.ascontiguousarray(tensor, np.float32)})
-            for name, value in zip(names, outputs):
-                if not np.all(np.isfinite(value)):
-                    raise CalibrationError(f"calibration: tensor {name!r} is not finite on calibration image {count}")
-                update(stats[name], value)
-                if label == "range" and name in layer_inputs and value.ndim >= 2:
-                    axes = tuple(a for a in range(value.ndim) if a != 1)
-                    channel_sums[name] = channel_sums.get(name, 0.0) + value.mean(axis=axes, dtype=np.float64)
-            count += 1
-        if count == 0:
-            raise CalibrationError("calibration: the calibration source yielded no images")
+    iterator: Iterable[np.ndarray] = tensors()
+    if progress:
+        iterator = progress(iterator, f"calibrate ({method})")
+    for tensor in iterator:
+        outputs = session.run(names, {input_name: np.ascontiguousarray(tensor, np.float32)})
+        for name, value in zip(names, outputs):
+            if not stats[name].observe(value, histogram):
+                raise CalibrationError(f"calibration: tensor {name!r} is not finite on calibration image {count}")
+            if name in layer_inputs and value.ndim >= 2:
+                # sum over everything but the channel axis, as [C, N*H*W] rows (a contiguous reduction)
+                rows = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
+                channel_sums[name] = channel_sums.get(name, 0.0) + rows.sum(axis=1, dtype=np.float64) / rows.shape[1]
+        count += 1
+    if count == 0:
+        raise CalibrationError("calibration: the calibration source yielded no images")
     ranges = {}
     for name, tensor_stats in stats.items():
+        tensor_stats.finish()
         # The network input (normalised pixels) has an exactly known range: never clip it.
         ranges[name] = (tensor_stats.lo, tensor_stats.hi) if name == input_name else observe(tensor_stats)
-    images_seen = max(count, 1)
-    layers = [replace(layer, input_mean=tuple(float(m) for m in channel_sums[layer.input] / images_seen))
+    ranges.update(derived_ranges(model, ranges))
+    layers = [replace(layer, input_mean=tuple(float(m) for m in channel_sums[layer.input] / count))
               if layer.input in channel_sums else layer for layer in layers]
     return CalibrationResult(model_sha256=file_sha256(onnx_path), method=method, num_images=num_images or count,
                              images_sha256=images_sha256, activation_ranges=ranges, layers=tuple(layers),

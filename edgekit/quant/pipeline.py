@@ -67,11 +67,14 @@ class Int8Options:
 
 
 def _progress_bar(iterable, description: str):
+    """A tqdm bar on stderr when it is a terminal; nothing otherwise (``disable=None``): a log or a pipe would get one
+    line per refresh, and the ``int8 ...`` lines already say what runs."""
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is a core dependency; stay silent without it
         return iterable
-    return tqdm(iterable, desc=description, leave=False, unit="img", dynamic_ncols=True)
+    return tqdm(iterable, desc=description, leave=False, unit="img", dynamic_ncols=True, disable=None,
+                mininterval=0.5)
 
 
 def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, default_method: str,

@@ -374,3 +374,23 @@ def test_calibration_module_never_imports_torch():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ok", "2", "False"]
+
+
+def test_calibration_progress_shows_on_a_terminal_and_stays_out_of_logs(monkeypatch, capsys):
+    """convert's calibration bar (pipeline._progress_bar): nothing when stderr is a pipe or a log file (it printed
+    one line per image there), a bar when it is a terminal."""
+    import io
+
+    from edgekit.quant.pipeline import _progress_bar
+
+    assert list(_progress_bar(iter(range(40)), "calibrate (mse)")) == list(range(40))
+    assert capsys.readouterr().err == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert list(_progress_bar(iter(range(40)), "calibrate (mse)")) == list(range(40))
+    assert "calibrate (mse)" in terminal.getvalue()

@@ -409,3 +409,62 @@ def test_large_tensors_are_subsampled_for_the_histogram_but_not_for_the_range():
     # n = 65536 samples; allow 4 standard errors plus one bin
     exact = float(np.percentile(np.abs(values), 99.0))
     assert abs(percentile_threshold(stats, 99.0) - exact) <= 4 * 0.078 + stats.absmax / HISTOGRAM_BINS
+
+
+# ------------------------------------------------------------------------------ one pass (collect.calibrate)
+
+
+def one_pass(*chunks: np.ndarray) -> TensorStats:
+    """What collect.calibrate does image by image: range and growing histogram together, then ``finish``."""
+    stats = TensorStats()
+    for chunk in chunks:
+        assert stats.observe(np.asarray(chunk, np.float32), histogram=True)
+    stats.finish()
+    return stats
+
+
+def test_one_pass_histogram_without_growth_is_the_two_pass_histogram_exactly():
+    # absmax 2048 from the first chunk on: every final bin is exactly 1 wide and two growing-histogram bins wide
+    values = np.concatenate([np.arange(-2048, 2048, 7), [2048.0]]).astype(np.float32)
+    two, one = stats_of(values[:300], values[300:]), one_pass(values[::-1][:300], values[::-1][300:])
+    assert (one.lo, one.hi) == (two.lo, two.hi) == (-2048.0, 2048.0)
+    np.testing.assert_array_equal(one.histogram, two.histogram)
+
+
+def test_one_pass_histogram_that_grows_keeps_every_count_and_every_threshold():
+    """Images of growing spread (0.1, 1, 10 and an outlier): the histogram's range doubles as they come, merging
+    bins; the thresholds land where the two-pass histogram (final range known in advance) puts them."""
+    rng = np.random.default_rng(7)
+    chunks = [rng.laplace(0.0, scale, 9000).astype(np.float32) for scale in (0.1, 1.0, 1.0, 10.0)]
+    chunks[2][17] = 120.0
+    two, one = stats_of(*chunks), one_pass(*chunks)
+    assert (one.lo, one.hi) == (two.lo, two.hi) and one.hi == 120.0
+    assert one.histogram.sum() == pytest.approx(4 * 9000)  # nothing subsampled below ONE_PASS_SAMPLES, nothing lost
+    assert one.wide_top / 2 < one.absmax <= one.wide_top     # bins never wider than the final ones
+    bin_width = one.absmax / HISTOGRAM_BINS
+    assert abs(percentile_threshold(one, 99.0) - percentile_threshold(two, 99.0)) <= 2 * bin_width
+    # mse picks among 256 candidates (8 bins apart): the same one or a neighbour
+    assert abs(mse_threshold(one) - mse_threshold(two)) <= one.absmax / 256 + 2 * bin_width
+    assert abs(entropy_threshold(one) - entropy_threshold(two)) <= 0.02 * one.absmax
+
+
+def test_one_pass_reports_non_finite_values_and_zeros_then_values():
+    stats = TensorStats()
+    assert not stats.observe(np.float32([1.0, np.nan]), histogram=True)
+    assert not stats.observe(np.float32([1.0, -np.inf]), histogram=False)
+    zeros_first = one_pass(np.zeros(64), np.float32([0.0, 1.0, -3.0]))
+    assert zeros_first.histogram[0] == 65 and zeros_first.histogram.sum() == pytest.approx(67)
+    assert one_pass(np.zeros(8)).histogram[0] == 8
+
+
+def test_mse_threshold_equals_the_candidate_loop():
+    """The vectorised search against the definition, candidate by candidate."""
+    stats = one_pass(np.random.default_rng(2).standard_t(3, 50000).astype(np.float32))
+    histogram, top = stats.histogram, stats.absmax
+    centres = (np.arange(HISTOGRAM_BINS) + 0.5) * (top / HISTOGRAM_BINS)
+    errors = []
+    for threshold in top * np.arange(1, 257) / 256:
+        inside = centres <= threshold
+        step = threshold / 127
+        errors.append(histogram[inside].sum() * step * step / 12 + (histogram[~inside] * (centres[~inside] - threshold) ** 2).sum())
+    assert mse_threshold(stats) == pytest.approx(top * (int(np.argmin(errors)) + 1) / 256)
