@@ -18,10 +18,12 @@ class QdqPlacement:
     quantize_outputs: bool    # also Q/DQ each quantised conv's output
     quantize_bias: bool       # int32 bias through DequantizeLinear (needed by ORT's fusion)
     producer_side: bool = False  # Q/DQ where the activation is produced, not at each conv input
+    integer_ops: bool = False    # every activation in the integer region quantised at its producer (qdq.INTEGER_OPS)
 
 
-#: ONNX Runtime's QLinearConv fusion: uint8 activations, every DQ(x), DQ(w), DQ(b) -> Conv -> Q(y) unit
-FUSED_UINT8 = QdqPlacement("onnxruntime", "uint8", quantize_outputs=True, quantize_bias=True)
+#: ONNX Runtime's QDQ fusions: uint8 activations quantised where they are produced, so every DQ(x), DQ(w), DQ(b)
+#: -> Conv -> Q(y) unit becomes QLinearConv and Sigmoid / Mul / Add / Concat / MaxPool / Resize / Split run on uint8
+FUSED_UINT8 = QdqPlacement("onnxruntime", "uint8", quantize_outputs=True, quantize_bias=True, integer_ops=True)
 #: OpenVINO's u8 x i8 convolutions: one Q/DQ right after each producing tensor, float bias
 PRODUCER_SIDE_UINT8 = QdqPlacement("openvino", "uint8", quantize_outputs=False, quantize_bias=False,
                                    producer_side=True)

@@ -8,8 +8,9 @@ a different placement, all from the same ranges and weight scales:
 =============  ===========  =======================  ==========================================
 placement      activations  conv outputs quantised   why
 =============  ===========  =======================  ==========================================
-onnxruntime    uint8        yes (bias int32)          ORT's QDQ fusion needs the full
-                                                      DQ(x), DQ(w), DQ(b) -> Conv -> Q(y) unit
+onnxruntime    uint8        yes (bias int32), and     ORT's QDQ fusion needs the full
+               (producer)   every activation between  DQ(x), DQ(w), DQ(b) -> Conv -> Q(y) unit,
+                            them (integer region)     and DQ -> op -> Q around SiLU / Add / ...
 openvino       uint8        no (bias float)           OpenVINO's CPU int8 convolutions take u8
                                                       activations (signed int8 activations failed
                                                       to compile in ../shared/FINDINGS.md); Q/DQ
@@ -28,6 +29,18 @@ post-op and Split / Pooling / Resize / Concat run on u8, as NNCF places FakeQuan
 feed the same conv input share one scale (the union of the calibrated ranges of the conv inputs
 they reach), so a Concat joins equally scaled inputs. Measured: 0.99-1.01x NNCF's latency.
 
+Integer region (onnxruntime). ONNX Runtime's CPU EP turns each DQ -> op -> Q unit into an integer
+kernel (its QDQ selector/action rules): Conv -> QLinearConv, Sigmoid -> QLinearSigmoid, Mul / Add ->
+QLinearMul / QLinearAdd, Concat -> QLinearConcat, and it drops the DQ/Q around MaxPool / Resize / Split
+when both carry the same encoding (uint8 data movement). Q/DQ only at conv inputs and outputs left each
+SiLU / Add / Concat / Resize in float between a DequantizeLinear and a QuantizeLinear: 0.79-0.96x ORT's
+fp32 latency while ``quantize_static`` reached 0.61x. So, as ``quantize_static`` does, every activation of
+the int8 body is quantised once where it is produced, with its own calibrated range (INTEGER_OPS), the
+outputs of SHARED_ENCODING_OPS reusing their input's encoding, a Relu folded into the Q after it
+(FUSED_ACTIVATIONS), and every reader takes the DQ output (a float reader would block the producer's
+fusion). Head conv outputs and everything after them stay float (``_head_conv_outputs``). See
+``_integer_region``; tests/quant/test_ort_placement.py checks ORT's optimised graph.
+
 Weights are always int8, symmetric, per output channel (``DequantizeLinear`` with ``axis``: opset
 >= 13; an older graph is upgraded first). Layers in ``result.float_layers`` are left untouched.
 Encodings: uint8 ``x ≈ (q - zp) · s`` from ``result.uint8_affine``; int8 ``x ≈ q · s`` from
@@ -43,11 +56,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.errors import CalibrationError
+from edgekit.atomic_io import atomic_path
+from edgekit.errors import CalibrationError, first_line
 from edgekit.quant.collect import layer_name, weight_axis
 from edgekit.quant.placement import QdqPlacement
-from edgekit.quant.result import (CalibrationResult, bias_correction, int8_symmetric, quantize_weight,
-                                  uint8_affine)
+from edgekit.quant.result import CalibrationResult, bias_correction, int8_symmetric, quantize_weight, uint8_affine
 
 #: per-channel DequantizeLinear (the ``axis`` attribute) needs opset 13
 MIN_QDQ_OPSET = 13
@@ -83,9 +96,8 @@ def write_qdq(onnx_path: str | Path, result: CalibrationResult, placement: QdqPl
     quantized = _insert_qdq(model, result, placement)
     onnx.checker.check_model(quantized)
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
-    onnx.save(quantized, str(tmp))
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        onnx.save(quantized, str(tmp))
     return quantized
 
 
@@ -99,7 +111,7 @@ def _ensure_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
         return version_converter.convert_version(model, minimum)
     except Exception as exc:
         raise CalibrationError(f"cannot upgrade the graph from opset {opset} to {minimum} for per-channel Q/DQ "
-                               f"({str(exc).splitlines()[0][:200]})") from None
+                               f"({first_line(exc, 200)})") from None
 
 
 class _Builder:
@@ -109,6 +121,7 @@ class _Builder:
         self.initializers: list[TensorProto] = []
         self.used = {n for node in model.graph.node for n in (*node.input, *node.output)}
         self.used |= {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+        self.encodings: dict[str, tuple[str, str]] = {}  # encoding key -> (scale, zero point) initializer names
 
     def fresh(self, base: str) -> str:
         name, k = base, 1
@@ -122,14 +135,21 @@ class _Builder:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
-    def activation_qdq(self, tensor: str, lo: float, hi: float, activation_type: str, out_name: str) -> list[onnx.NodeProto]:
-        if activation_type == "uint8":
-            scale, zero_point = uint8_affine(lo, hi)
-            zp = np.array(zero_point, np.uint8)
+    def activation_qdq(self, tensor: str, lo: float, hi: float, activation_type: str, out_name: str,
+                       encoding: str | None = None) -> list[onnx.NodeProto]:
+        """Q/DQ of ``tensor`` into ``out_name``; tensors passing the same ``encoding`` key share one scale/zero point."""
+        if encoding is not None and encoding in self.encodings:
+            s_name, z_name = self.encodings[encoding]
         else:
-            scale, zp = int8_symmetric(lo, hi), np.array(0, np.int8)
-        s_name = self.constant(f"{tensor}_scale", np.array(scale, np.float32))
-        z_name = self.constant(f"{tensor}_zero_point", zp)
+            if activation_type == "uint8":
+                scale, zero_point = uint8_affine(lo, hi)
+                zp = np.array(zero_point, np.uint8)
+            else:
+                scale, zp = int8_symmetric(lo, hi), np.array(0, np.int8)
+            s_name = self.constant(f"{tensor}_scale", np.array(scale, np.float32))
+            z_name = self.constant(f"{tensor}_zero_point", zp)
+            if encoding is not None:
+                self.encodings[encoding] = (s_name, z_name)
         q_name = self.fresh(f"{tensor}_quantized")
         return [helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [q_name], name=self.fresh(f"{tensor}_Q")),
                 helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out_name], name=self.fresh(f"{tensor}_DQ"))]
@@ -162,30 +182,37 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
     # producer-side placement: source tensor -> its DQ output (read by every consumer), and the conv
     # inputs that are covered by those (they need no Q/DQ of their own)
     sources: dict[str, tuple[float, float]] = {}
+    # integer region (onnxruntime): tensor -> the tensor whose encoding it shares (itself, or the input of the
+    # Split / MaxPool / Resize that passed it on)
+    encoding_of: dict[str, str] = {}
     produced_dq: dict[str, str] = {}
     covered: set[str] = set()
     float_names = {layer.name for layer in result.layers} - set(wanted)
-    if placement.producer_side:
+    if placement.integer_ops:
+        region = _integer_region(model, result, head_outputs)
+        sources = {tensor: (lo, hi) for tensor, (_, lo, hi) in region.items()}
+        encoding_of = {tensor: root for tensor, (root, _, _) in region.items()}
+        covered = set(region)
+    elif placement.producer_side:
         sources = _producer_sources(model, result.quantized_layers, range_of)
         covered = {layer.input for layer in result.quantized_layers}
-        produced_dq = {tensor: builder.fresh(f"{tensor}_dequantized") for tensor in sources}
-        for graph_input in graph.input:
-            if graph_input.name in sources:
-                new_nodes += builder.activation_qdq(graph_input.name, *sources[graph_input.name],
-                                                    placement.activation_type, produced_dq[graph_input.name])
+    produced_dq = {tensor: builder.fresh(f"{tensor}_dequantized") for tensor in sources}
 
     def quantize_sources_among(outputs) -> None:
         """Producer-side: the Q/DQ pair right after each source tensor a node just produced."""
         for output in outputs:
             if output in produced_dq:
                 new_nodes.extend(builder.activation_qdq(output, *sources[output], placement.activation_type,
-                                                        produced_dq[output]))
+                                                        produced_dq[output], encoding_of.get(output)))
+
+    quantize_sources_among([graph_input.name for graph_input in graph.input])
 
     for index, node in enumerate(graph.node):
         name = layer_name(node, index)
         layer = wanted.get(name)
-        # a layer kept in float reads the float tensor even where its producer is quantised for others
-        if produced_dq and name not in float_names and any(i in produced_dq for i in node.input):
+        # a layer kept in float reads the float tensor even where its producer is quantised for others (not in the
+        # integer region: ORT fuses a producer into its integer kernel only when every reader takes the DQ output)
+        if produced_dq and (name not in float_names or placement.integer_ops) and any(i in produced_dq for i in node.input):
             renamed = onnx.NodeProto()
             renamed.CopyFrom(node)
             for k, tensor in enumerate(renamed.input):
@@ -199,7 +226,8 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
         if graph.node[index].input[0] != layer.input or node.input[1] != layer.weight:
             raise CalibrationError(f"layer {name!r}: the graph does not match the calibration result")
         x = node.input[0]
-        lo, hi = range_of(layer.input)
+        # the range x is encoded with: its own, or (integer region) that of the tensor whose encoding it shares
+        lo, hi = sources[layer.input] if placement.integer_ops and layer.input in sources else range_of(layer.input)
         # activation input
         if layer.input in covered:
             x_dq = x  # already the DQ output of its producer, or derived from such through Split/Concat/…
@@ -262,7 +290,7 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
         conv.CopyFrom(node)
         del conv.input[:]
         conv.input.extend(inputs)
-        if placement.quantize_outputs and node.output[0] not in head_outputs:
+        if placement.quantize_outputs and not placement.integer_ops and node.output[0] not in head_outputs:
             y = node.output[0]
             y_float = builder.fresh(f"{y}_float")
             conv.output[0] = y_float
@@ -339,6 +367,92 @@ def _head_conv_outputs(model: onnx.ModelProto) -> set[str]:
 #: ops an activation passes through unchanged in value range (each output is a selection or copy of
 #: input values), so a Q/DQ before them is equivalent to one after them, and OpenVINO runs them on u8
 RANGE_PRESERVING_OPS = {"Split", "Concat", "MaxPool", "Resize"}
+
+
+#: ops ONNX Runtime's CPU EP runs in integer arithmetic when every input comes from a DequantizeLinear and the
+#: output goes into a QuantizeLinear (its QDQ selectors, qdq_selector_action_transformer.cc: QLinearSigmoid /
+#: QLinearLeakyRelu / QLinearAveragePool / QLinearGlobalAveragePool, QLinearAdd / QLinearMul, QLinearConcat); each
+#: output gets its own calibrated range, as ``quantize_static`` does
+INTEGER_OPS = frozenset({"Sigmoid", "LeakyRelu", "AveragePool", "GlobalAveragePool", "Add", "Mul", "Concat"})
+#: ops ORT runs directly on uint8 by dropping the DQ before and the Q after them (its DropQDQ / Split rules), which
+#: it does only when both carry the same scale and zero point: their outputs share their input's encoding
+SHARED_ENCODING_OPS = frozenset({"MaxPool", "Resize", "Split"})
+#: activations ORT folds into the QuantizeLinear after them (ReluQuantFusion: a uint8 Q with zero point 0 already
+#: clips at 0): a conv read only by one of them is quantised after the activation, and fuses into QLinearConv
+FUSED_ACTIVATIONS = frozenset({"Relu"})
+
+
+def _integer_region(model: onnx.ModelProto, result: CalibrationResult,
+                    head_outputs: set[str]) -> dict[str, tuple[str, float, float]]:
+    """The onnxruntime placement's activations quantised where they are produced: tensor -> (encoding, lo, hi).
+
+    ``encoding`` names the tensor whose scale and zero point the tensor uses: itself, or for the outputs of
+    SHARED_ENCODING_OPS the encoding of their data input. The region grows from the graph input and the
+    outputs of quantised convs (not head convs, see ``_head_conv_outputs``): an INTEGER_OPS node joins when every
+    input is in it (an initializer input keeps the node in float) and its output has a calibrated range. Graph
+    outputs stay float. Then only what an integer kernel reads or writes is kept: a quantised conv's input and
+    output (QLinearConv needs the Q after it), and the inputs/outputs of region ops some kept tensor depends on.
+    A tensor without a calibrated range (a cache written before these ranges were recorded) is left float, and
+    a conv reading it quantises its own input as before.
+    """
+    graph = model.graph
+    ranges = result.activation_ranges
+    wanted = {layer.name for layer in result.quantized_layers}
+    float_names = {layer.name for layer in result.layers} - wanted
+    graph_outputs = {o.name for o in graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    region: dict[str, tuple[str, float, float]] = {}
+
+    def own(tensor: str) -> None:
+        if tensor in ranges and tensor not in graph_outputs:
+            region[tensor] = (tensor, *ranges[tensor])
+
+    initializers = {init.name for init in graph.initializer}
+    for graph_input in graph.input:
+        if graph_input.name not in initializers:
+            own(graph_input.name)
+    before_activation: set[str] = set()  # conv outputs quantised after the Relu that alone reads them
+    for index, node in enumerate(graph.node):
+        name = layer_name(node, index)
+        if name in wanted:
+            y = node.output[0]
+            if y in head_outputs:
+                continue
+            only = readers.get(y, [])
+            if len(only) == 1 and only[0].op_type in FUSED_ACTIVATIONS and y not in graph_outputs:
+                before_activation.add(y)
+            else:
+                own(y)
+        elif name in float_names or not node.input:
+            continue
+        elif node.op_type in SHARED_ENCODING_OPS:
+            if node.input[0] in region:
+                for y in node.output:
+                    if y not in graph_outputs:
+                        region[y] = region[node.input[0]]
+        elif node.op_type in FUSED_ACTIVATIONS:
+            if node.input[0] in before_activation:
+                own(node.output[0])
+        elif node.op_type in INTEGER_OPS:
+            inputs = [i for i in node.input if i]
+            if inputs and all(i in region for i in inputs):
+                own(node.output[0])
+    # keep what integer kernels read and write, walking back from the quantised convs
+    needed: set[str] = set()
+    for index in reversed(range(len(graph.node))):
+        node = graph.node[index]
+        outputs = [o for o in node.output if o in region]
+        if layer_name(node, index) in wanted:
+            needed.update({node.input[0], *outputs})
+        elif node.op_type in FUSED_ACTIVATIONS and node.input[0] in before_activation:
+            needed.update(outputs)
+        elif outputs and any(o in needed for o in outputs):
+            needed.update(i for i in node.input if i in region)
+            needed.update(o for o in outputs if o in readers)
+    return {tensor: value for tensor, value in region.items() if tensor in needed}
 
 
 def _producer_sources(model: onnx.ModelProto, layers, range_of) -> dict[str, tuple[float, float]]:

@@ -60,9 +60,10 @@ def producers(model):
 # ------------------------------------------------------------------------------- structure per placement
 
 #: (QuantizeLinear, DequantizeLinear) in small_net: activations Q/DQ on images, r1 (shared by conv2 and
-#: conv3), r2 -> 3 Q + 3 DQ; one weight DQ per conv -> 4; onnxruntime also requantises the outputs of
-#: the two non-head convs (y1, y2: +2 Q +2 DQ) and quantises the 4 biases (+4 DQ)
-EXPECTED_COUNTS = {"onnxruntime": (3 + 2, 3 + 4 + 2 + 4), "openvino": (3, 3 + 4), "tensorrt": (3, 3 + 4)}
+#: conv3), r2 -> 3 Q + 3 DQ; one weight DQ per conv -> 4; onnxruntime quantises the non-head convs' outputs
+#: after the Relu that alone reads each (r1, r2: the same tensors, ORT folds the Relu into the Q) and the
+#: 4 biases (+4 DQ)
+EXPECTED_COUNTS = {"onnxruntime": (3, 3 + 4 + 4), "openvino": (3, 3 + 4), "tensorrt": (3, 3 + 4)}
 
 
 @pytest.mark.parametrize("placement", PLACEMENT_NAMES)
@@ -104,13 +105,12 @@ def test_placement_inserts_the_expected_qdq_and_keeps_the_interface(net, placeme
             assert conv.input[2] in {"b1", "b2", "b3", "b4"}
     # the float weights are gone (replaced by their int8 copies)
     assert not initializers & {"w1", "w2", "w3", "w4"}
-    # conv outputs: requantised in place for ONNX Runtime except the head convs; untouched otherwise
+    # conv outputs keep their names; ONNX Runtime's Relu reads the conv directly (the Q after it clips at 0)
     conv_output = {n.name: n.output[0] for n in model.graph.node if n.op_type == "Conv"}
+    assert conv_output == {"conv1": "y1", "conv2": "y2", "conv3": "y3", "conv4": "y4"}
     if placement == "onnxruntime":
-        assert conv_output == {"conv1": "y1_float", "conv2": "y2_float", "conv3": "y3", "conv4": "y4"}
-        assert made_by["y1"].op_type == made_by["y2"].op_type == "DequantizeLinear"
-    else:
-        assert conv_output == {"conv1": "y1", "conv2": "y2", "conv3": "y3", "conv4": "y4"}
+        assert made_by["r1"].op_type == made_by["r2"].op_type == "Relu"
+        assert made_by["r1"].input[0] == "y1" and made_by["r2"].input[0] == "y2"
 
 
 def test_tensorrt_placement_is_symmetric_int8(net, tmp_path):
@@ -250,8 +250,12 @@ def test_onnxruntime_placement_requantises_a_non_head_conv_output(tmp_path):
     assert y1_float.min() < -2.0 and y1_float.max() > 3.0
     result = hand_result(path, {"images": x_range, "y1": y1_range, "output": (-9.0, 9.0)})
     qdq = write_qdq(path, result, "onnxruntime", tmp_path / "qdq.onnx")
-    qdq.graph.output.append(onnx.helper.make_tensor_value_info("y1", onnx.TensorProto.FLOAT, None))
-    y1_ort, out_ort = ort_session(qdq.SerializeToString(), optimize=False).run(["y1", "output"], {"images": x})
+    # y1 is quantised where conv1 produces it: conv2 reads the DequantizeLinear after it
+    y1_dq = producers(qdq)[next(n for n in qdq.graph.node if n.name == "conv2").input[0]]
+    assert y1_dq.op_type == "DequantizeLinear" and producers(qdq)[y1_dq.input[0]].input[0] == "y1"
+    qdq.graph.output.append(onnx.helper.make_tensor_value_info(y1_dq.output[0], onnx.TensorProto.FLOAT, None))
+    y1_ort, out_ort = ort_session(qdq.SerializeToString(), optimize=False).run([y1_dq.output[0], "output"],
+                                                                                 {"images": x})
     s, zp, _, _ = activation_encoding(*y1_range, "onnxruntime")
     codes = y1_ort / np.float64(s) + zp
     # y1 is on the uint8 grid of its range, within half a step of the clipped float value
@@ -388,6 +392,13 @@ def test_float_layers_are_left_untouched(net, placement, tmp_path):
     partial = result.with_float_layers({"conv2": "test"})
     model = write_qdq(path, partial, placement, tmp_path / "partial.onnx")
     conv2 = next(n for n in model.graph.node if n.name == "conv2")
+    if placement == "onnxruntime":
+        # the very same node but for its input: every reader of r1 takes the DequantizeLinear after it, else ORT
+        # could not fuse conv1 into QLinearConv (its output would have a float reader)
+        assert producers(model)[conv2.input[0]].op_type == "DequantizeLinear"
+        conv2 = onnx.NodeProto()
+        conv2.CopyFrom(next(n for n in model.graph.node if n.name == "conv2"))
+        conv2.input[0] = "r1"
     assert conv2 == next(n for n in original.graph.node if n.name == "conv2")  # the very same node
     np.testing.assert_array_equal(initializer(model, "w2"), initializer(original, "w2"))
     assert initializer(model, "w2").dtype == np.float32
@@ -423,21 +434,10 @@ def test_an_opset_11_graph_is_upgraded_for_per_channel_dq(net, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_yolov8(tmp_path_factory):
+def tiny_yolov8(tiny_yolov8_calibrated):
     """A width-0.125 yolov8 at 64x64 (C2f: Split -> conv, SPPF: MaxPool -> Concat -> conv), minmax-calibrated."""
-    import torch
-
-    from edgekit.convert.chain import export_artifact
-    from edgekit.models import ModelConfig, build_model
-    from edgekit.quant.collect import calibrate
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig("yolov8", num_classes=3, input_size=(64, 64), width=0.125), ["a", "b", "c"])
-    out = tmp_path_factory.mktemp("tiny-yolov8")
-    export_artifact(model, out)
-    rng = np.random.default_rng(0)
-    tensors = [rng.random((1, 3, 64, 64), dtype=np.float32) for _ in range(4)]
-    return out / "model.onnx", calibrate(out / "model.onnx", lambda: tensors, method="minmax")
+    path, result, _ = tiny_yolov8_calibrated
+    return path, result
 
 
 def test_openvino_placement_quantises_producers_not_conv_inputs(tiny_yolov8, tmp_path):
