@@ -1,0 +1,429 @@
+"""TensorRT builds per version, checked here without a GPU: nothing of TensorRT is mocked.
+
+- every trtexec command edgekit generates is linted against the flag set of the version it is for;
+- the ONNX files each version parses (fp32, strongly typed fp16 for 11.x, Q/DQ with int8 weights for >= 10
+  and with float weights -> Q -> DQ for 8.x) run in ONNX Runtime against the fp32 graph, and pass the
+  TensorRT ONNX parser's operator / opset / type matrix;
+- the calibration cache is in TensorRT's text format, round-trips, and covers every tensor of the parsed ONNX;
+- the build script picks the command of the TensorRT version trtexec reports (a stand-in ``trtexec`` that
+  prints a version banner and records its arguments: the script's dispatch is shell, not TensorRT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgekit.convert.tensorrt_int8 import (
+    cache_scale,
+    cache_tensors,
+    float_weight_qdq,
+    read_calibration_cache,
+    tensor_ranges,
+    write_calibration_cache,
+)
+from edgekit.convert.tensorrt_onnx import legality_problems, parser_support
+from edgekit.convert.tensorrt_versions import (
+    REMOVED_IN_11,
+    VERSIONS,
+    BuildPlan,
+    TensorRtVersionError,
+    calibration_header,
+    family_by_name,
+    family_for,
+    lint_command,
+    parse_version,
+    plan_for,
+    trtexec_command,
+)
+from edgekit.runtime.artifact import read_manifest
+
+SIZE = (64, 64)
+FAMILY_VERSION = {"8.5": "8.5.2", "8.6": "8.6.2", "10.x": "10.3.0", "11.x": "11.4.0"}
+
+
+# --- versions and the flag table (pure) ---------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("8.5.2.2", (8, 5, 2)), ("8.6.1", (8, 6, 1)), ("10.3.0.30", (10, 3, 0)), ("11.4.0.106", (11, 4, 0)),
+    ("8601", (8, 6, 1)), ("v100300", (10, 3, 0)), ("110400", (11, 4, 0)),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec --help", (8, 5, 2)),
+])
+def test_versions_parse_from_every_form_trtexec_and_python_give(text, expected):
+    version = parse_version(text)
+    assert (version.major, version.minor, version.patch) == expected
+    assert parse_version(str(version.number)) == version  # the banner number round-trips
+
+
+def test_calibration_header_carries_the_exact_version_number():
+    assert calibration_header("8.6.1") == "TRT-8601-EntropyCalibration2"
+    assert calibration_header("10.3.0") == "TRT-100300-EntropyCalibration2"
+
+
+@pytest.mark.parametrize("text", ["8.4.1", "7.1.3", "12.0.0", "banana"])
+def test_versions_without_a_recipe_are_refused(text):
+    with pytest.raises(TensorRtVersionError):
+        family_for(text)
+
+
+def all_plans():
+    for family in VERSIONS.values():
+        for precision in ("fp32", "fp16", "int8"):
+            for dla in (None, 0):
+                for dynamic in (False, True):
+                    yield family, plan_for(family, precision, f"model_{precision}.engine", "images", (1, 3, 64, 64),
+                                           (1, 4, 8), dynamic, dla)
+
+
+@pytest.mark.parametrize("family", list(VERSIONS.values()), ids=lambda f: f.name)
+def test_every_generated_command_uses_only_flags_its_version_accepts(family):
+    version = FAMILY_VERSION[family.name]
+    for plan_family, plan in all_plans():
+        if plan_family is not family:
+            continue
+        argv = trtexec_command(plan, version)
+        assert lint_command(argv, version) == [], (plan, argv)
+        if family.name == "11.x":
+            assert not REMOVED_IN_11 & {a.split("=")[0] for a in argv}
+        if plan.dynamic:
+            assert "--minShapes=images:1x3x64x64" in argv and "--optShapes=images:4x3x64x64" in argv
+            assert "--maxShapes=images:8x3x64x64" in argv
+        else:
+            assert not any(a.startswith(("--minShapes", "--maxShapes")) for a in argv)
+        assert ("--noTF32" in argv) is True and any(a.startswith("--timingCacheFile=") for a in argv)
+        assert ("--useDLACore=0" in argv) == (plan.dla_core == 0) == ("--allowGPUFallback" in argv)
+
+
+def test_the_lint_catches_what_each_version_removed():
+    assert lint_command(["--onnx=m.onnx", "--saveEngine=e", "--fp16"], "11.0.0") == ["--fp16 was removed in TensorRT 11"]
+    assert "--workspace was removed in TensorRT 10" in lint_command(["--onnx=a", "--saveEngine=b", "--workspace=64"],
+                                                                    "10.3.0")
+    assert lint_command(["--onnx=a", "--saveEngine=b", "--skipInference"], "8.5.2") \
+        == ["--skipInference is not a flag edgekit knows TensorRT 8.5 accepts"]
+    assert lint_command(["--onnx=a", "--saveEngine=b", "--minShapes=x:1x3"], "8.6.1") \
+        == ["give all of --minShapes, --optShapes and --maxShapes"]
+
+
+def test_eleven_takes_fp16_and_int8_from_the_onnx_and_has_no_dla():
+    eleven = family_by_name("11.x")
+    fp16 = plan_for(eleven, "fp16", "e", "images", (1, 3, 64, 64), dla_core=0)
+    int8 = plan_for(eleven, "int8", "e", "images", (1, 3, 64, 64), dla_core=0)
+    assert fp16.onnx == "model_fp16.onnx" and fp16.dla_core is None
+    assert int8.onnx == "model_int8_qdq.onnx" and int8.calib_cache is None
+    with pytest.raises(TensorRtVersionError, match="cannot build for DLA"):
+        trtexec_command(dataclasses.replace(fp16, dla_core=0), "11.4.0")
+    with pytest.raises(TensorRtVersionError, match="no calibration-cache"):
+        trtexec_command(dataclasses.replace(int8, calib_cache="c.cache"), "11.4.0")
+
+
+def test_int8_weights_per_parser_and_implicit_int8_only_on_dla():
+    assert plan_for(family_by_name("8.5"), "int8", "e", "x", (1, 3, 8, 8)).onnx == "model_int8_qdq_trt8.onnx"
+    assert plan_for(family_by_name("10.x"), "int8", "e", "x", (1, 3, 8, 8)).onnx == "model_int8_qdq.onnx"
+    dla = plan_for(family_by_name("8.5"), "int8", "e", "x", (1, 3, 8, 8), dla_core=1)
+    assert (dla.onnx, dla.calib_cache, dla.dla_core) == ("model.onnx", "tensorrt_calibration.cache", 1)
+    assert plan_for(family_by_name("10.x"), "fp16", "e", "x", (1, 3, 8, 8), dla_core=-1).dla_core is None
+
+
+# --- a real int8 artifact for the Xavier (DLA core 0) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    import torch
+
+    from edgekit.convert.chain import convert
+    from edgekit.models import ModelConfig, build_model
+    from edgekit.quant.pipeline import Int8Options
+    from edgekit.targets import load_target
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("yolov8", num_classes=3, input_size=SIZE, width=0.125), ["a", "b", "c"]).eval()
+    target = load_target("jetson-xavier-nx")
+    target = dataclasses.replace(target, backend_options={**target.backend_options, "dla_core": 0})
+    folder = tmp_path_factory.mktemp("trt") / "art"
+    convert(model, target, folder, precision="int8", input_size=SIZE, int8=Int8Options(images=16, method="minmax"))
+    return folder
+
+
+def entry(artifact: Path):
+    return read_manifest(artifact).find("tensorrt", None)
+
+
+def run(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def probe(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((1, 3, *SIZE), dtype=np.float32)
+
+
+def test_the_artifact_carries_every_version_s_build_and_its_commands_lint_clean(artifact):
+    options = entry(artifact).options
+    assert set(options["builds"]) == {f.name for f in VERSIONS.values()}
+    files = read_manifest(artifact).files
+    for name, build in options["builds"].items():
+        argv = shlex.split(build["command"])
+        assert argv[0] == "trtexec"
+        assert lint_command(argv[1:], FAMILY_VERSION[name]) == []
+        assert build["onnx"] in files and (build["calib_cache"] is None or build["calib_cache"] in files)
+    # DLA + int8: implicit int8 from the cache on <= 10.x, Q/DQ on 11.x (no DLA there)
+    assert options["builds"]["8.5"]["calib_cache"] == "tensorrt_calibration.cache"
+    assert options["builds"]["11.x"]["onnx"] == "model_int8_qdq.onnx" and options["builds"]["11.x"]["dla_core"] is None
+    script = (artifact / "tensorrt_build.sh").read_text()
+    for name in options["builds"]:
+        assert f"# TensorRT {name}" in script
+
+
+def test_qdq_for_eight_has_float_weights_and_computes_what_the_int8_form_computes(artifact):
+    int8_form = onnx.load(str(artifact / "model_int8_qdq.onnx"))
+    float_form = onnx.load(str(artifact / "model_int8_qdq_trt8.onnx"))
+    def int8_values(model):  # int8 initializers other than zero points
+        zero_points = {n.input[2] for n in model.graph.node if len(n.input) > 2}
+        return {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8} - zero_points
+
+    dq_inputs = {n.input[0] for n in int8_form.graph.node if n.op_type == "DequantizeLinear"}
+    assert int8_values(int8_form) and int8_values(int8_form) <= dq_inputs  # >= 10: int8 initializer -> DQ
+    assert not int8_values(float_form)  # 8.x: float weights -> Q -> DQ
+    x = probe()
+    a, b = run(artifact / "model_int8_qdq.onnx", x), run(artifact / "model_int8_qdq_trt8.onnx", x)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-5 * max(1.0, float(np.abs(u).max())))
+    # and the int8 graph is close to the fp32 one (int8 judged loosely on raw tensors: the agreement gate judges boxes)
+    reference = run(artifact / "model.onnx", x)
+    for u, v in zip(reference, b):
+        assert np.abs(u - v).max() / np.abs(u).max() < 0.25
+
+
+def test_float_weight_qdq_is_exact_for_a_rounded_weight():
+    from onnx import helper, numpy_helper
+
+    q = np.array([[-127, 0, 5, 127]], np.int8).reshape(4, 1, 1, 1)
+    scale = np.array([0.5, 0.25, 0.1, 2.0], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=0),
+         helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 2, 2])],
+        [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(scale, "w_s"),
+         numpy_helper.from_array(np.zeros(4, np.int8), "w_z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rewritten = float_weight_qdq(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["QuantizeLinear", "DequantizeLinear", "Conv"]
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    a = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    b = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
+    assert np.array_equal(a, b)
+
+
+def test_every_onnx_a_tensorrt_build_reads_passes_the_parser_matrix(artifact):
+    options = entry(artifact).options
+    for name, build in options["builds"].items():
+        model = onnx.load(str(artifact / build["onnx"]))
+        assert legality_problems(model, name) == [], (name, build["onnx"])
+    assert "source" in parser_support() and "Conv" in parser_support()["supported"]
+
+
+def test_the_legality_check_finds_what_tensorrt_refuses(artifact):
+    from onnx import helper
+
+    model = onnx.load(str(artifact / "model.onnx"))
+    model.graph.node.append(helper.make_node("NonZero", [model.graph.output[0].name], ["nz"], name="nz"))
+    model.graph.node.append(helper.make_node("QLinearConv", ["a"], ["b"], name="qlc"))
+    problems = legality_problems(model, "8.5")
+    assert any("NonZero" in p for p in problems) and any("QLinearConv" in p for p in problems)
+    uint8 = onnx.load(str(artifact / "model.onnx"))
+    uint8.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    assert any("UINT8" in p for p in legality_problems(uint8, "10.x"))
+
+
+def test_the_calibration_cache_is_tensorrt_s_format_and_covers_every_tensor(artifact):
+    from edgekit.quant.result import CalibrationResult
+
+    text = (artifact / "tensorrt_calibration.cache").read_text()
+    header, scales = read_calibration_cache(text)
+    assert header == "TRT-100300-EntropyCalibration2"  # rewritten to the device's number by the build
+    model = onnx.load(str(artifact / "model.onnx"))
+    wanted = cache_tensors(model)
+    assert set(scales) == set(wanted) and len(wanted) > 50
+    graph_outputs = {n for node in model.graph.node for n in node.output}
+    assert set(wanted) >= {o for o in graph_outputs if o in scales}  # every float node output has its line
+    assert model.graph.input[0].name in scales
+    result = CalibrationResult.load(artifact / "calibration.json")
+    for name, (lo, hi) in result.activation_ranges.items():  # calibrated tensors: exactly amax / 127
+        assert scales[name] == pytest.approx(max(abs(lo), abs(hi)) / 127, rel=1e-6)
+    for line in text.splitlines()[1:]:  # "<name>: <8 hex digits>", big-endian float32 bits
+        name, _, value = line.rpartition(": ")
+        assert len(value) == 8 and struct.unpack(">f", bytes.fromhex(value))[0] == scales[name]
+    # round trip
+    ranges, missing = tensor_ranges(model, result)
+    assert missing == []
+    assert write_calibration_cache(ranges, header) == text
+
+
+def test_derived_ranges_bound_what_the_graph_computes(artifact):
+    """Interval arithmetic is a superset of the values ONNX Runtime computes on calibration-like inputs."""
+    from edgekit.quant.result import CalibrationResult
+
+    model = onnx.load(str(artifact / "model.onnx"))
+    result = CalibrationResult.load(artifact / "calibration.json")
+    ranges, _ = tensor_ranges(model, result)
+    derived = [n for n in ranges if n not in result.activation_ranges and n not in
+               {i.name for i in model.graph.initializer}]
+    assert derived
+    probe_model = onnx.load(str(artifact / "model.onnx"))
+    for name in derived:
+        probe_model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(probe_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": probe(3)}),
+                      strict=True))
+    for name in derived:  # sigmoid outputs etc.: within [lo, hi] up to calibration clipping upstream
+        lo, hi = ranges[name]
+        if name.endswith("Sigmoid_output_0"):
+            assert lo >= 0.0 and hi <= 1.0
+        assert np.isfinite(values[name]).all()
+
+
+def test_a_cache_that_is_not_tensorrt_s_format_is_refused():
+    from edgekit.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="header"):
+        read_calibration_cache("images: 3c010204\n")
+    with pytest.raises(ConversionError, match="line 2"):
+        read_calibration_cache("TRT-8601-EntropyCalibration2\nimages 3c010204\n")
+    assert cache_scale(0.0, 0.0) > 0
+
+
+def test_the_fp16_onnx_for_eleven_runs_in_onnx_runtime_within_fp16_tolerance(artifact, tmp_path):
+    from edgekit.convert.tensorrt_fp16 import write_fp16
+
+    path = tmp_path / "model_fp16.onnx"
+    model = write_fp16(artifact / "model.onnx", path)
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in (*model.graph.input, *model.graph.output))
+    kept32 = {n.input[2] for n in model.graph.node if n.op_type == "Resize" and len(n.input) > 2}
+    assert all(i.data_type != onnx.TensorProto.FLOAT for i in model.graph.initializer if i.name not in kept32)
+    assert legality_problems(model, "11.x") == []
+    x = probe(1)
+    for u, v in zip(run(artifact / "model.onnx", x), run(path, x)):
+        assert v.dtype == np.float32 and np.abs(u - v).max() / np.abs(u).max() < 1e-2
+
+
+# --- the build script's dispatch on the reported version ----------------------------------------
+
+@pytest.mark.parametrize("number", ["8502", "8602", "100300", "110400"])
+def test_the_build_script_runs_the_command_of_the_version_trtexec_reports(artifact, tmp_path, number):
+    art = tmp_path / "art"
+    import shutil
+
+    shutil.copytree(artifact, art)
+    calls = tmp_path / "argv.txt"
+    fake = tmp_path / "trtexec"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo '&&&& RUNNING TensorRT.trtexec [TensorRT v{number}] # trtexec'\n"
+                    f"[ \"$1\" = --help ] && exit 0\necho \"$@\" > {calls}\n"
+                    "for a in \"$@\"; do case $a in --saveEngine=*) echo engine > \"${a#--saveEngine=}\";; esac; done\n")
+    fake.chmod(0o755)
+    proc = subprocess.run(["sh", str(art / "tensorrt_build.sh")], capture_output=True, text=True,
+                          env={**os.environ, "TRTEXEC": str(fake)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    version = parse_version(number)
+    family = family_for(version)
+    build = entry(art).options["builds"][family.name]
+    argv = calls.read_text().split()
+    assert lint_command(argv, version) == []
+    expected = shlex.split(build["command"])[1:]
+    if build["calib_cache"]:
+        expected = [f"--calib=tensorrt_calibration_{number}.cache" if a.startswith("--calib=") else a for a in expected]
+        header = (art / f"tensorrt_calibration_{number}.cache").read_text().splitlines()[0]
+        assert header == calibration_header(version)
+    assert argv == expected
+    record = json.loads((art / "model_int8.engine.json").read_text())
+    assert record["tensorrt_number"] == int(number) and record["onnx"] == build["onnx"]
+    from edgekit.runtime.artifact import sha256_file
+
+    assert record["onnx_sha256"] == sha256_file(art / build["onnx"])
+
+
+def test_the_build_script_refuses_a_version_it_has_no_build_for(artifact, tmp_path):
+    fake = tmp_path / "trtexec"
+    fake.write_text("#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v8401] # trtexec'\n")
+    fake.chmod(0o755)
+    proc = subprocess.run(["sh", str(artifact / "tensorrt_build.sh")], capture_output=True, text=True,
+                          env={**os.environ, "TRTEXEC": str(fake)}, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "8401" in proc.stderr
+
+
+def test_plans_are_plain_data():
+    plan = BuildPlan("m.onnx", "e", "fp32", "images", (2, 3, 64, 64))
+    assert plan.shapes() is None
+    assert dataclasses.replace(plan, dynamic=True, opt_batch=2, max_batch=4).shapes()[2] == (4, 3, 64, 64)
+
+
+# --- edgekit build-engine: what fails here, one line each ------------------------------------------
+
+without_tensorrt = pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
+                                      reason="tensorrt is installed here")
+
+
+def test_build_engine_on_a_folder_that_is_not_an_artifact(tmp_path, capsys):
+    from tests.helpers import one_error_line, run_cli
+
+    one_error_line(*run_cli(["build-engine", tmp_path], capsys)[::2], "not an edgekit artifact")
+
+
+def test_build_engine_on_an_artifact_without_a_tensorrt_model(tmp_path, capsys):
+    from tests.helpers import fastestdet_like_artifact, one_error_line, run_cli
+
+    art = fastestdet_like_artifact(tmp_path / "art")
+    one_error_line(*run_cli(["build-engine", art], capsys)[::2], "no model for tensorrt")
+
+
+def test_build_engine_refuses_an_artifact_from_before_per_version_builds(artifact, tmp_path, capsys):
+    import shutil
+
+    from tests.helpers import one_error_line, run_cli
+
+    art = Path(shutil.copytree(artifact, tmp_path / "art"))
+    manifest = json.loads((art / "edgekit.json").read_text())
+    for model in manifest["models"]:
+        model["options"].pop("builds", None)
+    (art / "edgekit.json").write_text(json.dumps(manifest))
+    one_error_line(*run_cli(["build-engine", art], capsys)[::2], "predates per-version TensorRT builds")
+
+
+def test_build_engine_refuses_build_file_names_outside_the_artifact(artifact, tmp_path, capsys):
+    import shutil
+
+    from edgekit.errors import ModelFileError
+    from edgekit.runtime.backends.tensorrt import TensorRtRunner
+    from tests.helpers import one_error_line, run_cli
+
+    art = Path(shutil.copytree(artifact, tmp_path / "art"))
+    manifest = json.loads((art / "edgekit.json").read_text())
+    trt_entry = next(m for m in manifest["models"] if m["backend"] == "tensorrt")
+    for build in trt_entry["options"]["builds"].values():
+        build["onnx"] = "../../elsewhere.onnx"
+    (art / "edgekit.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="expected a file name inside the artifact folder"):
+        TensorRtRunner.from_artifact(art / trt_entry["file"], trt_entry["options"])
+    one_error_line(*run_cli(["build-engine", art], capsys)[::2], "expected a file name inside the artifact folder")
+
+
+@without_tensorrt
+def test_build_engine_without_tensorrt_says_what_to_install(artifact, capsys):
+    from tests.helpers import one_error_line, run_cli
+
+    one_error_line(*run_cli(["build-engine", artifact, "--precision", "int8"], capsys)[::2],
+                   "build-engine needs TensorRT's Python bindings", "python3-libnvinfer")
+    assert not list(artifact.glob("*.engine"))
