@@ -427,3 +427,28 @@ def test_build_engine_without_tensorrt_says_what_to_install(artifact, capsys):
     one_error_line(*run_cli(["build-engine", artifact, "--precision", "int8"], capsys)[::2],
                    "build-engine needs TensorRT's Python bindings", "python3-libnvinfer")
     assert not list(artifact.glob("*.engine"))
+
+
+def test_a_dynamic_batch_onnx_gets_the_profile_s_batch_range_in_every_command(artifact, tmp_path):
+    from edgekit.convert.builders import BuildSource
+    from edgekit.convert.builders.tensorrt import TensorRtBuilder
+
+    model = onnx.load(str(artifact / "model.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    for output in model.graph.output:
+        output.type.tensor_type.shape.dim[0].dim_param = "batch"
+    folder = tmp_path / "build"
+    folder.mkdir()
+    onnx.save(model, str(folder / "model.onnx"))
+    spec = read_manifest(artifact).spec
+    entry = TensorRtBuilder().build(BuildSource(folder / "model.onnx", spec, batch_range=(1, 4, 8)), "fp16",
+                                    lambda name: folder / name, {"workspace_mib": 512})
+    assert entry.options["batch"] == {"dynamic": True, "static": 1, "min": 1, "opt": 4, "max": 8}
+    h, w = spec.input_size
+    for name, build in entry.options["builds"].items():
+        argv = shlex.split(build["command"])[1:]
+        assert f"--maxShapes=images:8x3x{h}x{w}" in argv and f"--optShapes=images:4x3x{h}x{w}" in argv, name
+        assert "--memPoolSize=workspace:512" in argv and lint_command(argv, FAMILY_VERSION[name]) == []
+    assert entry.options["builds"]["11.x"]["onnx"] == "model_fp16.onnx" and (folder / "model_fp16.onnx").is_file()
+    half = onnx.load(str(folder / "model_fp16.onnx"))
+    assert half.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
