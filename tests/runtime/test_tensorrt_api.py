@@ -134,3 +134,29 @@ def test_a_static_engine_runs_any_batch_in_padded_chunks():
 def test_a_dynamic_engine_chunks_only_above_its_maximum():
     assert chunk_plan(8, None, 8) is None
     assert chunk_plan(9, None, 4) == [(0, 4, 4), (4, 8, 4), (8, 9, 1)]
+
+
+def test_build_engine_runs_on_a_board_without_torch_or_onnx(tmp_path):
+    """``edgekit build-engine`` is a device command: its path imports neither torch nor onnx."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "onnx"):
+                    raise ImportError("blocked: " + name)
+                return None
+
+        sys.meta_path.insert(0, Block())
+        from edgekit.cli import main
+        code = main(["build-engine", r"{tmp_path / 'absent'}"])
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx")]
+        print("exit", code)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "exit 2" and proc.stderr.strip().startswith("error: ")
