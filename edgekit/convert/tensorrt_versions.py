@@ -7,10 +7,11 @@ One table (:data:`VERSIONS`), no if/elif chains over versions: the ``trtexec`` c
 
 Sources (read, not guessed; re-check them when a row is added):
 
-- TensorRT 8.x ``samples/common/sampleOptions.cpp`` (NVIDIA/TensorRT, release/8.5 and 8.6): ``--onnx``,
-  ``--saveEngine``, ``--minShapes/--optShapes/--maxShapes``, ``--memPoolSize=workspace:<MiB>`` (8.4+),
-  ``--fp16``, ``--int8``, ``--calib``, ``--noTF32``, ``--timingCacheFile``, ``--useDLACore``,
-  ``--allowGPUFallback``; 8.5 stops after the build with ``--buildOnly``, 8.6 added ``--skipInference``.
+- trtexec 8.5's ``--help`` (the one whose ``--preview`` lists ``fasterDynamicShapes0805``): ``--onnx``,
+  ``--saveEngine``, ``--minShapes/--optShapes/--maxShapes``, ``--memPoolSize=workspace:<MiB>``, ``--fp16``,
+  ``--int8``, ``--calib``, ``--noTF32``, ``--timingCacheFile``, ``--useDLACore``, ``--allowGPUFallback`` and
+  ``--buildOnly`` to stop after the build; trtexec 8.6's ``--help`` (with ``--maxAuxStreams``) names that
+  ``--skipInference``.
 - "Migrating trtexec Usage from TensorRT 8.x to 10.x" (TensorRT docs): ``--workspace``, ``--maxBatch``,
   ``--minTiming``, ``--buildOnly`` … removed; ``--memPoolSize=workspace:`` stays; ``--stronglyTyped`` exists.
 - "Migrating trtexec Usage from TensorRT 10.x to 11.x" (TensorRT 11.0 / 11.4 docs): ``--fp16``, ``--int8``,
