@@ -98,8 +98,9 @@ class TestNcnnFocusContract(ModulePassContract):
 @pytest.mark.skipif(not get_runner_class("ncnn").is_available(), reason="ncnn not installed")
 def test_ncnn_build_of_a_focus_model_goes_through_the_legalisation_stage(tmp_path) -> None:
     """With the generic focus rewrite skipped (``--no-passes`` takes the same route: the legalisation stage
-    runs without the module stage, see chain._export_stage), the Focus stem still reaches ncnn as pixel_unshuffle — as a recorded pass of the ``ncnn`` stage, not a rewrite
-    hidden in the builder — and the built ncnn model matches the PyTorch model."""
+    runs without the module stage, see chain._export_stage), the Focus stem still reaches ncnn as
+    pixel_unshuffle — as a recorded pass of the ``ncnn`` stage, not a rewrite hidden in the builder — and
+    the built ncnn model matches the PyTorch model."""
     torch.manual_seed(0)
     model = build_model(ModelConfig("yolov5", 3, (64, 64)), ("a", "b", "c")).eval()
     target = parse_target("test-ncnn", {"description": "test", "backend": "ncnn", "precision": "fp32",

@@ -39,7 +39,13 @@ import operator
 import torch
 from torch import fx, nn
 
-from edgekit.convert.passes.module.tree import SubmoduleRewrite, near_descendants, replace_submodule, trace_calls
+from edgekit.convert.passes.module.tree import (
+    SubmoduleRewrite,
+    conv_pair,
+    near_descendants,
+    replace_submodule,
+    trace_calls,
+)
 
 _OFFSETS = {(0, 0), (1, 0), (0, 1), (1, 1)}
 
@@ -127,12 +133,13 @@ def space_to_depth_conv(conv: nn.Conv2d, offsets: list[tuple[int, int]]) -> nn.C
     for group, (row, col) in enumerate(offsets):
         # K[o, c, 2u + r, 2v + q] = W[o, g*C + c, u, v]
         kernel[:, :, row::2, col::2] = weight[:, group * channels:(group + 1) * channels]
-    new = nn.Conv2d(channels, out_channels, (2 * kh, 2 * kw), stride=tuple(2 * s for s in conv.stride),
-                    padding=tuple(2 * p for p in conv.padding), bias=conv.bias is not None)
+    (sh, sw), (ph, pw) = conv_pair(conv.stride), conv_pair(conv.padding)
+    new = nn.Conv2d(channels, out_channels, (2 * kh, 2 * kw), stride=(2 * sh, 2 * sw), padding=(2 * ph, 2 * pw),
+                    bias=conv.bias is not None)
     new = new.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         new.weight.copy_(kernel)
-        if conv.bias is not None:
+        if conv.bias is not None and new.bias is not None:
             new.bias.copy_(conv.bias.detach())
     return new.train(conv.training)
 
@@ -158,22 +165,39 @@ def focus_stem(module: nn.Module) -> tuple[list[tuple[int, int]], nn.Module, str
     return None if conv_path is None else (offsets, child, conv_path)
 
 
-def swap_conv(child: nn.Module, conv_path: str, new_conv: nn.Conv2d) -> nn.Module:
+def _swap_conv(child: nn.Module, conv_path: str, new_conv: nn.Conv2d) -> nn.Module:
     """``child`` with the conv at ``conv_path`` replaced by ``new_conv`` (``new_conv`` itself for "")."""
     return new_conv if not conv_path else replace_submodule(child, conv_path, new_conv)
 
 
-class FocusToConv(SubmoduleRewrite):
-    name = "focus"
-    description = "Focus space-to-depth slicing + kxk conv -> one 2k x 2k stride-2 conv (YOLOv5 v6.0 stem)"
+class FocusStemRewrite(SubmoduleRewrite):
+    """A Focus stem found by structure (:func:`focus_stem`), its conv replaced by :meth:`new_conv` and the
+    result wrapped by :meth:`wrap`: what the ``focus`` pass and the ncnn legalisation share."""
 
     def prefilter(self, module: nn.Module) -> bool:
         return may_be_focus(module)
+
+    def new_conv(self, conv: nn.Conv2d, offsets: list[tuple[int, int]]) -> nn.Conv2d | None:
+        """The conv that replaces the stem's conv, or None to leave the stem alone."""
+        raise NotImplementedError
+
+    def wrap(self, stem: nn.Module) -> nn.Module:
+        """The replacement of the whole Focus module, given its child with the new conv."""
+        return stem
 
     def rewrite(self, module: nn.Module) -> nn.Module | None:
         stem = focus_stem(module)
         if stem is None:
             return None
         offsets, child, conv_path = stem
-        new_conv = space_to_depth_conv(child.get_submodule(conv_path) if conv_path else child, offsets)
-        return None if new_conv is None else swap_conv(child, conv_path, new_conv)
+        conv = child.get_submodule(conv_path) if conv_path else child
+        new = self.new_conv(conv, offsets) if isinstance(conv, nn.Conv2d) else None
+        return None if new is None else self.wrap(_swap_conv(child, conv_path, new))
+
+
+class FocusToConv(FocusStemRewrite):
+    """The slices folded into the conv's kernel (see the module docstring); the stem becomes the child."""
+
+    name = "focus"
+    description = "Focus space-to-depth slicing + kxk conv -> one 2k x 2k stride-2 conv (YOLOv5 v6.0 stem)"
+    new_conv = staticmethod(space_to_depth_conv)

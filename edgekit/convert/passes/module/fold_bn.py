@@ -37,6 +37,7 @@ than one parent (shared weights). The folded BatchNorm is replaced by ``nn.Ident
 from __future__ import annotations
 
 from itertools import pairwise
+from typing import TypeGuard, cast
 
 import torch
 from torch import nn
@@ -59,6 +60,8 @@ from edgekit.convert.passes.module.tree import (
 def batchnorm_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, t) in float64 with ``bn(z) = s * z + t`` per channel (eval mode):
     s = gamma / sqrt(var + eps), t = beta - mean * s."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("a BatchNorm without running statistics has no fixed scale and shift")
     var = bn.running_var.detach().double()
     mean = bn.running_mean.detach().double()
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
@@ -67,7 +70,7 @@ def batchnorm_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, beta - mean * scale
 
 
-def foldable_batchnorm(bn: nn.Module) -> bool:
+def foldable_batchnorm(bn: nn.Module | None) -> TypeGuard[_BatchNorm]:
     """An eval-mode BatchNorm with running statistics: a fixed per-channel affine map."""
     return (isinstance(bn, _BatchNorm) and not bn.training and bn.track_running_stats
             and bn.running_mean is not None and bn.running_var is not None)
@@ -130,7 +133,7 @@ def _traced_pairs(module: nn.Module) -> list[tuple[str, str]] | None:
         source = node.args[0]
         if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
             continue
-        conv_path, bn_path = source.target, node.target
+        conv_path, bn_path = str(source.target), str(node.target)  # call_module targets are dotted paths
         if calls[conv_path] != 1 or calls[bn_path] != 1:
             continue
         if _pair_ok(module.get_submodule(conv_path), module.get_submodule(bn_path)):
@@ -148,6 +151,7 @@ class FoldBatchNorm(Pass):
         by_convention = 0
         training_bns = sum(1 for m in model.modules() if isinstance(m, _BatchNorm) and m.training)
         for path, module in iter_modules(model):
+            pairs: list[tuple[str, str]] | None
             if isinstance(module, nn.Sequential):
                 pairs = _sequential_pairs(module)
             elif not _may_hold_pair(module):
@@ -164,7 +168,7 @@ class FoldBatchNorm(Pass):
                 # A module reachable from two places (tied weights) would change for the other user too.
                 if shared[id(conv)] > 1 or shared[id(bn)] > 1 or not _pair_ok(conv, bn):
                     continue
-                fold_conv_bn(conv, bn)
+                fold_conv_bn(cast(_ConvNd, conv), cast(_BatchNorm, bn))  # types checked by _pair_ok
                 model = replace_submodule(model, join_path(path, bn_path), nn.Identity())
                 folded += 1
         notes = []

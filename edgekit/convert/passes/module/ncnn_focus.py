@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.convert.passes.base import LegalizationPass
-from edgekit.convert.passes.module.focus import focus_stem, may_be_focus, swap_conv
-from edgekit.convert.passes.module.tree import SubmoduleRewrite
+from edgekit.convert.passes.module.focus import FocusStemRewrite
 
 
 class PixelUnshuffleFocus(nn.Module):
@@ -41,34 +40,27 @@ class PixelUnshuffleFocus(nn.Module):
         return self.conv(F.pixel_unshuffle(x, 2))
 
 
-def permute_for_pixel_unshuffle(conv: nn.Conv2d, offsets: list[tuple[int, int]]) -> bool:
-    """Permute ``conv``'s input channels in place from Focus order to pixel_unshuffle order (see the
-    module docstring); False (conv untouched) for a grouped conv or one not on 4 * C channels."""
+def permute_for_pixel_unshuffle(conv: nn.Conv2d, offsets: list[tuple[int, int]]) -> nn.Conv2d | None:
+    """``conv`` with its input channels permuted in place from Focus order to pixel_unshuffle order (see
+    the module docstring); None (conv untouched) for a grouped conv or one not on 4 * C channels."""
     if conv.groups != 1 or conv.in_channels % 4:
-        return False
+        return None
     channels = conv.in_channels // 4
     group_of = {offset: group for group, offset in enumerate(offsets)}
     # new channel 4c + 2r + q  <-  old channel g(r, q) * C + c
     order = [group_of[(row, col)] * channels + c for c in range(channels) for row in (0, 1) for col in (0, 1)]
     with torch.no_grad():
         conv.weight = nn.Parameter(conv.weight.detach()[:, order].clone(), requires_grad=conv.weight.requires_grad)
-    return True
+    return conv
 
 
-class FocusToPixelUnshuffle(LegalizationPass, SubmoduleRewrite):
+class FocusToPixelUnshuffle(LegalizationPass, FocusStemRewrite):
+    """The stem's conv keeps its kernel, its input channels permuted; the stem reads pixel_unshuffle(x, 2)."""
+
     name = "ncnn_focus"
     description = "Focus strided slices -> pixel_unshuffle + the conv with permuted input channels (ncnn has no strided slice)"
     backend = "ncnn"
+    new_conv = staticmethod(permute_for_pixel_unshuffle)
 
-    def prefilter(self, module: nn.Module) -> bool:
-        return may_be_focus(module)
-
-    def rewrite(self, module: nn.Module) -> nn.Module | None:
-        stem = focus_stem(module)
-        if stem is None:
-            return None
-        offsets, child, conv_path = stem
-        conv = child.get_submodule(conv_path) if conv_path else child
-        if not permute_for_pixel_unshuffle(conv, offsets):
-            return None
-        return PixelUnshuffleFocus(swap_conv(child, conv_path, conv))
+    def wrap(self, stem: nn.Module) -> nn.Module:
+        return PixelUnshuffleFocus(stem)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgekit.convert.passes.module.fold_bn import batchnorm_scale_shift, foldable_batchnorm
-from edgekit.convert.passes.module.tree import NotRewritten, SubmoduleRewrite
+from edgekit.convert.passes.module.tree import NotRewritten, SubmoduleRewrite, conv_pair
 
 ACTIVATION_ATTRIBUTES = ("nonlinearity", "act")
 
@@ -93,10 +93,11 @@ def _conv_geometry(conv: nn.Conv2d) -> tuple:
     return (conv.in_channels, conv.out_channels, conv.stride, conv.groups, conv.dilation, conv.padding_mode)
 
 
-def reparameterize(block: nn.Module) -> RepConvDeploy:
+def reparameterize(module: nn.Module) -> RepConvDeploy:
     """The single-conv equivalent of a block that meets the module contract; raises NotRewritten otherwise."""
-    dense_conv, dense_bn = _branch_conv_bn(block.rbr_dense)
-    small_conv, small_bn = _branch_conv_bn(block.rbr_1x1)
+    block = module
+    dense_conv, dense_bn = _branch_conv_bn(block.get_submodule("rbr_dense"))
+    small_conv, small_bn = _branch_conv_bn(block.get_submodule("rbr_1x1"))
     kh, kw = dense_conv.kernel_size
     if kh != kw or kh % 2 == 0 or small_conv.kernel_size != (1, 1):
         raise NotRewritten("dense branch must be an odd square kernel and the other 1x1")
@@ -141,12 +142,11 @@ def reparameterize(block: nn.Module) -> RepConvDeploy:
     if se is not None and not isinstance(se, nn.Module):
         raise NotRewritten("se is not a module")
 
-    conv = nn.Conv2d(dense_conv.in_channels, dense_conv.out_channels, dense_conv.kernel_size, dense_conv.stride,
-                     dense_conv.padding, groups=dense_conv.groups, bias=True)
+    conv = nn.Conv2d(dense_conv.in_channels, dense_conv.out_channels, (kh, kw), conv_pair(dense_conv.stride),
+                     conv_pair(dense_conv.padding), groups=dense_conv.groups, bias=True)
     conv = conv.to(device=dense_conv.weight.device, dtype=dense_conv.weight.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
+    conv.weight = nn.Parameter(kernel.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
     return RepConvDeploy(conv, act, se).train(block.training)
 
 
@@ -159,9 +159,5 @@ class ReparameterizeRepVGG(SubmoduleRewrite):
     name = "repvgg"
     description = "RepVGG / RepConv block (kxk + 1x1 + identity, each with BN) -> one kxk conv"
     rejected = "RepVGG-like blocks"
-
-    def prefilter(self, module: nn.Module) -> bool:
-        return is_repvgg_like(module)
-
-    def rewrite(self, module: nn.Module) -> nn.Module | None:
-        return reparameterize(module)  # NotRewritten (with the reason) when the block breaks the contract
+    prefilter = staticmethod(is_repvgg_like)
+    rewrite = staticmethod(reparameterize)  # raises NotRewritten (with the reason) for a block breaking the contract

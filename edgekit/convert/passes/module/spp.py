@@ -83,7 +83,7 @@ def chain_pools(module: nn.Module) -> fx.GraphModule | None:
         previous = base_node
         with graph.inserting_before(first_user):
             for _, node in pools[1:]:
-                chained = graph.call_module(base_node.target, (previous,))
+                chained = graph.call_module(str(base_node.target), (previous,))
                 node.replace_all_uses_with(chained)
                 previous = chained
         for _, node in pools[1:]:

@@ -15,6 +15,7 @@ import copy
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -44,7 +45,7 @@ def trace_calls(module: nn.Module) -> fx.Graph | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _CallsTracer(autowrap_modules=()).trace(module)
+            return _CallsTracer(autowrap_modules=cast(Any, ())).trace(module)  # () : torch annotates a 1-tuple
     except Exception:  # fx raises TraceError, TypeError, AttributeError ... for data-dependent forwards
         return None
     finally:
@@ -116,6 +117,15 @@ def replace_submodule(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
     parent = get_submodule(root, parent_path)
     parent._modules[name] = new
     return root
+
+
+def conv_pair(value: int | tuple[int, ...] | str) -> tuple[int, int]:
+    """A Conv2d's kernel_size / stride / padding as (h, w) ints (padding: numeric only, checked by the caller)."""
+    if isinstance(value, str):
+        raise ValueError(f"padding {value!r} is not numeric")
+    if isinstance(value, int):
+        return value, value
+    return int(value[0]), int(value[1])
 
 
 def module_count(model: nn.Module) -> int:

@@ -98,11 +98,13 @@ class FoldBatchNormOnnx(Pass):
             bias = constants.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
             if weight is None or (len(conv.input) > 2 and conv.input[2] and bias is None):
                 continue
-            params = [constants.get(name) for name in bn.input[1:5]]
-            if any(p is None for p in params) or weight.dtype.kind != "f":
+            if len(bn.input) != 5 or weight.dtype.kind != "f":
+                continue
+            scale, beta, mean, var = (constants.get(name) for name in bn.input[1:5])
+            if scale is None or beta is None or mean is None or var is None:
                 continue
             result = fold_weights(weight, bias, conv.op_type == "ConvTranspose", int(_attribute(conv, "group", 1)),
-                                  *params, epsilon=float(_attribute(bn, "epsilon", 1e-5)))
+                                  scale, beta, mean, var, epsilon=float(_attribute(bn, "epsilon", 1e-5)))
             if result is None:
                 continue
             new_weight, new_bias = result

@@ -65,7 +65,8 @@ def _shape_value(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> n
     if dims is None:
         return None
     if node.op_type == "Size":
-        return np.array(int(np.prod(dims)), dtype=np.int64) if None not in dims else None
+        static = [d for d in dims if d is not None]
+        return np.array(int(np.prod(static)), dtype=np.int64) if len(static) == len(dims) else None
     attrs = {a.name: a.i for a in node.attribute}
     # ONNX Shape start/end: negative counts from the back, then clamp to [0, rank] — Python slicing does the same
     selected = dims[attrs.get("start", 0):attrs.get("end", len(dims))] if "end" in attrs else dims[attrs.get("start", 0):]
@@ -77,7 +78,7 @@ def _evaluate(node: onnx.NodeProto, values: list[np.ndarray | None], opset_impor
     feeds = {}
     inputs = []
     for name, value in zip(node.input, values):
-        if not name or name in feeds:
+        if not name or name in feeds or value is None:  # the caller passes a value for every named input
             continue
         if value.dtype == object:
             return None

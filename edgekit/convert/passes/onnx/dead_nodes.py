@@ -101,15 +101,18 @@ def remove_dead_nodes(graph: onnx.GraphProto) -> int:
     return delete_indices(graph.node, doomed)
 
 
+def clean_graph(graph: onnx.GraphProto) -> tuple[int, str]:
+    """Steps 1-3 of the module docstring on ``graph``, in place: (nodes removed, what was removed)."""
+    passthrough = remove_passthroughs(graph)
+    dead = remove_dead_nodes(graph)
+    initializers = prune_initializers(graph)
+    prune_value_info(graph)
+    return passthrough + dead, f"{passthrough} Identity/Dropout, {dead} dead nodes, {initializers} unused initializers"
+
+
 class RemoveDeadNodes(Pass):
     name = "dead_nodes"
     description = "remove Identity / inference Dropout nodes, nodes that reach no output, unused initializers"
 
     def apply(self, model: onnx.ModelProto) -> PassResult:
-        graph = model.graph
-        passthrough = remove_passthroughs(graph)
-        dead = remove_dead_nodes(graph)
-        initializers = prune_initializers(graph)
-        prune_value_info(graph)
-        parts = [f"{passthrough} Identity/Dropout", f"{dead} dead nodes", f"{initializers} unused initializers"]
-        return PassResult(model, passthrough + dead, ", ".join(parts))
+        return PassResult(model, *clean_graph(model.graph))
