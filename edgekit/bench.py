@@ -203,14 +203,14 @@ def write_test_video(path: str | Path, images: Sequence[ImageLike], frames: int,
 
 
 def bench_throughput(artifact: str | Path, video: str | Path, backends: Sequence[str] | None = None,
-                     rounds: int = 3, warmup_frames: int = 8, threads: int = 0,
+                     rounds: int = 3, warmup_frames: int = 8, threads: int | None = None,
                      workers: int = 0) -> list[ThroughputResult]:
     """For each runnable model of ``artifact``: ``Detector.stream(video)`` in throughput mode (the whole video,
     decode included) and the raw ``Runner.infer`` throughput with the same number of requests in flight,
     interleaved round by round so machine-load drift hits both alike; medians over ``rounds``.
 
     workers: requests in flight (0 = :meth:`Detector.optimal_requests`: OpenVINO's own number under its
-    THROUGHPUT hint, one per core elsewhere). threads: backend threads per request (0 = backend default).
+    THROUGHPUT hint, one per core elsewhere). threads: backend threads, passed to ``Detector.load``.
     """
     import cv2
 

@@ -142,31 +142,15 @@ def _import_options(function):
 
 
 def expand_sources(sources: Sequence[str]) -> list[Path]:
-    """Image files from paths and folders (folders: their images, sorted); errors name the bad path.
+    """Image files from paths, folders (their images, sorted) and globs; errors name the bad path
+    (``edgekit.runtime.sources.list_image_files``)."""
+    from edgekit.runtime.sources import list_image_files
 
-    A folder's images and a single image file have the same suffixes (``runtime.preprocess.IMAGE_SUFFIXES``).
-    """
-    from edgekit.runtime.preprocess import IMAGE_SUFFIXES
-
-    files: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise InputError(f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            files.extend(found)
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise InputError(f"{path}: not an image file name; expected one of {', '.join(sorted(IMAGE_SUFFIXES))}")
-            files.append(path)
-        else:
-            raise InputError(f"{path}: no such image file or folder")
-    return files
+    return list_image_files(sources)
 
 
 def _open_detector(model: str, backend: str | None, precision: str | None, threads: int | None, conf: float | None,
-                   iou: float | None, family: str | None, names: str | None):
+                   iou: float | None, family: str | None, names: str | None, mode: str = "latency"):
     """A Detector for an artifact/ONNX file, or the PyTorch reference for a checkpoint (or --backend torch)."""
     from dataclasses import replace
 
@@ -209,13 +193,13 @@ def _open_detector(model: str, backend: str | None, precision: str | None, threa
             raise InputError(f"{path}: --precision {precision}: a third-party ONNX file runs as it is (fp32); "
                              f"convert it for other precisions (edgekit convert {path.name} --target …)")
         # a third-party ONNX file: its metadata/layout (or --family, --names) describe it, the file gives the tensor names
-        detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads or 0)
+        detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads or 0, mode=mode)
         pp = detector.postprocess_spec
         detector.postprocess_spec = replace(pp, **{k: v for k, v in (("conf_threshold", conf), ("iou_threshold", iou))
                                                    if v is not None})
         return detector
     return Detector.load(path, backend=backend, precision=precision, threads=threads,
-                         conf_threshold=conf, iou_threshold=iou)
+                         conf_threshold=conf, iou_threshold=iou, mode=mode)
 
 
 def _bare_onnx_spec(path: Path, family: str | None, names: str | None, imgsz: int | None = None):
@@ -492,25 +476,50 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
               help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write detections in COCO results format.")
-@click.option("--save-dir", type=click.Path(file_okay=False), default=None, help="Save images with boxes drawn.")
+              help="Write detections: COCO results for images, JSON Lines (one object per frame) for video and streams.")
+@click.option("--save-dir", type=click.Path(file_okay=False), default=None,
+              help="Save images with boxes drawn, or the annotated video (same size and fps).")
+@click.option("--mode", type=click.Choice(["latency", "throughput"]), default=None,
+              help="latency: one frame at a time, one request; throughput: pipelined stages and the backend's optimal "
+                   "number of requests (default: throughput for files, latency for cameras and streams).")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a camera or stream may go without a frame before it counts as stalled.")
 @click.option("--family", default=None, help="Model family of a plain state_dict checkpoint.")
 @click.option("--names", type=click.Path(dir_okay=False), default=None, help="Class names file (with --family).")
 @_import_options
 def detect(model: str, sources: tuple[str, ...], backend: str | None, precision: str | None, conf: float | None,
-           iou: float | None, threads: int | None, json_path: str | None, save_dir: str | None, family: str | None,
-           names: str | None) -> None:
-    """Detect objects in SOURCES (images or folders) with MODEL (artifact, ONNX file or checkpoint)."""
+           iou: float | None, threads: int | None, json_path: str | None, save_dir: str | None, mode: str | None,
+           timeout: float, family: str | None, names: str | None) -> None:
+    """Detect objects in SOURCES with MODEL (artifact, ONNX file or checkpoint).
+
+    SOURCES: image files, folders and globs; or one video file, camera (index such as 0, or /dev/videoN),
+    or rtsp:// / http:// stream.
+    """
     from tqdm import tqdm
+
+    from edgekit.runtime.outputs import frame_detections
+    from edgekit.runtime.sources import ImageSource, open_source
 
     _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
     _check_output_path(save_dir, "--save-dir", folder=True)
-    files = expand_sources(sources)
-    detector = _open_detector(model, backend, precision, threads, conf, iou, family, names)
+    source = open_source(sources, timeout=timeout)
+    mode = mode or ("latency" if source.live else "throughput")
+    try:
+        detector = _open_detector(model, backend, precision, threads, conf, iou, family, names, mode)
+    except BaseException:
+        source.close()
+        raise
+    if not isinstance(source, ImageSource):
+        from edgekit.runtime.outputs import detect_video
+
+        detect_video(detector, source, mode, json_path, save_dir, echo=click.echo)
+        return
+    files = source.files
     class_names = detector.spec.class_names
     results = []
-    for path in tqdm(files, desc="detect", unit="img", disable=len(files) < 8, leave=False):
-        detections = detector.detect(path)
+    for frame, detections in tqdm(frame_detections(detector, source, mode), total=len(files), desc="detect",
+                                  unit="img", disable=len(files) < 8, leave=False):
+        path = Path(frame.origin)
         results.append((path, detections))
         summary = ", ".join(f"{class_names[int(label)]} {score:.2f}"
                             for score, label in zip(detections.scores[:8], detections.labels[:8]))
@@ -637,22 +646,39 @@ def _validate_checkpoint(checkpoint: str, data_path: str, class_map_path: str | 
 @click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
               help="Image to run (default: a bundled demo image).")
 @click.option("--backends", default=None, help="Comma-separated backends (default: every model in the artifact).")
-@click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs per model.")
+@click.option("--runs", type=click.IntRange(1), default=None,
+              help="Timed runs per model (default 50); with --mode throughput, interleaved rounds (default 3).")
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed warm-up runs.")
+@click.option("--mode", type=click.Choice(["latency", "throughput"]), default="latency", show_default=True,
+              help="throughput: frames/s of the pipelined Detector.stream on a video, next to the backend's raw "
+                   "throughput with the same number of requests in flight.")
+@click.option("--video", "video_path", type=click.Path(dir_okay=False), default=None,
+              help="Video for --mode throughput (default: a 720p video made from the bundled images).")
+@click.option("--workers", type=click.IntRange(0, MAX_THREADS), default=0,
+              help="Requests in flight for --mode throughput (0 = the backend's optimal number).")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
               help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's default).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for bench.json and bench.png (a bar chart of the stages).")
-def bench(artifact: str, image_path: str | None, backends: str | None, runs: int, warmup: int, threads: int | None,
-          json_path: str | None, report_dir: str | None) -> None:
-    """Latency of every backend/precision in ARTIFACT: stages vs the raw backend call, in one run."""
+def bench(artifact: str, image_path: str | None, backends: str | None, runs: int | None, warmup: int,
+          threads: int | None, json_path: str | None, report_dir: str | None, mode: str, video_path: str | None,
+          workers: int) -> None:
+    """Latency of every backend/precision in ARTIFACT: stages vs the raw backend call, in one run
+    (--mode throughput: frames/s end to end on a video vs the raw backend throughput)."""
     from dataclasses import asdict
 
     from edgekit.bench import bench_artifact, format_bench, write_bench_report
 
     _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
     _check_output_path(report_dir, "--report", folder=True)
+    if mode == "throughput":
+        _bench_throughput(artifact, image_path, backends, runs or 3, threads, json_path, report_dir, video_path,
+                          workers)
+        return
+    if video_path is not None or workers:
+        raise InputError("--video and --workers apply to --mode throughput")
+    runs = runs or 50
     image = image_path or str(_bundled_image())
     results = bench_artifact(artifact, image, backends=_parse_backends(backends), runs=runs,
                              warmup=warmup, threads=threads)
@@ -663,6 +689,37 @@ def bench(artifact: str, image_path: str | None, backends: str | None, runs: int
     if report_dir:
         json_file, png_file = write_bench_report(results, report_dir)
         click.echo(f"wrote {json_file} and {png_file}")
+
+
+def _bench_throughput(artifact: str, image_path: str | None, backends: str | None, rounds: int, threads: int | None,
+                      json_path: str | None, report_dir: str | None, video_path: str | None, workers: int) -> None:
+    import tempfile
+    from dataclasses import asdict
+
+    from edgekit.bench import bench_throughput, format_throughput, write_test_video
+
+    if report_dir or image_path:
+        raise InputError("--report and --image apply to --mode latency; --mode throughput runs a --video")
+    if video_path is not None and not Path(video_path).is_file():
+        raise InputError(f"--video {video_path}: no such video file")
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as folder:
+        if video_path is None:
+            from importlib import resources
+
+            images = sorted(Path(str(resources.files("edgekit") / "zoo" / "images")).glob("*.jpg"))
+            video_path = str(write_test_video(Path(folder) / "bench_720p.mp4", images, frames=120))
+            click.echo(f"video: 120 frames 1280x720 made from {len(images)} bundled images")
+        results = bench_throughput(artifact, video_path, backends=_parse_backends(backends), rounds=rounds,
+                                   threads=threads, workers=workers)
+    click.echo(f"video: {video_path if Path(video_path).exists() else 'generated'}   rounds: {rounds} (interleaved)")
+    click.echo(format_throughput(results))
+    if json_path:
+        write_text_atomic(json_path, json.dumps([{**asdict(r), "ratio": r.ratio} for r in results], indent=1) + "\n")
+
+
+def _bundled_images() -> list[Path]:
+    # package data next to this file (importlib.resources.files is Python 3.9+; the runtime keeps to 3.8)
+    return sorted((Path(__file__).resolve().parent / "zoo" / "images").glob("*.jpg"))
 
 
 def _bundled_image() -> Path:

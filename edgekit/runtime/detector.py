@@ -7,23 +7,29 @@ backend, never at duplicated pre/post-processing code.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import OutputError
+from edgekit.errors import InputError, OutputError
 from edgekit.runtime.artifact import read_manifest, spec_from_onnx, verify_file
 from edgekit.runtime.backends import Runner, get_runner_class
 from edgekit.runtime.decode import decode, get_decoder
 from edgekit.runtime.detections import Detections
 from edgekit.runtime.nms import postprocess
 from edgekit.runtime.onnx_import import has_edgekit_spec, read_onnx_header, spec_from_third_party_onnx
+from edgekit.runtime.pipeline import Pipeline, Stage, StageClock
 from edgekit.runtime.preprocess import ImageLike, boxes_to_original, load_image, preprocess
+from edgekit.runtime.sources import DEFAULT_TIMEOUT, Frame, Source, open_source
 from edgekit.spec import ModelSpec, PostprocessSpec
+
+#: ``mode`` values of Detector.load / Detector.stream / ``edgekit detect --mode``
+MODES = ("latency", "throughput")
 
 
 @dataclass
@@ -61,6 +67,8 @@ class Detector:
         self.postprocess_spec = postprocess_spec or spec.postprocess
         self.times = StageTimes()
         self._times_lock = threading.Lock()
+        #: what stream() does by default: "latency" or "throughput" (set by load())
+        self.mode = "latency"
         self.runner.activate()
         self._check_model_io()
 
@@ -68,15 +76,18 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "onnxruntime", precision: str | None = None,
-             threads: int | None = None, conf_threshold: float | None = None,
-             iou_threshold: float | None = None) -> Detector:
+             threads: int | None = None, conf_threshold: float | None = None, iou_threshold: float | None = None,
+             mode: str = "latency") -> Detector:
         """Open an artifact folder (edgekit.json inside) or a bare ``.onnx`` file: edgekit-exported, or a
         third-party export that describes itself (see ``edgekit.runtime.onnx_import``).
 
         Every file the chosen model needs is checked against its recorded sha256. ``threads``: the backend's
         inference threads; None = the artifact's (its target profile's ``threads``), 0 = the backend's default.
+        ``mode`` is what :meth:`stream` defaults to and how the backend is compiled: "latency" (one request at a
+        time) or "throughput" (several requests in flight; OpenVINO compiles with its THROUGHPUT hint).
         """
         path = Path(path)
+        _check_mode(mode)
         runner_class = get_runner_class(backend)  # unknown backend names fail before any file is read
         if path.is_dir():
             manifest = read_manifest(path)
@@ -85,29 +96,32 @@ class Detector:
             for extra in entry.options.get("companion_files", []):
                 verify_file(path, manifest, extra)
             threads = manifest.threads if threads is None else threads
-            runner = runner_class.from_artifact(model_file, entry.options, threads=threads)
+            runner = runner_class.from_artifact(model_file, _mode_options(entry.options, mode), threads=threads)
             spec = manifest.spec
         else:
             # a bare ONNX file: edgekit's own (spec embedded) or a recognised third-party export
             header = read_onnx_header(path)
             spec = spec_from_onnx(path) if has_edgekit_spec(header) else spec_from_third_party_onnx(path, header=header)
-            runner = runner_class.from_artifact(path, {}, threads=threads or 0)
+            runner = runner_class.from_artifact(path, _mode_options({}, mode), threads=threads or 0)
         pp = spec.postprocess
         if conf_threshold is not None:
             pp = replace(pp, conf_threshold=float(conf_threshold))
         if iou_threshold is not None:
             pp = replace(pp, iou_threshold=float(iou_threshold))
-        return cls(runner, spec, pp)
+        detector = cls(runner, spec, pp)
+        detector.mode = mode
+        return detector
 
     @classmethod
     def from_third_party_onnx(cls, path: str | Path, spec: ModelSpec, backend: str = "onnxruntime",
-                              threads: int = 0) -> Detector:
+                              threads: int = 0, mode: str = "latency") -> Detector:
         """Run an ONNX file exported by someone else, described by ``spec`` (e.g. a family's spec).
 
         The spec's input and output names are replaced by the file's own, in the file's order, so
-        the count of outputs must match the head kind's contract.
+        the count of outputs must match the head kind's contract. ``mode``: as in :meth:`load`.
         """
-        runner = get_runner_class(backend).from_artifact(Path(path), {}, threads=threads)
+        _check_mode(mode)
+        runner = get_runner_class(backend).from_artifact(Path(path), _mode_options({}, mode), threads=threads)
         runner.activate()
         inputs = [i.name for i in runner.input_specs()]
         outputs = runner.output_names()
@@ -115,7 +129,9 @@ class Detector:
             raise OutputError(f"{Path(path).name}: has inputs {inputs} and outputs {outputs}; a {spec.head.kind!r} head "
                               f"needs one image input and {len(spec.head.output_names)} output(s)")
         spec = replace(spec, input_name=inputs[0], head=replace(spec.head, output_names=tuple(outputs)))
-        return cls(runner, spec)
+        detector = cls(runner, spec)
+        detector.mode = mode
+        return detector
 
     def _check_model_io(self) -> None:
         inputs = self.runner.input_specs()
@@ -184,6 +200,53 @@ class Detector:
             self.times.per_call.append((t1 - t0, t2 - t1, t3 - t2))
         return detections
 
+    # --- video, cameras, streams ------------------------------------------------------------
+
+    def stream(self, source: Source | str | os.PathLike | Sequence[str | os.PathLike], mode: str | None = None,
+               workers: int = 0, capacity: int = 0, timeout: float = DEFAULT_TIMEOUT) -> FrameStream:
+        """``(frame, Detections)`` for every frame of ``source``, in frame order: iterate the returned stream.
+
+        source: a :class:`~edgekit.runtime.sources.Source`, or what ``open_source`` takes (image paths,
+        folders, globs, a video file, a camera index such as "0", an rtsp:// or http:// URL); a source opened
+        here is closed when the iteration ends. Frames are RGB uint8; detections are exactly what
+        ``detect(frame.image)`` returns (same preprocessing, runner call, decoding and NMS).
+
+        mode (default: the one given to :meth:`load`): "latency" runs each frame through every stage in
+        the calling thread, one request at a time; "throughput" runs decode, preprocess, inference and
+        postprocess in parallel threads with bounded queues and ``workers`` inference requests in flight
+        (0: :meth:`optimal_requests`), at most ``capacity`` frames in flight (0: 2 x workers + 2).
+        timeout: seconds a camera or stream may go without a frame before SourceError (stalled).
+        """
+        mode = mode or self.mode
+        _check_mode(mode)
+        if workers < 0 or capacity < 0:
+            raise InputError(f"workers {workers}, capacity {capacity}: expected 0 (automatic) or a positive count")
+        return FrameStream(self, source, mode, workers or self.optimal_requests(), capacity, timeout)
+
+    def optimal_requests(self) -> int:
+        """How many inference requests keep this backend busy: OpenVINO's own answer for the compiled model
+        (``OPTIMAL_NUMBER_OF_INFER_REQUESTS``: 1 under its LATENCY hint, one per stream under THROUGHPUT),
+        otherwise one per CPU core (ONNX Runtime sessions and ncnn nets run concurrent calls in parallel)."""
+        ask = getattr(self.runner, "compiled_property", None)  # runners with a compiled model say what they want
+        if callable(ask):
+            try:
+                return max(1, int(ask("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            except Exception:  # a runner without this property falls back to the core count
+                pass
+        return max(1, os.cpu_count() or 1)
+
+    def _preprocess_frame(self, frame: Frame) -> tuple[Frame, np.ndarray, list]:
+        tensor, transforms = preprocess([frame.image], self.spec)
+        return frame, tensor, transforms
+
+    def _infer_frame(self, item: tuple[Frame, np.ndarray, list]) -> tuple[Frame, list[np.ndarray], list]:
+        frame, tensor, transforms = item
+        return frame, self.infer_tensor(tensor), transforms
+
+    def _postprocess_frame(self, item: tuple[Frame, list[np.ndarray], list]) -> tuple[Frame, Detections]:
+        frame, outputs, transforms = item
+        return frame, self.postprocess(outputs, transforms)[0]
+
     def postprocess(self, outputs: Sequence[np.ndarray], transforms: Sequence) -> list[Detections]:
         """Decode raw outputs, run NMS, map boxes back to each original image."""
         pp = self.postprocess_spec
@@ -195,3 +258,113 @@ class Detector:
                            max_detections=pp.max_detections, apply_nms=pp.nms)
         return [Detections(boxes_to_original(boxes, transform), scores, labels)
                 for (boxes, scores, labels), transform in zip(kept, transforms)]
+
+
+class FrameStream:
+    """The frames of a source with their detections: ``for frame, detections in stream: …`` (see Detector.stream).
+
+    While and after iterating: ``frames`` processed, ``fps`` (frames per second of wall time since the
+    first frame was asked for), ``stage_ms()`` (mean busy ms per frame of decode, preprocess, inference,
+    postprocess), ``dropped`` (stale frames a live source skipped), ``notes`` (how the source ended).
+    """
+
+    STAGES = ("decode", "preprocess", "inference", "postprocess")
+
+    def __init__(self, detector: Detector, source: Source | str | os.PathLike | Sequence[str | os.PathLike],
+                 mode: str, workers: int, capacity: int, timeout: float) -> None:
+        self.detector = detector
+        self.mode = mode
+        self.workers = 1 if mode == "latency" else workers
+        self.capacity = capacity or 2 * self.workers + 2
+        self._owns_source = not isinstance(source, Source)
+        self.source = open_source(source, timeout=timeout) if not isinstance(source, Source) else source
+        self.clock = StageClock()
+        self.frames = 0
+        self._started: float | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.source.dropped
+
+    @property
+    def notes(self) -> list[str]:
+        return self.source.notes
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._started if self._started is not None else 0.0
+
+    @property
+    def fps(self) -> float:
+        elapsed = self.elapsed
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+    def stage_ms(self) -> dict[str, float]:
+        means = self.clock.mean_ms()
+        return {name: means.get(name, 0.0) for name in self.STAGES}
+
+    def summary(self) -> str:
+        """One line: frames, fps, per-stage ms, dropped frames."""
+        stages = "  ".join(f"{name} {ms:.1f}" for name, ms in self.stage_ms().items())
+        return (f"{self.frames} frames  {self.fps:.1f} fps  ms/frame: {stages}  dropped {self.dropped}"
+                f"  [{self.mode}, {self.workers} request{'s' if self.workers != 1 else ''}]")
+
+    def __iter__(self) -> Iterator[tuple[Frame, Detections]]:
+        self._started = time.perf_counter()
+        try:
+            if self.mode == "latency":
+                results = self._sequential()
+            else:
+                d = self.detector
+                stages = [Stage("preprocess", d._preprocess_frame), Stage("inference", d._infer_frame, self.workers),
+                          Stage("postprocess", d._postprocess_frame)]
+                results = Pipeline(stages, self.capacity, self.clock).run(self.source)
+            for frame, detections in results:
+                self.frames += 1
+                yield frame, detections
+        finally:
+            self.close()
+
+    def _sequential(self) -> Iterator[tuple[Frame, Detections]]:
+        """Latency mode: every stage of a frame in this thread, one request at a time."""
+        d = self.detector
+        frames = iter(self.source)
+        clock = self.clock
+        while True:
+            t0 = time.perf_counter()
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            t1 = time.perf_counter()
+            item = d._preprocess_frame(frame)
+            t2 = time.perf_counter()
+            inferred = d._infer_frame(item)
+            t3 = time.perf_counter()
+            result = d._postprocess_frame(inferred)
+            t4 = time.perf_counter()
+            for name, seconds in zip(self.STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                clock.add(name, seconds)
+            yield result
+
+    def close(self) -> None:
+        """Release the source if this stream opened it (idempotent)."""
+        if self._owns_source:
+            self.source.close()
+
+    def __enter__(self) -> FrameStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InputError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+
+
+def _mode_options(options: dict, mode: str) -> dict:
+    """A manifest entry's runner options for ``mode``: throughput asks the backend for its throughput setting
+    (OpenVINO's ``performance_hint``; runners without such a setting ignore the key)."""
+    return {**options, "performance_hint": "THROUGHPUT"} if mode == "throughput" else dict(options)
