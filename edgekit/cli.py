@@ -16,8 +16,7 @@ from pathlib import Path
 import click
 
 from edgekit import __version__
-from edgekit.atomic_io import write_text_atomic
-from edgekit.convert.artifact import Terminated
+from edgekit.atomic_io import Terminated, write_text_atomic
 from edgekit.errors import EdgekitError, InputError, OutputError, first_line
 from edgekit.filetypes import is_zip_file
 

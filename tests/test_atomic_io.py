@@ -65,3 +65,46 @@ def test_detect_save_dir_says_when_it_replaces_an_earlier_runs_files(tmp_path, c
     assert main(args) == 0
     assert "(replaced 1 from an earlier run)" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "out").iterdir()] == [image.with_suffix(".jpg").name]
+
+
+def test_atomic_path_for_a_library_that_writes_the_file_itself(tmp_path):
+    from edgekit.atomic_io import atomic_path
+
+    target = tmp_path / "model.onnx"
+    with atomic_path(target) as temporary:
+        assert temporary.parent == tmp_path and temporary.name.startswith(".model.onnx.")
+        temporary.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_bytes(b"half")
+        raise RuntimeError("the exporter failed")
+    assert target.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_a_folder_swap_fsyncs_every_file_before_the_rename(tmp_path, monkeypatch):
+    """An artifact or report published by rename must not hold 0-byte files after a crash: every staged
+    file reaches the disk (fsync) before the folder is renamed into place."""
+    import edgekit.atomic_io as atomic_io
+
+    out = tmp_path / "art"
+    staging = atomic_io.make_staging_dir(out)
+    (staging / "sub").mkdir()
+    for name in ("model.onnx", "sub/model.bin", "edgekit.json"):
+        (staging / name).write_bytes(b"x")
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append("rename")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    assert atomic_io.swap_into_place(staging, out) == "new"
+    before = events[:events.index("rename")]
+    assert {"fsync model.onnx", "fsync model.bin", "fsync edgekit.json"} <= set(before), events
+    assert (out / "sub" / "model.bin").read_bytes() == b"x"

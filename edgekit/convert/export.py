@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -12,6 +11,7 @@ import onnx
 import torch
 from torch import nn
 
+from edgekit.atomic_io import atomic_path
 from edgekit.errors import ConversionError, first_line
 from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 
@@ -60,26 +60,24 @@ def export_onnx(model: nn.Module, spec: ModelSpec, out_path: str | Path, opset: 
     if dynamic_batch:
         dynamic_axes = {spec.input_name: {0: "batch"}}
         dynamic_axes.update({name: {0: "batch"} for name in spec.head.output_names})
-    tmp_path = out_path.with_name(f".{out_path.name}.partial")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (dummy,), str(tmp_path), dynamo=False, opset_version=opset,
-                              input_names=[spec.input_name], output_names=list(spec.head.output_names),
-                              dynamic_axes=dynamic_axes, do_constant_folding=not untouched,
-                              training=torch.onnx.TrainingMode.PRESERVE if untouched else torch.onnx.TrainingMode.EVAL)
-        onnx_model = onnx.load(str(tmp_path))
-        embed_spec(onnx_model, spec)
-        onnx.checker.check_model(onnx_model)
-        onnx.save(onnx_model, str(tmp_path))
-        os.replace(tmp_path, out_path)
+        with atomic_path(out_path) as tmp_path:
+            with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (dummy,), str(tmp_path), dynamo=False, opset_version=opset,
+                                  input_names=[spec.input_name], output_names=list(spec.head.output_names),
+                                  dynamic_axes=dynamic_axes, do_constant_folding=not untouched,
+                                  training=torch.onnx.TrainingMode.PRESERVE if untouched
+                                  else torch.onnx.TrainingMode.EVAL)
+            onnx_model = onnx.load(str(tmp_path))
+            embed_spec(onnx_model, spec)
+            onnx.checker.check_model(onnx_model)
+            onnx.save(onnx_model, str(tmp_path))
     except ConversionError:
         raise
     except Exception as exc:
         raise ConversionError(f"export to ONNX failed: {first_line(exc)}") from None
-    finally:
-        tmp_path.unlink(missing_ok=True)
     return out_path
 
 

@@ -11,11 +11,11 @@ ONNX and its sha256) that the runner checks. Imports neither torch nor onnx: it 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgekit.atomic_io import write_bytes_atomic
 from edgekit.convert.tensorrt_versions import calibration_header, family_for, parse_version
 from edgekit.errors import BackendUnavailableError, ConversionError, InputError
 from edgekit.runtime.artifact import read_manifest, sha256_file
@@ -98,12 +98,12 @@ def build_engine(artifact: str | Path, precision: str | None = None,
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ConversionError(f"{onnx_file}: TensorRT {version} could not build the engine (see its log above)")
-    _write_atomically(engine, bytes(serialized))
-    _write_atomically(timing_path, bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(engine, bytes(serialized))
+    write_bytes_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
     record = {"format": "edgekit-tensorrt-engine", "tensorrt_number": version.number, "tensorrt": str(trt.__version__),
               "gpu": gpu_name(), "onnx": onnx_file.name, "onnx_sha256": sha256_file(onnx_file),
               "built_by": "edgekit build-engine"}
-    _write_atomically(engine.with_name(engine.name + ".json"), (json.dumps(record, indent=1) + "\n").encode())
+    write_bytes_atomic(engine.with_name(engine.name + ".json"), (json.dumps(record, indent=1) + "\n").encode())
     progress(f"build-engine  wrote {engine.name} ({engine.stat().st_size / 1e6:.1f} MB) on {record['gpu']}")
     return engine
 
@@ -141,9 +141,3 @@ def gpu_name() -> str:
             return Path("/proc/device-tree/model").read_text(errors="replace").strip("\0\n ")
         except OSError:
             return "unknown"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

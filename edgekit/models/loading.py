@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgekit.atomic_io import atomic_path
 from edgekit.errors import ModelFileError
 from edgekit.filetypes import is_zip_file, looks_like_onnx
 from edgekit.models import FAMILIES, ModelConfig, build_model, family_names
@@ -204,10 +205,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, metrics: Mapping[str, An
         "state_dict": state,
         "metrics": dict(metrics or {}),
     }
-    tmp = path.with_name(f".{path.name}.partial")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.atomic_io import write_text_atomic
 from edgekit.errors import CalibrationError
 from edgekit.runtime.artifact import sha256_file
 
@@ -168,11 +169,7 @@ class CalibrationResult:
             raise CalibrationError(f"{source}: float layer {unknown[0]!r} is not a layer of the result")
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> CalibrationResult:

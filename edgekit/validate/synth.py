@@ -35,7 +35,6 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from edgekit.atomic_io import make_staging_dir, swap_into_place
 from edgekit.errors import EdgekitError
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross")
@@ -392,7 +392,7 @@ def generate(out_dir: str | Path, split: str, seed: int, num_images: int | None 
     _check_out_dir(out_dir, overwrite)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_staging_dir(out_dir)
     try:
         for sub in ("images", "labels", "annotations"):
             (tmp / sub).mkdir()
@@ -429,9 +429,7 @@ def generate(out_dir: str | Path, split: str, seed: int, num_images: int | None 
         }
         (tmp / "annotations" / "instances.json").write_text(json.dumps(coco, separators=(",", ":")))
         (tmp / "classes.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # checked above: empty, or only our own outputs with --overwrite
-        tmp.rename(out_dir)
+        swap_into_place(tmp, out_dir)  # checked above: empty, or only our own outputs with --overwrite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

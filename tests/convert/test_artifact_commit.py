@@ -265,7 +265,7 @@ def test_export_with_force_replaces_and_sigterm_prints_one_line(tmp_path, capsys
 def test_swap_without_rename_exchange_falls_back_to_two_renames(tmp_path, monkeypatch):
     """Where renameat2(RENAME_EXCHANGE) is unavailable (other kernels / file systems) the old folder is
     renamed aside and the new one renamed in; the result is the same, and nothing is left behind."""
-    import edgekit.convert.artifact as artifact
+    import edgekit.atomic_io as atomic_io
 
     out = tmp_path / "art"
     _commit(out, b"first")
@@ -273,7 +273,7 @@ def test_swap_without_rename_exchange_falls_back_to_two_renames(tmp_path, monkey
         writer.path("model.onnx").write_bytes(b"exchanged")
         writer.commit(fastestdet_like_spec(), [ModelEntry("onnxruntime", "fp32", "model.onnx")], {})
     assert writer.swap in ("exchange", "rename")  # which one this machine's file system gives
-    monkeypatch.setattr(artifact, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic_io, "_exchange", lambda a, b: False)
     with ArtifactWriter(out) as writer:
         writer.path("model.onnx").write_bytes(b"renamed")
         writer.commit(fastestdet_like_spec(), [ModelEntry("onnxruntime", "fp32", "model.onnx")], {})

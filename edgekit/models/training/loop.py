@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from edgekit.atomic_io import atomic_path
 from edgekit.errors import InputError
 from edgekit.models.training.data import AugmentConfig, TrainingSet
 from edgekit.models.training.losses import make_loss
@@ -102,9 +103,8 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a sibling temporary file, then rename: an interrupted save leaves the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def train(model: nn.Module, data: TrainingSet, config: TrainConfig = TrainConfig(),

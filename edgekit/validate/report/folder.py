@@ -76,13 +76,13 @@ def remove_empty(folders: list[Path]) -> None:
 
 def _make_staging_dir(out_dir: Path) -> Path:
     """A new hidden sibling of ``out_dir``: the one staging helper artifacts use too."""
-    from edgekit.convert.artifact import make_staging_dir
+    from edgekit.atomic_io import make_staging_dir
 
     return make_staging_dir(out_dir)
 
 
 def swap_report_into_place(staging: Path, out_dir: Path) -> None:
     """Move the finished report to ``out_dir`` (an earlier report is replaced as a whole, never missing)."""
-    from edgekit.convert.artifact import swap_into_place
+    from edgekit.atomic_io import swap_into_place
 
     swap_into_place(staging, out_dir)
