@@ -38,14 +38,6 @@ from edgekit.atomic_io import (  # re-exported: the CLI and tests import them fr
     signals_held,
     swap_into_place,
 )
-from edgekit.atomic_io import (  # re-exported: the CLI and tests import them from here
-    Terminated,
-    clean_stale,
-    interruptible,
-    make_staging_dir,
-    signals_held,
-    swap_into_place,
-)
 from edgekit.errors import EdgekitError, OutputError
 from edgekit.runtime.artifact import MANIFEST_NAME, Manifest, ModelEntry, sha256_file
 from edgekit.spec import ModelSpec
