@@ -104,6 +104,11 @@ def _parse_backends(backends: str | None) -> list[str] | None:
     return names
 
 
+def _is_checkpoint(path: Path) -> bool:
+    """A PyTorch checkpoint: by suffix, or by its zip signature (best.pt renamed, no suffix, .pth.tar)."""
+    return path.is_file() and (path.suffix.lower() in CHECKPOINT_SUFFIXES or is_zip_file(path))
+
+
 def _load_model(checkpoint: str, family: str | None, names: str | None, imgsz: int | None):
     from edgekit.models.loading import load_checkpoint
 
@@ -151,12 +156,10 @@ def expand_sources(sources: Sequence[str]) -> list[Path]:
 def _open_detector(model: str, backend: str | None, precision: str | None, threads: int | None, conf: float | None,
                    iou: float | None, family: str | None, names: str | None, mode: str = "latency"):
     """A Detector for an artifact/ONNX file, or the PyTorch reference for a checkpoint (or --backend torch)."""
-    from dataclasses import replace
-
     path = Path(model)
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint, ONNX file or artifact folder")
-    is_checkpoint = path.is_file() and (path.suffix.lower() in CHECKPOINT_SUFFIXES or is_zip_file(path))
+    is_checkpoint = _is_checkpoint(path)
     imports = _import_settings()
     if not is_checkpoint:
         # options that only describe a checkpoint must not be accepted and silently ignored
@@ -180,9 +183,7 @@ def _open_detector(model: str, backend: str | None, precision: str | None, threa
         from edgekit.reference.detector import ReferenceDetector
 
         torch_model = _load_model(model, family, names, None)
-        pp = torch_model.spec.postprocess
-        pp = replace(pp, **{k: v for k, v in (("conf_threshold", conf), ("iou_threshold", iou)) if v is not None})
-        return ReferenceDetector(torch_model, torch_model.spec, pp)
+        return ReferenceDetector(torch_model, torch_model.spec, torch_model.spec.postprocess.with_thresholds(conf, iou))
     from edgekit.runtime.detector import Detector
 
     backend = backend or "onnxruntime"
@@ -193,9 +194,7 @@ def _open_detector(model: str, backend: str | None, precision: str | None, threa
                              f"convert it for other precisions (edgekit convert {path.name} --target …)")
         # a third-party ONNX file: its metadata/layout (or --family, --names) describe it, the file gives the tensor names
         detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads or 0, mode=mode)
-        pp = detector.postprocess_spec
-        detector.postprocess_spec = replace(pp, **{k: v for k, v in (("conf_threshold", conf), ("iou_threshold", iou))
-                                                   if v is not None})
+        detector.postprocess_spec = detector.postprocess_spec.with_thresholds(conf, iou)
         return detector
     return Detector.load(path, backend=backend, precision=precision, threads=threads,
                          conf_threshold=conf, iou_threshold=iou, mode=mode)
@@ -339,11 +338,25 @@ def _int8_options(function):
 
 
 def _model_options(function):
+    """--family/--names: what a file that does not describe itself is (a plain state_dict, a third-party ONNX)."""
     function = click.option("--names", type=click.Path(dir_okay=False), default=None,
                             help="Class names file, one per line (with --family).")(function)
     function = click.option("--family", default=None,
-                            help="Model family of a plain third-party state_dict (e.g. fastestdet).")(function)
+                            help="Model family of a file that does not describe itself: a plain third-party "
+                                 "state_dict or ONNX file (e.g. fastestdet, yolox).")(function)
     return function
+
+
+def _backends_option(function):
+    """--backends a,b (validate, bench): parsed and checked against the known runners when the command line is read."""
+    return click.option("--backends", default=None, callback=lambda ctx, param, value: _parse_backends(value),
+                        help="Comma-separated backends to run (default: every model in the artifact).")(function)
+
+
+def _threads_option(function):
+    return click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
+                        help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's "
+                             "default).")(function)
 
 
 @cli.command()
@@ -472,8 +485,7 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
 @click.option("--precision", default=None, help="Precision of the artifact model to run (fp32, fp16, int8 …).")
 @click.option("--conf", type=click.FloatRange(0, 1), default=None, help="Score threshold (default from the spec).")
 @click.option("--iou", type=click.FloatRange(0, 1), default=None, help="NMS IoU threshold (default from the spec).")
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
-              help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's default).")
+@_threads_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write detections: COCO results for images, JSON Lines (one object per frame) for video and streams.")
 @click.option("--save-dir", type=click.Path(file_okay=False), default=None,
@@ -483,8 +495,7 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
                    "number of requests (default: throughput for files, latency for cameras and streams).")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               help="Seconds a camera or stream may go without a frame before it counts as stalled.")
-@click.option("--family", default=None, help="Model family of a plain state_dict checkpoint.")
-@click.option("--names", type=click.Path(dir_okay=False), default=None, help="Class names file (with --family).")
+@_model_options
 @_import_options
 def detect(model: str, sources: tuple[str, ...], backend: str | None, precision: str | None, conf: float | None,
            iou: float | None, threads: int | None, json_path: str | None, save_dir: str | None, mode: str | None,
@@ -554,11 +565,10 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
 @click.argument("artifact", type=click.Path())
 @click.option("--data", "data_path", required=True, type=click.Path(),
               help="Dataset: COCO layout (images + instances JSON) or YOLO layout.")
-@click.option("--backends", default=None, help="Comma-separated backends to run (default: every model in the artifact).")
+@_backends_option
 @click.option("--reference", "reference_checkpoint", type=click.Path(dir_okay=False), default=None,
               help="The PyTorch checkpoint the artifact came from: Δ and agreement are measured against it.")
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
-              help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's default).")
+@_threads_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write the drift report folder here: report.md, report.json, plots and sample images.")
@@ -567,84 +577,70 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
                    "'dataset name<TAB>model name' lines. Classes are otherwise matched by name.")
 @_model_options
 @_import_options
-def validate(artifact: str, data_path: str, backends: str | None, reference_checkpoint: str | None, threads: int | None,
+def validate(artifact: str, data_path: str, backends: list[str] | None, reference_checkpoint: str | None,
+             threads: int | None,
              json_path: str | None, report_dir: str | None, class_map_path: str | None, family: str | None,
              names: str | None) -> None:
     """mAP, drift vs the reference, agreement and latency of every backend in ARTIFACT."""
     from tqdm import tqdm
 
-    from edgekit.runtime.artifact import read_manifest
+    from edgekit.runtime.artifact import read_manifest, spec_from_onnx
     from edgekit.validate.datasets import load_class_map, load_dataset, map_to_model_classes
-    from edgekit.validate.run import format_table, validate_artifact, validate_onnx_file
+    from edgekit.validate.run import format_table, validate_artifact, validate_checkpoint, validate_onnx_file
 
     _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
-    if Path(artifact).is_file() and (Path(artifact).suffix.lower() in CHECKPOINT_SUFFIXES or is_zip_file(artifact)):
+    path = Path(artifact)
+    class_map = load_class_map(class_map_path) if class_map_path else None
+
+    def notice(message: str) -> None:
+        click.echo(f"warning: {message}", err=True)
+
+    def progress(items: Sequence, name: str):
+        return tqdm(items, desc=f"validate {name}", unit="img", leave=False)
+
+    if _is_checkpoint(path):
         # a checkpoint (edgekit, Ultralytics, YOLOv5, YOLOX): the PyTorch reference alone, as imported by edgekit
-        _validate_checkpoint(artifact, data_path, class_map_path, family, names, json_path, report_dir)
-        return
-    # a bare ONNX file (third-party or edgekit's own) is validated as one ONNX Runtime model
-    onnx_spec = None
-    if Path(artifact).is_file():
-        from edgekit.runtime.artifact import spec_from_onnx
-
-        onnx_spec = _bare_onnx_spec(Path(artifact), family, names) or spec_from_onnx(artifact)
-    # dataset classes -> model classes by name, before any work (the report then names model classes)
-    dataset = map_to_model_classes(load_dataset(data_path), (onnx_spec or read_manifest(artifact).spec).class_names,
-                                   load_class_map(class_map_path) if class_map_path else None,
-                                   notice=lambda message: click.echo(f"warning: {message}", err=True))
-    if report_dir:
-        from edgekit.validate.report import check_report_dir
-
-        check_report_dir(report_dir)  # an unwritable folder fails now, not after the whole validation
-    reference = _load_model(reference_checkpoint, family, names, None) if reference_checkpoint else None
-    progress = lambda items, name: tqdm(items, desc=f"validate {name}", unit="img", leave=False)  # noqa: E731
-    if onnx_spec is not None:
-        report = validate_onnx_file(artifact, onnx_spec, dataset, reference_model=reference, threads=threads or 0,
-                                    progress=progress)
+        if report_dir:
+            raise InputError("--report needs an artifact or ONNX file to compare with the reference; for a "
+                             "checkpoint, convert it first and pass --reference CHECKPOINT")
+        report = validate_checkpoint(_load_model(artifact, family, names, None), load_dataset(data_path),
+                                     class_map=class_map, notice=notice, progress=progress)
+        dataset = None
     else:
-        report = validate_artifact(artifact, dataset, backends=_parse_backends(backends),
-                                   reference_model=reference, threads=threads, progress=progress)
+        # a bare ONNX file (third-party or edgekit's own) is validated as one ONNX Runtime model
+        onnx_spec = (_bare_onnx_spec(path, family, names) or spec_from_onnx(path)) if path.is_file() else None
+        manifest = read_manifest(path) if onnx_spec is None else None
+        spec = onnx_spec or manifest.spec
+        # dataset classes -> model classes by name, before any work (the report then names model classes)
+        dataset = map_to_model_classes(load_dataset(data_path), spec.class_names, class_map, notice=notice)
+        if report_dir:
+            from edgekit.validate.report import check_report_dir
+
+            check_report_dir(report_dir)  # an unwritable folder fails now, not after the whole validation
+        reference = _load_model(reference_checkpoint, family, names, None) if reference_checkpoint else None
+        if onnx_spec is not None:
+            report = validate_onnx_file(path, onnx_spec, dataset, reference_model=reference, threads=threads or 0,
+                                        progress=progress)
+        else:
+            report = validate_artifact(path, dataset, backends=backends, reference_model=reference, threads=threads,
+                                       progress=progress)
     click.echo(format_table(report))
     if json_path:
         write_text_atomic(json_path, json.dumps(report.to_dict(), indent=1) + "\n")
         click.echo(f"wrote {json_path}")
-    if report_dir:
+    if report_dir and dataset is not None:
         from edgekit.validate.report import write_drift_report
 
-        written = write_drift_report(report, dataset, Path(report_dir),
-                                     manifest=None if onnx_spec is not None else read_manifest(artifact),
-                                     conf_threshold=onnx_spec.postprocess.conf_threshold if onnx_spec else None)
+        written = write_drift_report(report, dataset, Path(report_dir), manifest=manifest,
+                                     conf_threshold=spec.postprocess.conf_threshold if onnx_spec else None)
         click.echo(f"report written to {written['report.md']}")
-
-
-def _validate_checkpoint(checkpoint: str, data_path: str, class_map_path: str | None, family: str | None,
-                         names: str | None, json_path: str | None, report_dir: str | None) -> None:
-    from tqdm import tqdm
-
-    from edgekit.validate.datasets import load_class_map, load_dataset
-    from edgekit.validate.run import format_table, validate_checkpoint
-
-    if report_dir:
-        raise InputError("--report needs an artifact or ONNX file to compare with the reference; for a checkpoint, "
-                         "convert it first and pass --reference CHECKPOINT")
-    dataset = load_dataset(data_path)
-    class_map = load_class_map(class_map_path) if class_map_path else None
-    model = _load_model(checkpoint, family, names, None)
-    report = validate_checkpoint(model, dataset, class_map=class_map,
-                                 notice=lambda message: click.echo(f"warning: {message}", err=True),
-                                 progress=lambda items, name: tqdm(items, desc=f"validate {name}", unit="img",
-                                                                   leave=False))
-    click.echo(format_table(report))
-    if json_path:
-        write_text_atomic(json_path, json.dumps(report.to_dict(), indent=1) + "\n")
-        click.echo(f"wrote {json_path}")
 
 
 @cli.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
               help="Image to run (default: a bundled demo image).")
-@click.option("--backends", default=None, help="Comma-separated backends (default: every model in the artifact).")
+@_backends_option
 @click.option("--runs", type=click.IntRange(1), default=None,
               help="Timed runs per model (default 50); with --mode throughput, interleaved rounds (default 3).")
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed warm-up runs.")
@@ -655,12 +651,11 @@ def _validate_checkpoint(checkpoint: str, data_path: str, class_map_path: str | 
               help="Video for --mode throughput (default: a 720p video made from the bundled images).")
 @click.option("--workers", type=click.IntRange(0, MAX_THREADS), default=0,
               help="Requests in flight for --mode throughput (0 = the backend's optimal number).")
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
-              help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's default).")
+@_threads_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for bench.json and bench.png (a bar chart of the stages).")
-def bench(artifact: str, image_path: str | None, backends: str | None, runs: int | None, warmup: int,
+def bench(artifact: str, image_path: str | None, backends: list[str] | None, runs: int | None, warmup: int,
           threads: int | None, json_path: str | None, report_dir: str | None, mode: str, video_path: str | None,
           workers: int) -> None:
     """Latency of every backend/precision in ARTIFACT: stages vs the raw backend call, in one run
@@ -679,7 +674,7 @@ def bench(artifact: str, image_path: str | None, backends: str | None, runs: int
         raise InputError("--video and --workers apply to --mode throughput")
     runs = runs or 50
     image = image_path or str(_bundled_image())
-    results = bench_artifact(artifact, image, backends=_parse_backends(backends), runs=runs,
+    results = bench_artifact(artifact, image, backends=backends, runs=runs,
                              warmup=warmup, threads=threads)
     click.echo(f"image: {image}   runs: {runs} (+{warmup} warm-up)   threads: {results[0].threads or 'default'}")
     click.echo(format_bench(results))
@@ -759,7 +754,7 @@ def inspect(artifact: str, family: str | None, names: str | None) -> None:
     path = Path(artifact)
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint, ONNX file or artifact folder")
-    if path.is_file() and (path.suffix.lower() in CHECKPOINT_SUFFIXES or is_zip_file(path)):
+    if _is_checkpoint(path):
         model = _load_model(artifact, family, names, None)
         _echo_spec(model.spec)
         size_source = "the checkpoint" if getattr(model, "input_size_from_checkpoint", True) else "edgekit's default"
