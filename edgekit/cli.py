@@ -698,9 +698,7 @@ def _bench_throughput(artifact: str, image_path: str | None, backends: str | Non
         raise InputError(f"--video {video_path}: no such video file")
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as folder:
         if video_path is None:
-            from importlib import resources
-
-            images = sorted(Path(str(resources.files("edgekit") / "zoo" / "images")).glob("*.jpg"))
+            images = _bundled_images()
             video_path = str(write_test_video(Path(folder) / "bench_720p.mp4", images, frames=120))
             click.echo(f"video: 120 frames 1280x720 made from {len(images)} bundled images")
         results = bench_throughput(artifact, video_path, backends=_parse_backends(backends), rounds=rounds,
@@ -717,9 +715,7 @@ def _bundled_images() -> list[Path]:
 
 
 def _bundled_image() -> Path:
-    from importlib import resources
-
-    images = sorted(Path(str(resources.files("edgekit") / "zoo" / "images")).glob("*.jpg"))
+    images = _bundled_images()
     if not images:
         raise InputError("no bundled images in edgekit/zoo/images; pass --image FILE")
     return images[0]
