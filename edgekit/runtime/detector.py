@@ -103,11 +103,7 @@ class Detector:
             header = read_onnx_header(path)
             spec = spec_from_onnx(path) if has_edgekit_spec(header) else spec_from_third_party_onnx(path, header=header)
             runner = runner_class.from_artifact(path, _mode_options({}, mode), threads=threads or 0)
-        pp = spec.postprocess
-        if conf_threshold is not None:
-            pp = replace(pp, conf_threshold=float(conf_threshold))
-        if iou_threshold is not None:
-            pp = replace(pp, iou_threshold=float(iou_threshold))
+        pp = spec.postprocess.with_thresholds(conf_threshold, iou_threshold)
         detector = cls(runner, spec, pp)
         detector.mode = mode
         return detector
