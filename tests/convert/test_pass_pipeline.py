@@ -514,3 +514,68 @@ def test_family_onnx_passes(family: str) -> None:
     assert not any(p.key.startswith("onnxsim") for p in rewritten.metadata_props)
     fresh = {"images": np.random.default_rng(9).normal(0.5, 0.3, (1, 3, SIZE, SIZE)).astype(np.float32)}
     assert rel_error(run_ort(exported, fresh), run_ort(rewritten, fresh)) <= FP32_NOISE_TOL
+
+
+# --------------------------------------------------------------------------------------------
+# what the check's shortcuts must not miss
+
+
+class HidesItsRewrite(Pass):
+    """Claims 0 rewrites but scales a weight in place (the tensor object stays the same)."""
+
+    name: ClassVar[str] = "hides_rewrite"
+    description: ClassVar[str] = "a lying pass"
+
+    def apply(self, model):
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        with torch.no_grad():
+            conv.weight.mul_(1.01)
+        return PassResult(model, 0)
+
+
+class EditsAListAttribute(Pass):
+    """Changes a value the forward reads from a plain list attribute, in place."""
+
+    name: ClassVar[str] = "edits_list"
+    description: ClassVar[str] = "mutates model.scales[0]"
+
+    def apply(self, model):
+        model.scales[0] = 2.0
+        return PassResult(model, 0)
+
+
+class ScaledOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small_convnet()
+        self.scales = [1.0]
+
+    def forward(self, x):
+        return self.body(x) * self.scales[0]
+
+
+class BatchOfOne(nn.Module):
+    """A forward fixed to batch 1 (flattens everything): the check inputs go through one at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small_convnet()
+
+    def forward(self, x):
+        return self.body(x).reshape(1, -1)
+
+
+@pytest.mark.parametrize("bad, model", [(HidesItsRewrite(), small_convnet), (EditsAListAttribute(), ScaledOutput)])
+def test_a_pass_that_changes_the_model_in_place_is_checked(bad: Pass, model) -> None:
+    with pytest.raises(ConversionError, match=f"pass '{bad.name}' broke equivalence"):
+        run_module_passes(model().eval(), example_input(), passes=(bad,))
+
+
+def test_model_fixed_to_batch_one_is_checked_input_by_input() -> None:
+    model = BatchOfOne().eval()
+    passes = (*MODULE_PASSES, ScaleFirstConv())
+    with pytest.raises(ConversionError, match="pass 'scale_first_conv' broke equivalence"):
+        run_module_passes(model, example_input(), passes=passes)
+    rewritten, records = run_module_passes(model, example_input())
+    assert next(r for r in records if r.name == "fold_bn").rewrites == 1
+    assert rewritten(example_input()).shape == model(example_input()).shape == (1, 4 * 16 * 16)

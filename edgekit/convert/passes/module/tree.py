@@ -38,20 +38,19 @@ def trace_calls(module: nn.Module) -> fx.Graph | None:
     """
     if isinstance(module, (nn.ModuleList, nn.ModuleDict)) or not module._modules:
         return None  # containers have no forward; a leaf calls no submodules, so it holds no pattern
-    # A forward may cache things on self (YOLO heads store grids); tracing runs it with proxies, so
-    # put the plain attributes back afterwards (children are leaves and never run).
-    saved = {key: copy.deepcopy(value) if isinstance(value, (list, dict, set)) else value
-             for key, value in vars(module).items() if not key.startswith("_")}
+    # A forward may cache things on self (YOLO heads store grids) and tracing runs it with proxies: trace a
+    # shallow twin instead, holding its own copies of the containers a forward could mutate, so the module
+    # itself is never touched (same children: the call paths are the module's).
+    twin = copy.copy(module)
+    for key, value in vars(module).items():
+        if not key.startswith("_") and isinstance(value, (list, dict, set)):
+            twin.__dict__[key] = copy.deepcopy(value)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _CallsTracer(autowrap_modules=cast(Any, ())).trace(module)  # () : torch annotates a 1-tuple
+            return _CallsTracer(autowrap_modules=cast(Any, ())).trace(twin)  # () : torch annotates a 1-tuple
     except Exception:  # fx raises TraceError, TypeError, AttributeError ... for data-dependent forwards
         return None
-    finally:
-        for key in [k for k in vars(module) if not k.startswith("_") and k not in saved]:
-            delattr(module, key)
-        module.__dict__.update(saved)
 
 
 def near_descendants(module: nn.Module, depth: int = 2) -> list[nn.Module]:
