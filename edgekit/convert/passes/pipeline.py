@@ -11,7 +11,9 @@ shape and similar statistics — with torch (in float64 when the model allows it
 :class:`TorchModels`) or ONNX Runtime with graph optimisation disabled, and the largest absolute
 difference and the relative one, ``max |before - after| / max |before|`` per output, land in the
 pass's :class:`PassRecord` (the manifest's ``passes``). The outputs after a pass are the reference
-for the next one: each pass costs one evaluation. Beyond ``tolerance`` the run aborts with a
+for the next one: each pass costs one evaluation, and none when it left the model exactly as it
+was (:meth:`Session.state`: same objects, tensor versions and attributes, or the same serialized
+graph — the outputs are then the previous ones, bit for bit). Beyond ``tolerance`` the run aborts with a
 :class:`~edgekit.errors.ConversionError` naming the pass. NaN and Inf are never "equal": a model
 whose outputs are not finite before any pass is refused, and a pass whose outputs stop being finite
 aborts (:func:`output_error`). The caller's model is never modified: the stages run on one copy
