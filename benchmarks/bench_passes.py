@@ -18,6 +18,14 @@ runtimes fold BN into convs (and adds into conv post-ops) on their own, so BN fo
 moves latency; merging the RepVGG branches (3 convs -> 1) is what they cannot do themselves.
 
     python benchmarks/bench_passes.py [--imgsz 640] [--runs 30] [--threads 2] [--families yolov6 yolov5 ...]
+
+``--check-cost CHECKPOINT [--baseline-tree DIR]``: instead, the cost of the module stage's equivalence
+checks in a conversion — ``run_module_passes`` on the checkpoint at the chain's check size
+(``PASS_CHECK_SIZE``), CPU and wall seconds per run, each run in a fresh process; with
+``--baseline-tree`` (an edgekit source tree, e.g. ``git archive REV edgekit | tar -x -C DIR``) the runs
+alternate between that tree and this one, round by round, and the table gives the ratio:
+
+    python benchmarks/bench_passes.py --check-cost ../shared/models/ultralytics/yolov8n-coco8.pt --baseline-tree /tmp/old --rounds 3
 """
 
 from __future__ import annotations
@@ -138,13 +146,73 @@ def measure(runners: dict, x: np.ndarray, runs: int, warmup: int = 3, seed: int 
     return {key: statistics.median(values) * 1000 for key, values in times.items()}
 
 
+_CHECK_COST = """
+import json, sys, time
+import torch
+from edgekit.convert.chain import PASS_CHECK_SIZE
+from edgekit.convert.passes import run_module_passes
+from edgekit.models.loading import load_checkpoint
+from edgekit.runtime.preprocess import probe_input
+torch.set_num_threads(int(sys.argv[2]))
+model = load_checkpoint(sys.argv[1]).eval()
+size = tuple(min(side, PASS_CHECK_SIZE) // 32 * 32 or 32 for side in model.spec.input_size)
+example = torch.from_numpy(probe_input(model.spec.with_input_size(size), seed=1))
+cpu, wall = time.process_time(), time.perf_counter()
+_, records = run_module_passes(model, example)
+print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall, "size": size,
+                  "max_rel": max(r.max_rel for r in records), "rewrites": sum(r.rewrites for r in records)}))
+"""
+
+
+def check_cost(checkpoint: str, baseline: str | None, rounds: int, threads: int) -> None:
+    """Module-stage check cost per run, this tree vs ``baseline`` (alternating, fresh process per run)."""
+    import json
+    import os
+    import subprocess
+
+    trees = {"this tree": str(Path(__file__).resolve().parents[1])}
+    if baseline:
+        trees = {"baseline": str(Path(baseline).resolve()), **trees}
+    results: dict[str, list[dict]] = {name: [] for name in trees}
+    for round_index in range(rounds):
+        order = list(trees) if round_index % 2 == 0 else list(reversed(trees))
+        for name in order:
+            env = {**os.environ, "PYTHONPATH": trees[name]}
+            out = subprocess.run([sys.executable, "-c", _CHECK_COST, checkpoint, str(threads)], env=env, check=True,
+                                 capture_output=True, text=True, cwd=trees[name]).stdout
+            results[name].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"round {round_index + 1} {name}: {results[name][-1]}", file=sys.stderr)
+    print(f"command: python benchmarks/bench_passes.py --check-cost {checkpoint}"
+          + (f" --baseline-tree {baseline}" if baseline else "") + f" --rounds {rounds} --threads {threads}")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print()
+    print("| tree | CPU s (median) | wall s (median) | max pass rel err | rewrites |")
+    print("|---|---|---|---|---|")
+    medians = {}
+    for name, runs in results.items():
+        medians[name] = (statistics.median(r["cpu"] for r in runs), statistics.median(r["wall"] for r in runs))
+        print(f"| {name} | {medians[name][0]:.2f} | {medians[name][1]:.2f} | {max(r['max_rel'] for r in runs):.1e} "
+              f"| {runs[0]['rewrites']} |")
+    if baseline:
+        print()
+        print(f"this tree / baseline: CPU {medians['this tree'][0] / medians['baseline'][0]:.2f}x, "
+              f"wall {medians['this tree'][1] / medians['baseline'][1]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--families", nargs="*", default=None)
+    parser.add_argument("--check-cost", metavar="CHECKPOINT", default=None,
+                        help="time the module stage's equivalence checks on CHECKPOINT instead")
+    parser.add_argument("--baseline-tree", default=None, help="with --check-cost: an edgekit tree to compare with")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.check_cost:
+        check_cost(args.check_cost, args.baseline_tree, args.rounds, args.threads)
+        return
 
     import torch
 
