@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
 from edgekit.runtime.artifact import Manifest
+from edgekit.validate.coco_eval import MapResult
 from edgekit.validate.datasets import Dataset
 from edgekit.validate.run import ModelRun, ValidationReport
 
@@ -71,9 +73,17 @@ def int8_info(manifest: Manifest | None) -> dict[str, Any] | None:
     return dict(info) if isinstance(info, Mapping) else None
 
 
+def reference_metrics(report: ValidationReport) -> MapResult:
+    """The reference run's mAP (write_drift_report refuses a report whose reference has none)."""
+    metrics = report.run(report.reference).metrics
+    if metrics is None:
+        raise EdgekitError(f"the reference run {report.reference} has no mAP")
+    return metrics
+
+
 def ordered_classes(report: ValidationReport, dataset: Dataset) -> list[str]:
     """Classes with a reference AP, in the dataset's class order."""
-    ref_ap = report.run(report.reference).metrics.per_class_ap
+    ref_ap = reference_metrics(report).per_class_ap
     ordered = [name for name in dataset.class_names if name in ref_ap]
     return ordered + [name for name in ref_ap if name not in ordered]
 
@@ -99,6 +109,27 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def tensor_errors(manifest: Manifest | None) -> list[dict[str, Any]]:
+    """Per run and output, the raw-tensor error the build measured against its reference (PyTorch, or the
+    original ONNX) on the same input: ``manifest.info["parity"]``, one row per output with max / mean /
+    p99 of |Δ| and the same relative to the output's max |reference| (``validate.compare.tensor_error``),
+    so a drift can be traced to a head level. Artifacts from before per-output statistics give one row
+    per run (output ``None``, max only); runs not checked on this machine give none."""
+    parity = manifest.info.get("parity") if manifest is not None and isinstance(manifest.info, Mapping) else None
+    rows: list[dict[str, Any]] = []
+    for run, record in (parity or {}).items() if isinstance(parity, Mapping) else ():
+        if not isinstance(record, Mapping) or "max_rel" not in record:
+            continue
+        common = {"run": str(run), "tolerance": record.get("tolerance")}
+        outputs = record.get("outputs")
+        if isinstance(outputs, Mapping) and outputs:
+            rows += [{**common, "output": str(name), **dict(stats)} for name, stats in outputs.items()
+                     if isinstance(stats, Mapping)]
+        else:
+            rows.append({**common, "output": None, "max_abs": record.get("max_abs"), "max_rel": record["max_rel"]})
+    return rows
+
+
 def report_data(report: ValidationReport, dataset: Dataset, manifest: Manifest | None, conf: float,
                  samples: list[Sample]) -> dict[str, Any]:
     data = report.to_dict()
@@ -108,7 +139,7 @@ def report_data(report: ValidationReport, dataset: Dataset, manifest: Manifest |
         row.update(backend=backend, precision=precision, is_reference=run.name == report.reference)
         if run.metrics is not None:
             row["per_class_ap_50"] = run.metrics.per_class_ap_50
-            row["delta_map_50"] = run.metrics.map_50 - reference.metrics.map_50
+            row["delta_map_50"] = run.metrics.map_50 - reference_metrics(report).map_50
             row["delta_per_class_ap"] = per_class_deltas(run, reference)
         if run.agreement is not None:
             a = run.agreement
@@ -123,6 +154,7 @@ def report_data(report: ValidationReport, dataset: Dataset, manifest: Manifest |
         class_names=list(dataset.class_names),
         num_images=len(dataset.items),
         int8=int8_info(manifest),
+        tensor_errors=tensor_errors(manifest),
         float_layers=None if layers is None else [{"name": n, "reason": why} for n, why in layers],
         plots={"map_vs_latency": "map_vs_latency.png", "per_class_delta": "per_class_delta.png"},
         samples=[{"file": s.file, "image_id": s.image_id, "image": s.image, "unmatched": s.unmatched}

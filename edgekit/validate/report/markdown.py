@@ -15,7 +15,9 @@ from edgekit.validate.report.data import (
     ordered_classes,
     other_runs,
     per_class_deltas,
+    reference_metrics,
     split_name,
+    tensor_errors,
 )
 from edgekit.validate.report.samples import SAMPLE_IOU
 from edgekit.validate.run import ValidationReport
@@ -45,7 +47,7 @@ def markdown_report(report: ValidationReport, dataset: Dataset, manifest: Manife
     from edgekit import __version__
 
     reference = report.run(report.reference)
-    ref_m = reference.metrics
+    ref_m = reference_metrics(report)
     out = [f"# Drift report: {report.dataset}", "",
            f"Reference: **{report.reference}** · dataset: `{report.dataset}` ({len(dataset.items)} images, "
            f"{len(dataset.class_names)} classes) · deployment score threshold: {conf:g} · edgekit {__version__}", "",
@@ -65,10 +67,11 @@ def markdown_report(report: ValidationReport, dataset: Dataset, manifest: Manife
         d_map = (m.map_50_95 - ref_m.map_50_95) * 100 if m else None
         d_50 = (m.map_50 - ref_m.map_50) * 100 if m else None
         out.append("| " + " | ".join([
-            _cell(backend), _cell(precision), _num(m and m.map_50_95, ".4f"), _num(m and m.map_50, ".4f"),
-            _num(d_map, "+.2f"), _num(d_50, "+.2f"), _num(a and a.precision, ".3f"), _num(a and a.recall, ".3f"),
-            _num(a and a.mean_iou, ".4f"), _num(a and a.mean_abs_score_delta, ".4f"),
-            _num(a and a.class_flips, "d"), _size_mb(run.size_bytes),
+            _cell(backend), _cell(precision), _num(m.map_50_95 if m else None, ".4f"),
+            _num(m.map_50 if m else None, ".4f"), _num(d_map, "+.2f"), _num(d_50, "+.2f"),
+            _num(a.precision if a else None, ".3f"), _num(a.recall if a else None, ".3f"),
+            _num(a.mean_iou if a else None, ".4f"), _num(a.mean_abs_score_delta if a else None, ".4f"),
+            _num(a.class_flips if a else None, "d"), _size_mb(run.size_bytes),
             _num(run.latency_ms, ".2f")]) + " |")
     for name, reason in report.skipped:
         backend, precision = split_name(name)
@@ -84,12 +87,33 @@ def markdown_report(report: ValidationReport, dataset: Dataset, manifest: Manife
         out.append("| class | reference AP | " + " | ".join(_cell(r.name) for r in others) + " |")
         out.append("|---|---|" + "---|" * len(others))
         for name in classes:
-            cells = [_num(None if deltas[r.name][name] is None else deltas[r.name][name] * 100, "+.2f")
-                     for r in others]
+            cells = [_num(None if (delta := deltas[r.name][name]) is None else delta * 100, "+.2f") for r in others]
             out.append(f"| {_cell(name)} | {ref_m.per_class_ap[name]:.4f} | " + " | ".join(cells) + " |")
         missing = [name for name in dataset.class_names if name not in ref_m.per_class_ap]
         if missing:
             out += ["", f"No ground truth (no AP) for: {', '.join(missing)}."]
+
+    out += ["", "## Raw tensors at build time (per output)", ""]
+    rows = tensor_errors(manifest)
+    if not rows:
+        out.append("The artifact's manifest records no raw-tensor comparison run on the build machine."
+                   if manifest is not None else "No manifest was given; the build-time comparisons are unknown.")
+    else:
+        out += ["Each built model against its reference on one input; relative = |Δ| / max |reference| of that "
+                "output. INT8 is judged on detections, not here.", "",
+                "| run | output | max \\|Δ\\| | mean \\|Δ\\| | p99 \\|Δ\\| | max rel | mean rel | p99 rel | tolerance |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            out.append("| " + " | ".join([_cell(row["run"]), _cell(row["output"] or "all outputs")] + [
+                _num(row.get(key), ".2e") for key in ("max_abs", "mean_abs", "p99_abs", "max_rel", "mean_rel",
+                                                       "p99_rel", "tolerance")]) + " |")
+        worst: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row["output"] and (row["run"] not in worst or row["max_rel"] > worst[row["run"]]["max_rel"]):
+                worst[row["run"]] = row
+        if worst:
+            out += ["", "Largest relative error per run: " + "; ".join(
+                f"{_cell(run)} `{_cell(row['output'])}` {row['max_rel']:.2e}" for run, row in worst.items()) + "."]
 
     out += ["", "## Layers kept in float (INT8)", ""]
     info, layers = int8_info(manifest), float_layers(manifest)

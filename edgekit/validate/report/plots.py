@@ -42,27 +42,28 @@ def _shade(color: str, precision: str) -> tuple[float, float, float]:
 
     toward, amount = _SHADES.get(precision, ("white", 0.25))
     base, other = np.array(to_rgb(color)), np.array(to_rgb(toward))
-    return tuple(float(v) for v in base * (1 - amount) + other * amount)
+    red, green, blue = (float(v) for v in base * (1 - amount) + other * amount)
+    return red, green, blue
 
 
 def plot_map_vs_latency(report: ValidationReport, path: Path) -> None:
     from matplotlib.lines import Line2D
 
-    runs = [r for r in report.runs if r.metrics is not None]
-    backends = sorted({split_name(r.name)[0] for r in runs})
-    precisions = sorted({split_name(r.name)[1] for r in runs})
+    runs = [(r, r.metrics) for r in report.runs if r.metrics is not None]
+    backends = sorted({split_name(r.name)[0] for r, _ in runs})
+    precisions = sorted({split_name(r.name)[1] for r, _ in runs})
     colors = _backend_colors(report)
     spare = iter(_SPARE_MARKERS * 4)
     markers = {p: _MARKERS.get(p) or next(spare) for p in precisions}
 
     fig = _figure(7.5, 5)
     ax = fig.subplots()
-    for run in runs:
+    for run, metrics in runs:
         backend, precision = split_name(run.name)
         is_ref = run.name == report.reference
-        ax.scatter(run.latency_ms, run.metrics.map_50_95, s=110 if is_ref else 70, c=colors[backend],
+        ax.scatter(run.latency_ms, metrics.map_50_95, s=110 if is_ref else 70, c=colors[backend],
                    marker=markers[precision], edgecolors="black" if is_ref else "none", linewidths=1.5, zorder=3)
-        ax.annotate(run.name + (" (reference)" if is_ref else ""), (run.latency_ms, run.metrics.map_50_95),
+        ax.annotate(run.name + (" (reference)" if is_ref else ""), (run.latency_ms, metrics.map_50_95),
                     xytext=(6, 6), textcoords="offset points", fontsize=8)
     ax.set_xlabel("median latency per image, end to end (ms)")
     ax.set_ylabel("mAP@0.5:0.95")

@@ -38,10 +38,10 @@ def _compared_runs(report: ValidationReport) -> list[ModelRun]:
     int8 = [r for r in others if is_int8(r)]
     if int8:
         return int8
-    scored = [r for r in others if r.agreement is not None]
+    scored = [(r.agreement.precision + r.agreement.recall, r.name, r) for r in others if r.agreement is not None]
     if not scored:
         return others[:1]
-    return [min(scored, key=lambda r: (r.agreement.precision + r.agreement.recall, r.name))]
+    return [min(scored, key=lambda item: item[:2])[2]]
 
 
 def write_samples(folder: Path, report: ValidationReport, dataset: Dataset, conf: float,
