@@ -204,26 +204,41 @@ RANGE_RULES: dict[str, Callable[[list[Range], onnx.NodeProto], Range | None]] = 
 }
 
 
-def tensor_ranges(model: onnx.ModelProto, result: CalibrationResult) -> tuple[dict[str, Range], list[str]]:
+def tensor_ranges(model: onnx.ModelProto, result: CalibrationResult,
+                  input_ranges: Mapping[str, Range] | None = None) -> tuple[dict[str, Range], list[str]]:
     """A range for every tensor of :func:`cache_tensors`: (ranges, tensors no range could be given for).
 
-    Calibrated ranges come first; constants get their own min/max; the rest follow :data:`RANGE_RULES`
+    Calibrated ranges come first; then ``input_ranges`` for graph inputs calibration did not observe (a
+    graph input read only by Slice, as a Focus layer does: :func:`normalized_input_range`); constants get
+    their own min/max; the rest follow :data:`RANGE_RULES` (and BatchNormalization's per-channel affine map)
     in graph order (a node's inputs are ranged before it).
     """
     wanted = cache_tensors(model)
-    ranges: dict[str, Range] = {}
+    ranges: dict[str, Range] = {k: (float(lo), float(hi)) for k, (lo, hi) in (input_ranges or {}).items()}
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value":
                     constants[node.output[0]] = numpy_helper.to_array(a.t)
+        elif node.op_type == "Identity" and node.input[0] in constants:  # torch's export shares equal constants so
+            constants[node.output[0]] = constants[node.input[0]]
     for name, value in constants.items():
         if value.size and np.issubdtype(value.dtype, np.floating):
             ranges[name] = (float(value.min()), float(value.max()))
     ranges.update({k: (float(lo), float(hi)) for k, (lo, hi) in result.activation_ranges.items()})
     for node in model.graph.node:
         if all(o in ranges for o in node.output if o):
+            continue
+        if node.op_type in ("Conv", "ConvTranspose"):  # a layer kept out of calibration (grouped ConvTranspose)
+            derived_conv = _conv_range(node, ranges.get(node.input[0]), constants)
+            if derived_conv is not None:
+                ranges[node.output[0]] = derived_conv
+            continue
+        if node.op_type == "BatchNormalization":
+            derived_bn = _batch_norm_range(node, ranges.get(node.input[0]), constants)
+            if derived_bn is not None:
+                ranges[node.output[0]] = derived_bn
             continue
         rule = RANGE_RULES.get(node.op_type)
         inputs = [ranges.get(i) for i in node.input if i]
@@ -241,6 +256,36 @@ def tensor_ranges(model: onnx.ModelProto, result: CalibrationResult) -> tuple[di
                 ranges[output] = (float(derived[0]), float(derived[1]))
     missing = [name for name in wanted if name not in ranges]
     return {name: ranges[name] for name in wanted if name in ranges}, missing
+
+
+def _batch_norm_range(node: onnx.NodeProto, x: Range | None, constants: Mapping[str, np.ndarray]) -> Range | None:
+    """y_c = a_c x + b_c with a_c = gamma_c / sqrt(var_c + eps), b_c = beta_c - a_c mean_c: the union over channels."""
+    if x is None or len(node.input) < 5 or not all(n in constants for n in node.input[1:5]):
+        return None
+    gamma, beta, mean, var = (constants[n].astype(np.float64).reshape(-1) for n in node.input[1:5])
+    a = gamma / np.sqrt(var + _attr(node, "epsilon", 1e-5))
+    b = beta - a * mean
+    ends = np.stack([a * x[0] + b, a * x[1] + b])
+    return float(ends.min()), float(ends.max())
+
+
+def _conv_range(node: onnx.NodeProto, x: Range | None, constants: Mapping[str, np.ndarray]) -> Range | None:
+    """|y_c| <= sum |W_c| * max|x| + |b_c| (every product of an output's sum, bounded): loose, but it holds."""
+    if x is None or len(node.input) < 2 or node.input[1] not in constants:
+        return None
+    weight = np.abs(constants[node.input[1]].astype(np.float64))
+    axis = 1 if node.op_type == "ConvTranspose" else 0
+    per_channel = weight.sum(axis=tuple(a for a in range(weight.ndim) if a != axis))
+    bias = np.abs(constants[node.input[2]].astype(np.float64)) if len(node.input) > 2 and node.input[2] in constants \
+        else np.zeros(1)
+    bound = float((per_channel.max() if per_channel.size else 0.0) * max(abs(x[0]), abs(x[1])) + bias.max())
+    return -bound, bound
+
+
+def normalized_input_range(scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> Range:
+    """The range of a network input ``(pixel * scale - mean) / std`` over pixels 0..255, all channels."""
+    ends = [(p * scale - m) / s for m, s in zip(mean, std) for p in (0.0, 255.0)]
+    return float(min(ends)), float(max(ends))
 
 
 def cache_scale(lo: float, hi: float) -> float:

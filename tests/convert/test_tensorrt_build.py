@@ -272,27 +272,86 @@ def test_the_calibration_cache_is_tensorrt_s_format_and_covers_every_tensor(arti
     assert write_calibration_cache(ranges, header) == text
 
 
-def test_derived_ranges_bound_what_the_graph_computes(artifact):
-    """Interval arithmetic is a superset of the values ONNX Runtime computes on calibration-like inputs."""
-    from edgekit.quant.result import CalibrationResult
+def focus_graph(path: Path) -> tuple[onnx.ModelProto, str, tuple[float, float]]:
+    """A Focus stem as third-party exports keep it: the image read only by four strided Slices, then Concat ->
+    Conv -> SiLU (Sigmoid, Mul). Calibration never sees the image itself."""
+    from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(artifact / "model.onnx"))
-    result = CalibrationResult.load(artifact / "calibration.json")
-    ranges, _ = tensor_ranges(model, result)
-    derived = [n for n in ranges if n not in result.activation_ranges and n not in
-               {i.name for i in model.graph.initializer}]
-    assert derived
-    probe_model = onnx.load(str(artifact / "model.onnx"))
-    for name in derived:
-        probe_model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (8, 12, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+             numpy_helper.from_array(np.array([2, 2], np.int64), "steps"),
+             numpy_helper.from_array(np.array([64, 64], np.int64), "ends")]
+    nodes = []
+    for k, (dy, dx) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        inits.append(numpy_helper.from_array(np.array([dy, dx], np.int64), f"starts{k}"))
+        nodes.append(helper.make_node("Slice", ["images", f"starts{k}", "ends", "axes", "steps"], [f"s{k}"],
+                                      name=f"slice{k}"))
+    nodes += [helper.make_node("Concat", [f"s{k}" for k in range(4)], ["cat"], axis=1, name="cat"),
+              helper.make_node("Conv", ["cat", "w", "b"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+              helper.make_node("Sigmoid", ["conv"], ["sig"], name="sig"),
+              helper.make_node("Mul", ["conv", "sig"], ["out"], name="silu")]
+    graph = helper.make_graph(nodes, "focus", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 32, 32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return model, "images", (0.0, 1.0)
+
+
+def centernet_graph(path: Path) -> tuple[onnx.ModelProto, str, tuple[float, float]]:
+    """CenterNet exported without passes: BatchNormalization after grouped ConvTranspose (left out of calibration)."""
+    import torch
+
+    from edgekit.convert.export import export_onnx
+    from edgekit.convert.tensorrt_int8 import normalized_input_range
+    from edgekit.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig("centernet", num_classes=3, input_size=SIZE, width=0.125), ["a", "b", "c"]).eval()
+    export_onnx(net, net.spec, path)
+    norm = net.spec.normalization
+    return onnx.load(str(path)), net.spec.input_name, normalized_input_range(norm.scale, norm.mean, norm.std)
+
+
+@pytest.mark.parametrize("make", [focus_graph, centernet_graph], ids=["focus", "centernet"])
+def test_the_cache_covers_every_tensor_and_its_ranges_hold_what_the_graph_computes(make, tmp_path):
+    """Every tensor TensorRT asks for gets a range, and each derived range holds the values ONNX Runtime computes.
+
+    The "calibration" is one image's exact min/max of every quantised layer's input and output; interval
+    arithmetic from those (Slice, Concat, BatchNormalization, an uncalibrated ConvTranspose, Relu, Sigmoid, Mul …)
+    must contain every other tensor's values on the same image: a range that does not is a wrong rule.
+    """
+    import types
+
+    from edgekit.quant.collect import find_layers
+
+    path = tmp_path / "model.onnx"
+    model, input_name, input_range = make(path)
+    wanted = cache_tensors(model)
+    probe_model = onnx.load(str(path))
+    present = {o.name for o in probe_model.graph.output} | {input_name}
+    for name in wanted:
+        if name not in present:
+            probe_model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     session = ort.InferenceSession(probe_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": probe(3)}),
-                      strict=True))
-    for name in derived:  # sigmoid outputs etc.: within [lo, hi] up to calibration clipping upstream
+    lo_in, hi_in = input_range
+    x = (lo_in + (hi_in - lo_in) * np.random.default_rng(5).random((1, 3, *SIZE))).astype(np.float32)
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x}), strict=True))
+    values[input_name] = x
+    values.update({i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer})
+    observed = {n for layer in find_layers(model) for n in (layer.input, layer.output)}
+    calibration = types.SimpleNamespace(activation_ranges={n: (float(values[n].min()), float(values[n].max()))
+                                                           for n in observed})
+    if make is focus_graph:  # the image is read by Slices only: without its range, it and the slices stay unranged
+        assert set(tensor_ranges(model, calibration)[1]) == {"images", "s0", "s1", "s2", "s3"}  # type: ignore[arg-type]
+    ranges, missing = tensor_ranges(model, calibration, {input_name: input_range})  # type: ignore[arg-type]
+    assert missing == []
+    for name in wanted:
         lo, hi = ranges[name]
-        if name.endswith("Sigmoid_output_0"):
-            assert lo >= 0.0 and hi <= 1.0
-        assert np.isfinite(values[name]).all()
+        value = np.asarray(values[name], np.float64)
+        slack = 1e-4 * max(1.0, abs(lo), abs(hi))
+        assert lo - slack <= value.min() and value.max() <= hi + slack, (name, (lo, hi), (value.min(), value.max()))
 
 
 def test_a_cache_that_is_not_tensorrt_s_format_is_refused():

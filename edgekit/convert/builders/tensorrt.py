@@ -104,7 +104,12 @@ class TensorRtBuilder(BackendBuilder):
 
             write_fp16(source.onnx_path, sink(ONNX_FP16))
         if needed & {ONNX_INT8, ONNX_INT8_FLOAT_WEIGHTS, CALIBRATION_CACHE}:
-            from edgekit.convert.tensorrt_int8 import float_weight_qdq, tensor_ranges, write_calibration_cache
+            from edgekit.convert.tensorrt_int8 import (
+                float_weight_qdq,
+                normalized_input_range,
+                tensor_ranges,
+                write_calibration_cache,
+            )
             from edgekit.quant.qdq import write_qdq
 
             calibration = source.require_calibration(self.backend)
@@ -112,7 +117,9 @@ class TensorRtBuilder(BackendBuilder):
             # both weight forms, also where a DLA build reads the cache: dla_core = -1 on the device needs them
             onnx.save(float_weight_qdq(qdq), str(sink(ONNX_INT8_FLOAT_WEIGHTS)))
             if CALIBRATION_CACHE in needed:
-                ranges, missing = tensor_ranges(onnx.load(str(source.onnx_path)), calibration)
+                norm = source.spec.normalization
+                inputs = {source.spec.input_name: normalized_input_range(norm.scale, norm.mean, norm.std)}
+                ranges, missing = tensor_ranges(onnx.load(str(source.onnx_path)), calibration, inputs)
                 if missing:
                     raise ConversionError(f"tensorrt calibration cache: no range for {len(missing)} tensor(s) "
                                           f"TensorRT will ask for ({', '.join(missing[:3])}); "
