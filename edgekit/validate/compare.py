@@ -102,55 +102,25 @@ def tensor_error(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray
 
 
 @dataclass(frozen=True)
-class DetectionComparison:
+class DetectionComparison(MatchSummary):
     """How a candidate's detections on one or more images match the reference's.
 
-    The pairs come from :func:`edgekit.validate.matching.match_detections` (candidates by
-    descending score, same class at IoU >= threshold, then class flips); the statistics and their
-    conventions on empty sets are :class:`~edgekit.validate.matching.MatchSummary`'s.
+    A :class:`~edgekit.validate.matching.MatchSummary` (the pairs of the one matcher: candidates by
+    descending score, same class at IoU >= threshold, then class flips; its conventions on empty
+    sets) under the names the parity checks read.
     """
-
-    summary: MatchSummary
-
-    @property
-    def reference_count(self) -> int:
-        return self.summary.num_reference
-
-    @property
-    def candidate_count(self) -> int:
-        return self.summary.num_candidate
 
     @property
     def matched(self) -> int:
-        return self.summary.num_matched
+        return self.num_matched
 
     @property
-    def min_iou(self) -> float:
-        return self.summary.min_iou
+    def reference_count(self) -> int:
+        return self.num_reference
 
     @property
-    def mean_iou(self) -> float:
-        return self.summary.mean_iou
-
-    @property
-    def max_score_delta(self) -> float:
-        return self.summary.max_score_delta
-
-    @property
-    def mean_score_delta(self) -> float:
-        return self.summary.mean_score_delta
-
-    @property
-    def class_flips(self) -> int:
-        return self.summary.class_flips
-
-    @property
-    def recall(self) -> float:
-        return self.summary.recall
-
-    @property
-    def precision(self) -> float:
-        return self.summary.precision
+    def candidate_count(self) -> int:
+        return self.num_candidate
 
     def to_dict(self) -> dict[str, float]:
         return {"reference": self.reference_count, "candidate": self.candidate_count, "matched": self.matched,
@@ -158,7 +128,7 @@ class DetectionComparison:
                 "mean_iou": self.mean_iou, "max_score_delta": self.max_score_delta,
                 "mean_score_delta": self.mean_score_delta, "class_flips": self.class_flips}
 
-    def __repr__(self) -> str:  # what a failing test prints
+    def __repr__(self) -> str:  # what a failing test prints (not the per-pair lists)
         return f"DetectionComparison({self.to_dict()})"
 
 
@@ -167,4 +137,5 @@ def compare_detections(reference: Sequence[Detections], candidate: Sequence[Dete
     """Match detections image by image (same order in both lists) and pool the statistics."""
     if len(reference) != len(candidate):
         raise ValueError(f"compare_detections: {len(reference)} reference images vs {len(candidate)} candidate images")
-    return DetectionComparison(match_detections(list(candidate), list(reference), iou_threshold))
+    summary = match_detections(list(candidate), list(reference), iou_threshold)
+    return DetectionComparison(**vars(summary))

@@ -427,3 +427,28 @@ def test_cli_validate_unwritable_report_folder(cli_artifact, tmp_path, capsys):
     assert str(tmp_path / "file" / "r") in lines[0] and "cannot write the report" in lines[0]
     # checked before the validation ran (no progress bars on stderr) and nothing was created
     assert "img/s" not in err and (tmp_path / "file").read_text() == "x"
+
+
+def test_raw_tensor_section_names_the_output_that_drifted(dataset, tmp_path):
+    """The build's per-output statistics (tensor_error against the reference) reach report.json and report.md,
+    and the report says which head level drifted; an artifact from before them gives one row per run."""
+    from edgekit.validate.compare import tensor_error
+
+    rng = np.random.default_rng(0)
+    reference = [rng.normal(0, 1, (1, 6, 8, 8)), rng.normal(0, 5, (1, 6, 4, 4))]
+    candidate = [reference[0] + 1e-6, reference[1] + rng.normal(0, 0.05, (1, 6, 4, 4))]  # the stride-32 level drifted
+    error = tensor_error(reference, candidate, ["p3", "p5"]).to_dict()
+    manifest = make_manifest()
+    manifest = replace(manifest, info={**manifest.info, "parity": {
+        "openvino/fp16": {"checked": True, **error, "tolerance": 1e-2},
+        "ncnn/fp32": {"checked": True, "max_abs": 2e-6, "max_rel": 1e-6, "tolerance": 1e-4},  # before per-output
+        "tensorrt/fp16": {"checked": False}}})
+    out = tmp_path / "drift"
+    write_drift_report(make_report(), dataset, out, manifest=manifest, sample_images=0)
+    rows = strict_json(out / "report.json")["tensor_errors"]
+    assert [(r["run"], r["output"]) for r in rows] == [("openvino/fp16", "p3"), ("openvino/fp16", "p5"),
+                                                       ("ncnn/fp32", None)]
+    assert rows[1]["max_rel"] == error["outputs"]["p5"]["max_rel"] and rows[1]["p99_abs"] > rows[0]["p99_abs"]
+    md = (out / "report.md").read_text()
+    assert "## Raw tensors at build time (per output)" in md and "| ncnn/fp32 | all outputs |" in md
+    assert f"openvino/fp16 `p5` {error['outputs']['p5']['max_rel']:.2e}" in md

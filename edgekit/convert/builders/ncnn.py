@@ -46,19 +46,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink, ProfileOption
-from edgekit.errors import ConversionError, EdgekitError
+from edgekit.errors import ConversionError, EdgekitError, first_line
 from edgekit.quant.placement import SYMMETRIC_INT8
 from edgekit.runtime.artifact import ModelEntry
 from edgekit.runtime.backends.ncnn import NcnnRunner, read_param_io
 from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from edgekit.spec import ModelSpec
+from edgekit.tolerances import NCNN_BLOB_MATCH
 from edgekit.validate.compare import tensor_error
 
-#: max |ncnn - onnxruntime| / max |onnxruntime| per output accepted at build time. The check is
-#: there to catch a wrong layout or operator (errors of order 1); fp16 *weights* alone cost the real
-#: FastestDet 2.7e-2 (its raw box regression, |x| up to 7, moves by 0.19) while its detections
-#: still match, so fp16 gets 5e-2.
-TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2}
+#: max |ncnn - onnxruntime| / max |onnxruntime| per output accepted at build time, to tell which blob is
+#: which output and catch a wrong layout (why fp16 is 5e-2, not 1e-2: edgekit.tolerances.NCNN_BLOB_MATCH)
+TOLERANCES = NCNN_BLOB_MATCH
 #: pnnx on a large model takes tens of seconds; anything near this is a hung converter
 PNNX_TIMEOUT_SECONDS = 900
 _PNNX_COMPLAINTS = re.compile(r"not supported|not exists|unsupported|ignore |error|failed", re.IGNORECASE)
@@ -170,9 +169,8 @@ def trace_for_pnnx(model: Any, input_shape: Sequence[int], out_path: Path) -> Pa
             traced = torch.jit.trace(friendly, example, check_trace=False)
             traced.save(str(out_path))
     except Exception as exc:  # tracing failures come from arbitrary user model code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConversionError(f"ncnn: torch.jit.trace failed on a {list(input_shape)} input "
-                              f"({type(exc).__name__}: {first[:200]})") from None
+                              f"({type(exc).__name__}: {first_line(exc, 200, empty='')})") from None
     return out_path
 
 
@@ -280,7 +278,7 @@ def match_outputs(onnx_path: Path, spec: ModelSpec, param: Path, weights: Path, 
         chosen[name] = best
         shapes[name] = [int(d) for d in ref.shape]
     candidate = [raw[chosen[name]].reshape(ref.shape) for name, ref in zip(spec.head.output_names, reference)]
-    return chosen, shapes, tensor_error(reference, candidate).to_dict()
+    return chosen, shapes, tensor_error(reference, candidate, spec.head.output_names).to_dict()
 
 
 # --- export-friendly rewrites -------------------------------------------------------------------
