@@ -511,3 +511,17 @@ def test_a_dynamic_batch_onnx_gets_the_profile_s_batch_range_in_every_command(ar
     assert entry.options["builds"]["11.x"]["onnx"] == "model_fp16.onnx" and (folder / "model_fp16.onnx").is_file()
     half = onnx.load(str(folder / "model_fp16.onnx"))
     assert half.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+@pytest.mark.parametrize("make", [focus_graph, centernet_graph], ids=["focus", "centernet"])
+def test_the_fp16_onnx_of_other_graphs_runs_within_fp16_tolerance(make, tmp_path):
+    """Strided Slices, grouped ConvTranspose, BatchNormalization, shared constants: the fp16 graph still types and
+    runs in ONNX Runtime next to its fp32 graph."""
+    from edgekit.convert.tensorrt_fp16 import write_fp16
+
+    path = tmp_path / "model.onnx"
+    _, input_name, (lo, hi) = make(path)
+    write_fp16(path, tmp_path / "half.onnx")
+    x = (lo + (hi - lo) * np.random.default_rng(2).random((1, 3, *SIZE))).astype(np.float32)
+    for u, v in zip(run(path, x), run(tmp_path / "half.onnx", x), strict=True):
+        assert v.dtype == np.float32 and np.abs(u - v).max() / np.abs(u).max() < 1e-2
