@@ -32,7 +32,7 @@ from edgekit.errors import EdgekitError, did_you_mean
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.8-3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found]
 
 
 class TargetError(EdgekitError):

@@ -60,9 +60,9 @@ def test_the_wheel_ships_the_target_profiles_and_the_installed_package_finds_the
     assert {f"edgekit/profiles/{p.name}" for p in (REPO / "targets").glob("*.toml")} == shipped
     with zipfile.ZipFile(wheel) as archive:  # "installed": the wheel unpacked on its own, away from the checkout
         archive.extractall(tmp_path / "site")
-    probe = ("import edgekit.targets as t; "
-             "assert t.__file__.startswith(%r), t.__file__; "
-             "print(len(t.target_names()), t.load_target('raspberry-pi-5').threads)") % str(tmp_path / "site")
+    site = str(tmp_path / "site")
+    probe = (f"import edgekit.targets as t; assert t.__file__.startswith({site!r}), t.__file__; "
+             "print(len(t.target_names()), t.load_target('raspberry-pi-5').threads)")
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert ran.returncode == 0, ran.stderr

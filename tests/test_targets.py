@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from edgekit.cli import main
@@ -60,3 +62,51 @@ def test_targets_command_lists_all(capsys):
     out = capsys.readouterr().out
     for name in REQUIRED:
         assert name in out
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"threads": True}, "threads must be an integer, got True"),
+    ({"threads": "4"}, "threads must be an integer"),
+    ({"batch": 0}, "batch must be an integer >= 1"),
+    ({"batch": 4, "max_batch": 2}, r"max_batch \(2\) must be >= batch \(4\)"),
+    ({"max_batch": 8, "dynamic_batch": False}, "need a dynamic batch axis"),
+    ({"dynamic_batch": "yes"}, "dynamic_batch must be true or false"),
+    ({"description": 3}, "description must be a string"),
+    ({"calibration": {"images": "300"}}, "calibration.images must be an integer"),
+    ({"backend_options": {"devic": "CPU"}}, "unknown key 'backend_options.devic'; did you mean 'backend_options.device'"),
+    ({"backend_options": {"device": 0}}, "backend_options.device must be a string"),
+    ({"backend_options": {"performance_hint": "FAST"}}, "backend_options.performance_hint 'FAST' is not one of"),
+    ({"backend": "ncnn", "backend_options": {"use_vulkn": True}}, "did you mean 'backend_options.use_vulkan'"),
+    ({"backend": "ncnn", "backend_options": {"use_vulkan": 1}}, "backend_options.use_vulkan must be true or false"),
+    ({"backend": "tensorrt", "backend_options": {"workspace": 1024}}, "did you mean 'backend_options.workspace_mib'"),
+])
+def test_every_key_is_typed_and_backend_options_are_the_builders(extra, fragment):
+    with pytest.raises(TargetError, match=fragment):
+        parse_target("t", {**BASE, **extra}, "t.toml")
+
+
+def test_the_batch_keys_give_the_build_its_range():
+    static = parse_target("t", BASE, "t.toml")
+    assert (static.dynamic_batch, static.batch_range) == (False, (1, 1, 1))
+    ranged = parse_target("t", {**BASE, "batch": 2, "max_batch": 8}, "t.toml")
+    assert (ranged.dynamic_batch, ranged.batch_range) == (True, (1, 2, 8))     # max_batch > 1: a dynamic axis
+    assert parse_target("t", {**BASE, "batch": 4}, "t.toml").batch_range == (1, 4, 4)
+    assert parse_target("t", {**BASE, "dynamic_batch": True}, "t.toml").batch_range == (1, 1, 1)
+
+
+def test_shipped_profiles_use_what_their_builders_declare():
+    from edgekit.convert.builders import get_builder_class
+
+    for name in target_names():
+        target = load_target(name)
+        assert set(target.backend_options) <= set(get_builder_class(target.backend).profile_options), name
+    assert load_target("raspberry-pi-5").runtime_options() == {"threads": 4}
+    # JetPack 6.0 ships TensorRT 8.6; 10.3 comes with JetPack 6.1 / 6.2
+    assert "JetPack 6.0 = TensorRT 8.6" in load_target("jetson-orin-nano").description
+
+
+def test_profiles_live_at_the_top_of_the_repository():
+    from edgekit.targets import profiles_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    assert profiles_dir() == repo / "targets" and not (repo / "edgekit" / "targets").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import ModelFileError
-from edgekit.runtime.artifact import (AWAITS_DEVICE_BUILD, MANIFEST_NAME, MANIFEST_VERSION, READY, read_manifest)
+from edgekit.runtime.artifact import AWAITS_DEVICE_BUILD, MANIFEST_NAME, MANIFEST_VERSION, READY, read_manifest
 from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from edgekit.runtime.detector import Detector
 from tests.helpers import fastestdet_like_artifact

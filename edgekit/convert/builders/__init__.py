@@ -18,6 +18,7 @@ returns the manifest entries the runtime's Runner for that backend will open.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 from abc import ABC, abstractmethod
@@ -108,10 +109,8 @@ def installed_versions(distributions: tuple[str, ...] | list[str]) -> dict[str, 
     """distribution name -> installed version, for those installed."""
     versions = {}
     for name in distributions:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return versions
 
 

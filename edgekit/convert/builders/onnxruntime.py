@@ -16,7 +16,6 @@ from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink
 from edgekit.quant.placement import FUSED_UINT8
 from edgekit.runtime.artifact import ModelEntry
 
-
 INT8_FILE = "model_int8.onnx"
 
 

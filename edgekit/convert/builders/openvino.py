@@ -38,11 +38,11 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink, ProfileOption
-from edgekit.quant.placement import PRODUCER_SIDE_UINT8
 from edgekit.errors import ConversionError, EdgekitError
+from edgekit.quant.placement import PRODUCER_SIDE_UINT8
 from edgekit.runtime.artifact import ModelEntry
 from edgekit.runtime.backends.openvino import normalize_precision_hint, openvino_error_text, unconverted_operators
 
@@ -64,7 +64,7 @@ class OpenVinoBuilder(BackendBuilder):
     precisions = ("fp32", "fp16", "bf16", "int8")
     qdq_placement = PRODUCER_SIDE_UINT8
     tools = ("openvino",)
-    profile_options = {
+    profile_options: ClassVar[Mapping[str, ProfileOption]] = {
         "device": ProfileOption(str, "OpenVINO device the model runs on: CPU, GPU, GPU.0, NPU, AUTO …"),
         "performance_hint": ProfileOption(str, "OpenVINO PERFORMANCE_HINT", ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")),
         "inference_precision": ProfileOption(str, "INFERENCE_PRECISION_HINT (overrides the precision's default)",
