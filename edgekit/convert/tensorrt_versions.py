@@ -266,10 +266,12 @@ def plan_for(family: TrtFamily, precision: str, engine: str, input_name: str,
 
     fp16: the fp32 ONNX + the family's fp16 flag, or the fp16 ONNX where the family has no flag (11.x).
     int8: the Q/DQ ONNX in the family's weight form; on DLA with a family that has implicit int8, the fp32
-    ONNX + the calibration cache (DLA runs int8 from per-tensor scales). ``dla_core`` < 0 or a family
-    without DLA: GPU only. ``batch_range`` (min, opt, max) is used when the ONNX batch axis is ``dynamic``.
+    ONNX + the calibration cache (DLA runs int8 from per-tensor scales). ``dla_core`` < 0, a family
+    without DLA, or fp32 (DLA has no fp32): GPU only. ``batch_range`` (min, opt, max) is used when the
+    ONNX batch axis is ``dynamic``.
     """
-    dla = dla_core if dla_core is not None and dla_core >= 0 and family.has_dla else None
+    # DLA computes in fp16 and int8 only: an fp32 build stays on the GPU
+    dla = dla_core if dla_core is not None and dla_core >= 0 and family.has_dla and precision != "fp32" else None
     onnx_file, calib = ONNX_FP32, None
     if precision == "fp16" and family.fp16_onnx == "fp16":
         onnx_file = ONNX_FP16

@@ -132,6 +132,7 @@ def test_int8_weights_per_parser_and_implicit_int8_only_on_dla():
     dla = plan_for(family_by_name("8.5"), "int8", "e", "x", (1, 3, 8, 8), dla_core=1)
     assert (dla.onnx, dla.calib_cache, dla.dla_core) == ("model.onnx", "tensorrt_calibration.cache", 1)
     assert plan_for(family_by_name("10.x"), "fp16", "e", "x", (1, 3, 8, 8), dla_core=-1).dla_core is None
+    assert plan_for(family_by_name("10.x"), "fp32", "e", "x", (1, 3, 8, 8), dla_core=0).dla_core is None  # no fp32 on DLA
 
 
 # --- a real int8 artifact for the Xavier (DLA core 0) -------------------------------------------
