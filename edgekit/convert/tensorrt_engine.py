@@ -26,9 +26,11 @@ from edgekit.runtime.backends.tensorrt import plain_file_name
 TENSORRT_BUILD_API = {
     "all": ("create_network", "OnnxParser", "create_builder_config", "set_memory_pool_limit", "clear_flag",
             "set_flag", "TF32", "create_optimization_profile", "set_shape", "add_optimization_profile",
-            "create_timing_cache", "set_timing_cache", "build_serialized_network", "get_timing_cache"),
+            "create_timing_cache", "set_timing_cache", "build_serialized_network", "get_timing_cache", "get_error",
+            "MemoryPoolType", "WORKSPACE", "DeviceType", "NetworkDefinitionCreationFlag"),
     "weak_typing": ("FP16",),  # 8.5 - 10.x only
-    "implicit_int8": ("int8_calibrator", "IInt8EntropyCalibrator2"),  # 8.5 - 10.x only
+    "implicit_int8": ("int8_calibrator", "IInt8EntropyCalibrator2", "get_batch_size", "get_batch",
+                      "read_calibration_cache", "write_calibration_cache"),  # 8.5 - 10.x only
     "dla": ("default_device_type", "DLA_core", "GPU_FALLBACK"),
 }
 
@@ -68,10 +70,9 @@ def build_engine(artifact: str | Path, precision: str | None = None,
         flags |= 1 << int(explicit)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_file.read_bytes()):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    if not parser.parse(onnx_file.read_bytes()):  # a failed parse records at least one error: quote the first
         raise ConversionError(f"{onnx_file}: TensorRT {version}'s ONNX parser refused it: "
-                              f"{errors[0] if errors else 'no message'}")
+                              f"{' '.join(str(parser.get_error(0)).split())[:300]}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(entry.options.get("workspace_mib", 1024)) << 20)
     config.clear_flag(trt.BuilderFlag.TF32)  # fp32 parity: no 10-bit-mantissa products (trtexec --noTF32)
