@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.errors import ConversionError
+from edgekit.errors import ConversionError, first_line
 
 #: (op, input index) the ONNX operator schemas type tensor(float) only
 FLOAT32_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}
@@ -92,8 +92,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(out)
         onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
     except Exception as exc:
-        raise ConversionError(f"tensorrt fp16: the fp16 graph does not type-check ({str(exc).splitlines()[0][:200]})") \
-            from None
+        raise ConversionError(f"tensorrt fp16: the fp16 graph does not type-check ({first_line(exc, 200)})") from None
     return out
 
 
