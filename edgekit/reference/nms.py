@@ -19,18 +19,13 @@ import math
 import torch
 
 from edgekit.errors import InputError
+from edgekit.runtime.nms import check_iou_threshold
 
 __all__ = ["batched_nms", "box_iou", "nms", "postprocess"]
 
 
-def _check_iou_threshold(iou_threshold: float, where: str) -> float:
-    try:
-        value = float(iou_threshold)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: iou_threshold must be a number in [0, 1], got {iou_threshold!r}") from None
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise InputError(f"{where}: iou_threshold must be in [0, 1], got {iou_threshold!r}")
-    return value
+# input checking is not the oracle's business: the runtime's check (a Python float, no float32 rounding here)
+_check_iou_threshold = check_iou_threshold
 
 
 def _check_boxes(boxes: torch.Tensor, where: str) -> torch.Tensor:

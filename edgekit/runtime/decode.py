@@ -281,22 +281,27 @@ def decode_yolox(outputs: Sequence[np.ndarray], spec: ModelSpec,
         _check_shape(arr, i, spec, (None, 5 + nc, None, None), f"[B, {5 + nc}, H, W] (4 reg + obj + {nc} classes)", batch)
         _check_grid(arr.shape[2], arr.shape[3], strides[i], i, spec)
     result = _allocate(batch, sum(a.shape[2] * a.shape[3] for a in arrays))
-    start = 0
-    for arr, stride in zip(arrays, strides):
-        b, c, h, w = arr.shape
-        n = h * w
-        x = arr.reshape(b, c, n)
-        gx, gy = _cell_xy(h, w)
+    for cells, x, gx, gy, stride in _grid_levels(arrays, strides):
         cx = (x[:, 0] + gx) * stride
         cy = (x[:, 1] + gy) * stride
         bw = np.exp(x[:, 2]) * stride
         bh = np.exp(x[:, 3]) * stride
-        _write_xyxy(result.boxes[:, start:start + n], cx, cy, bw, bh)
+        _write_xyxy(result.boxes[:, cells], cx, cy, bw, bh)
         best, labels = _best_class(x[:, 5:], axis=1)
-        np.multiply(_sigmoid(x[:, 4]), _sigmoid(best), out=result.scores[:, start:start + n])
-        result.labels[:, start:start + n] = labels
-        start += n
+        np.multiply(_sigmoid(x[:, 4]), _sigmoid(best), out=result.scores[:, cells])
+        result.labels[:, cells] = labels
     return result
+
+
+def _grid_levels(arrays: Sequence[np.ndarray], strides: Sequence[float]):
+    """Per level of a grid head ``[B, C, H, W]``: (the level's slice of the candidates, the level as
+    [B, C, H*W], cell x and y [H*W] row-major, stride). Candidates run level by level, cells row-major."""
+    start = 0
+    for arr, stride in zip(arrays, strides):
+        b, c, h, w = arr.shape
+        gx, gy = _cell_xy(h, w)
+        yield slice(start, start + h * w), arr.reshape(b, c, h * w), gx, gy, stride
+        start += h * w
 
 
 # --- dfl (YOLOv8 / v11 family) -----------------------------------------------------------------
@@ -334,35 +339,30 @@ def decode_dfl(outputs: Sequence[np.ndarray], spec: ModelSpec,
         class_logits = np.concatenate([a.reshape(a.shape[0], a.shape[1], -1)[:, 4 * reg_max:] for a in arrays], 2)
         return _one_to_one(everything.boxes, _sigmoid(class_logits.transpose(0, 2, 1)), int(one2one_topk))
     result = _allocate(batch, sum(a.shape[2] * a.shape[3] for a in arrays))
-    start = 0
-    for arr, stride in zip(arrays, strides):
-        b, c, h, w = arr.shape
-        n = h * w
-        x = arr.reshape(b, c, n)
-        gx, gy = _cell_xy(h, w)
-        out = result.boxes[:, start:start + n]
+    for cells, x, gx, gy, stride in _grid_levels(arrays, strides):
+        b = x.shape[0]
+        out = result.boxes[:, cells]
         if score_threshold is None:
             best, labels = _best_class(x[:, 4 * reg_max:], axis=1)
-            result.scores[:, start:start + n] = _sigmoid(best)
-            result.labels[:, start:start + n] = labels
+            result.scores[:, cells] = _sigmoid(best)
+            result.labels[:, cells] = labels
             _dfl_boxes(x[:, :4 * reg_max], gx, gy, stride, reg_max, bin_index, out)
         else:
             # Only cells that can pass the score filter need the argmax and the DFL softmax (the
             # two costliest steps): max over classes is one contiguous reduction; sigmoid is monotonic.
             best = x[:, 4 * reg_max:].max(axis=1)  # [B, n]
             scores = _sigmoid(best)
-            result.scores[:, start:start + n] = scores
-            result.labels[:, start:start + n] = 0
+            result.scores[:, cells] = scores
+            result.labels[:, cells] = 0
             out[...] = 0.0
             for image in range(b):
                 keep = np.flatnonzero(scores[image] > score_threshold)
                 if keep.size == 0:
                     continue
-                result.labels[image, start + keep] = np.argmax(x[image, 4 * reg_max:, keep], axis=1)
+                result.labels[image, cells.start + keep] = np.argmax(x[image, 4 * reg_max:, keep], axis=1)
                 sub = np.empty((1, keep.size, 4), np.float32)
                 _dfl_boxes(x[image:image + 1, :4 * reg_max, keep], gx[keep], gy[keep], stride, reg_max, bin_index, sub)
                 out[image, keep] = sub[0]
-        start += n
     return result
 
 

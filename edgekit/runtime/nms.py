@@ -65,36 +65,41 @@ def _check_boxes(boxes: Any, where: str) -> np.ndarray:
     return arr
 
 
-def _check_scores(scores: Any, n: int, where: str) -> np.ndarray:
-    arr = np.asarray(scores)
-    if arr.dtype.kind not in "fiub":
-        raise InputError(f"{where}: scores must be a numeric [N] array, got dtype {arr.dtype}")
-    if arr.dtype.kind != "f":
-        # Negating unsigned integers wraps around; sort real numbers.
-        arr = arr.astype(np.float64)
+def _check_vector(values: Any, n: int, kinds: str, what: str, where: str) -> np.ndarray:
+    """``values`` as an [n] array whose dtype kind is one of ``kinds`` (``what`` names it in the error)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in kinds:
+        raise InputError(f"{where}: {what} must be a{'n integer' if kinds == 'iub' else ' numeric'} [N] array, "
+                         f"got dtype {arr.dtype}")
     if arr.shape != (n,):
-        raise InputError(f"{where}: scores must have shape [{n}] to match boxes, got {tuple(arr.shape)}")
+        raise InputError(f"{where}: {what} must have shape [{n}] to match boxes, got {tuple(arr.shape)}")
     return arr
 
 
+def _check_scores(scores: Any, n: int, where: str) -> np.ndarray:
+    arr = _check_vector(scores, n, "fiub", "scores", where)
+    # Negating unsigned integers wraps around; sort real numbers.
+    return arr if arr.dtype.kind == "f" else arr.astype(np.float64)
+
+
 def _check_labels(labels: Any, n: int, where: str) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.dtype.kind not in "iub":
-        raise InputError(f"{where}: labels must be an integer [N] array, got dtype {arr.dtype}")
-    if arr.shape != (n,):
-        raise InputError(f"{where}: labels must have shape [{n}] to match boxes, got {tuple(arr.shape)}")
-    return arr.astype(np.int64, copy=False)
+    return _check_vector(labels, n, "iub", "labels", where).astype(np.int64, copy=False)
 
 
-def _check_iou_threshold(iou_threshold: Any, where: str) -> np.float32:
+def check_iou_threshold(iou_threshold: Any, where: str) -> float:
+    """``iou_threshold`` as a float in [0, 1] (NaN refused), else InputError naming ``where``."""
     try:
         value = float(iou_threshold)
     except (TypeError, ValueError):
         raise InputError(f"{where}: iou_threshold must be a number in [0, 1], got {iou_threshold!r}") from None
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise InputError(f"{where}: iou_threshold must be in [0, 1], got {iou_threshold!r}")
+    return value
+
+
+def _check_iou_threshold(iou_threshold: Any, where: str) -> np.float32:
     # ONNX Runtime compares float32 IoU with a float32 threshold; do the same (0.3 -> 0.30000001).
-    return np.float32(value)
+    return np.float32(check_iou_threshold(iou_threshold, where))
 
 
 def _check_count(value: Any, name: str, where: str) -> int:
