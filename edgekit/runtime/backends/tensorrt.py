@@ -71,7 +71,8 @@ _NUMPY_DTYPES: dict[str, np.dtype] = {
 TENSORRT_RUNTIME_API = ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype",
                         "get_tensor_profile_shape", "set_input_shape", "set_tensor_address", "execute_async_v3",
                         "deserialize_cuda_engine", "create_execution_context", "TensorIOMode", "ILogger",
-                        "IOutputAllocator", "set_output_allocator", "reallocate_output", "notify_shape")
+                        "IOutputAllocator", "set_output_allocator", "reallocate_output", "notify_shape",
+                        "ICudaEngine", "IExecutionContext", "Severity", "INTERNAL_ERROR", "WARNING", "log")
 #: the record the device build writes next to the engine (``<engine>.json``)
 ENGINE_RECORD_FORMAT = "edgekit-tensorrt-engine"
 #: cuda errors that mean "no usable GPU here" rather than "this call went wrong"
