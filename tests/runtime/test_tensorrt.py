@@ -236,8 +236,9 @@ def test_bench_skips_tensorrt_here(artifact):
 
 # --- on a GPU: a real engine built by trtexec -------------------------------------------------
 
-#: raw tensors, relative to each output's max |value|. trtexec allows TF32 in fp32 engines on
-#: Ampere and later (Orin) unless --noTF32, so "fp32" carries TF32's 10-bit mantissa.
+#: raw tensors, relative to each output's max |value|. The build script passes --noTF32 (TF32 would give fp32
+#: engines on Ampere and later a 10-bit mantissa); fp32 tactics still sum in other orders than ONNX Runtime, and
+#: nothing has been measured on a Jetson yet, so fp32 keeps a margin (build-engine's test asks 1e-3).
 TOLERANCE = {"fp32": 5e-3, "fp16": 2e-2}
 
 
