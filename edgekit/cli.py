@@ -745,7 +745,7 @@ def targets() -> None:
 def inspect(artifact: str, family: str | None, names: str | None) -> None:
     """Show what edgekit reads from an artifact folder, an ONNX file or a checkpoint (the spec every stage uses),
     and verify an artifact's file hashes. --family/--names as for detect, for files that do not describe themselves."""
-    from edgekit.runtime.artifact import read_manifest, sha256_file, spec_from_onnx
+    from edgekit.runtime.artifact import READY, read_manifest, sha256_file, spec_from_onnx
 
     path = Path(artifact)
     if not path.exists():
@@ -770,7 +770,11 @@ def inspect(artifact: str, family: str | None, names: str | None) -> None:
     _echo_spec(manifest.spec)
     click.echo("models:")
     for entry in manifest.models:
-        click.echo(f"  {entry.backend:<12} {entry.precision:<6} {entry.file}")
+        status = entry.status(path)
+        waiting = "" if status == READY else f"  ({status}: {entry.build_hint()})"
+        click.echo(f"  {entry.backend:<12} {entry.precision:<6} {entry.file}{waiting}")
+    if manifest.runtime:
+        click.echo(f"runtime: {json.dumps(manifest.runtime, sort_keys=True)}  (the device's defaults)")
     click.echo("files:")
     bad = []
     for name, digest in manifest.files.items():

@@ -83,3 +83,16 @@ def test_a_bad_runtime_section_is_refused_naming_the_key(tmp_path, runtime, frag
     edit_manifest(artifact, lambda data: data.update(runtime=runtime))
     with pytest.raises(ModelFileError, match=fragment):
         read_manifest(artifact)
+
+
+@ort_only
+def test_inspect_shows_the_runtime_defaults_and_what_awaits_a_device_build(tmp_path, capsys):
+    from edgekit.cli import main
+
+    artifact = fastestdet_like_artifact(tmp_path / "old")
+    edit_manifest(artifact, version_1)
+    edit_manifest(artifact, lambda data: data.update(runtime={"threads": 4}))
+    assert main(["inspect", str(artifact)]) == 0
+    out = capsys.readouterr().out
+    assert "runtime: {\"threads\": 4}" in out
+    assert "model.onnx  (awaits device build: ./tensorrt_build.sh (it runs: trtexec --onnx=model.onnx --fp16))" in out
