@@ -24,6 +24,7 @@ from edgekit.quant.calibration import (
 )
 from edgekit.quant.collect import calibrate
 from edgekit.quant.observers import DEFAULT_PERCENTILE
+from edgekit.quant.placement import QdqPlacement
 from edgekit.quant.result import CalibrationResult
 from edgekit.spec import ModelSpec
 
@@ -80,7 +81,8 @@ def _progress_bar(iterable, description: str):
 def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, default_method: str,
                        default_images: int, default_percentile: float = DEFAULT_PERCENTILE,
                        progress: Progress = lambda line: None, show_bars: bool = True,
-                       warn: Callable[[str], None] | None = None, placement: str = JUDGE_PLACEMENT
+                       warn: Callable[[str], None] | None = None,
+                       placement: QdqPlacement | str = JUDGE_PLACEMENT
                        ) -> tuple[CalibrationResult, dict[str, Any], tuple[list[Path], str]]:
     """Calibrate ``onnx_path`` (the artifact's fp32 graph); returns the result, a manifest record, and the
     images the int8 builds' agreement gate runs on with where they come from (``quant.gate.gate_images``).
@@ -155,7 +157,7 @@ def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[Cali
 
 def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_set: CalibrationImages,
              holdout: list[Path], options: Int8Options, progress: Progress, bars,
-             placement: str = JUDGE_PLACEMENT) -> tuple[CalibrationResult, dict]:
+             placement: QdqPlacement | str = JUDGE_PLACEMENT) -> tuple[CalibrationResult, dict]:
     from edgekit.quant.sensitivity import AgreementJudge, MapJudge, layer_sensitivity, partial_quantize
 
     if options.drift_data is not None:
