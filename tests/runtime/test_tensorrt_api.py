@@ -23,7 +23,6 @@ from edgekit.runtime.backends.tensorrt import (
     _pad_rows,
     check_engine_record,
     chunk_plan,
-    tensorrt_number,
 )
 from tests.conftest import REPO_ROOT
 
@@ -113,11 +112,6 @@ def test_a_missing_or_foreign_record_is_refused(tmp_path, damage):
     with pytest.raises(ModelFileError) as caught:
         check_engine_record(engine, {"model.onnx"}, "8.6.2")
     assert "\n" not in str(caught.value) and "rebuild it on this device" in str(caught.value)
-
-
-def test_tensorrt_numbers_match_the_banner():
-    assert tensorrt_number("8.5.2.2") == 8502 and tensorrt_number("10.3.0.30") == 100300
-    assert tensorrt_number("11.4.0.106") == 110400
 
 
 # --- batches over static and dynamic engines ----------------------------------------------------

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import importlib.util
 import json
 import os
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BackendUnavailableError, InputError, ModelFileError, OutputError
+from edgekit.runtime.artifact import sha256_file
 from edgekit.runtime.backends.base import Runner, TensorSpec
 
 #: oldest TensorRT with the name-based I/O API and execute_async_v3
@@ -153,14 +153,15 @@ def check_engine_record(engine: Path, allowed_onnx: set[str] | frozenset[str], t
     if record.get("format") != ENGINE_RECORD_FORMAT or onnx_name not in allowed_onnx:
         raise ModelFileError(f"{path}: the engine was not built from this artifact's ONNX ({onnx_name!r}); {rebuild}")
     source = engine.parent / onnx_name
-    actual = _sha256(source) if source.is_file() else "missing"
+    actual = sha256_file(source) if source.is_file() else "missing"
     if actual != onnx_sha:
         raise ModelFileError(f"{engine}: built from another {onnx_name} (sha256 {onnx_sha[:12]}…, the artifact's is "
                              f"{actual[:12]}…): the model was re-converted after the engine was built; {rebuild}")
     if tensorrt_version is not None:
-        here = tensorrt_number(tensorrt_version)
-        if here != number:
-            raise ModelFileError(f"{engine}: built by TensorRT {_number_text(number)}, this device has TensorRT "
+        from edgekit.convert.tensorrt_versions import parse_version  # torch- and onnx-free: the version table
+
+        if parse_version(tensorrt_version).number != number:
+            raise ModelFileError(f"{engine}: built by TensorRT {parse_version(str(number))}, this device has TensorRT "
                                  f"{tensorrt_version}; an engine runs only on the TensorRT that built it; {rebuild}")
     return dict(record)
 
@@ -173,27 +174,6 @@ def plain_file_name(name: object, where: Path | str) -> str:
         raise ModelFileError(f"{where}: the manifest's tensorrt builds name {text!r}; expected a file name inside "
                              "the artifact folder")
     return text
-
-
-def tensorrt_number(version: str) -> int:
-    """``NV_TENSORRT_VERSION`` of a version string ("8.6.2.3" -> 8602, "10.3.0.30" -> 100300)."""
-    parts = [int(p) for p in re.findall(r"\d+", str(version))[:3]] + [0, 0, 0]
-    major, minor, patch = parts[:3]
-    return major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
-
-
-def _number_text(number: int) -> str:
-    if number >= 100000:
-        return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
-    return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- the runner --------------------------------------------------------------------------------
