@@ -76,8 +76,8 @@ class NcnnBuilder(BackendBuilder):
     qdq_placement = SYMMETRIC_INT8
     tools = ("ncnn", "pnnx")
     profile_options = {
-        "use_vulkan": ProfileOption(bool, "run on the GPU through Vulkan (ncnn's use_vulkan_compute); the runner "
-                                          "refuses when the installed ncnn has no Vulkan or sees no GPU"),
+        "use_vulkan": ProfileOption(bool, "run on the GPU through Vulkan (ncnn's use_vulkan_compute); where the "
+                                          "installed ncnn finds no Vulkan GPU the runner notes it and uses the CPU"),
     }
 
     def build(self, source: BuildSource, precision: str, sink: FileSink, options: Mapping[str, Any]) -> ModelEntry:
