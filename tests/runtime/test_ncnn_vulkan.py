@@ -3,9 +3,8 @@ not, one ``note:`` line and the CPU (the converter host, which checks every buil
 
 from __future__ import annotations
 
-import pytest
-
 import numpy as np
+import pytest
 
 from edgekit.runtime.backends.ncnn import NcnnRunner
 
