@@ -53,6 +53,21 @@ def what_runs(param: Path) -> tuple[Counter, int, int]:
     return Counter(layer.type for layer in layers), sum(term > 0 for term in terms), sum(term > 100 for term in terms)
 
 
+def dequantising_copy(artifacts: dict[str, Path], models: dict, param: Path) -> tuple[Path, dict]:
+    """The int8 model written again from the fp32 ncnn files and the int8 artifact's calibration, requantise off."""
+    from edgekit.quant.ncnn_int8 import emit_ncnn_int8
+    from edgekit.quant.result import CalibrationResult
+
+    fp32_param, fp32_options = models["fp32"]
+    result = CalibrationResult.load(artifacts["int8"] / "calibration.json")
+    float_layers = models["int8"][1].get("int8", {}).get("float_layers", {})
+    if float_layers:
+        raise SystemExit("the int8 model keeps layers in float; the no-requantise copy would not be the same model")
+    emit_ncnn_int8(fp32_param, fp32_param.with_name(fp32_options["bin_file"]), artifacts["int8"] / "model.onnx",
+                   result, param, param.with_suffix(".bin"), requantize=False)
+    return param, {**models["int8"][1], "bin_file": param.with_suffix(".bin").name}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("edgekit/zoo/yolov8.pt"))
@@ -71,17 +86,21 @@ def main() -> None:
 
     work = args.work or Path(f"/tmp/edgekit-bench-ncnn-int8-{args.imgsz}")
     artifacts = {p: build(args.checkpoint, args.imgsz, p, args.calib_method, work / p) for p in ("fp32", "int8")}
-    runners = {}
+    models = {}
     for precision, artifact in artifacts.items():
         manifest = read_manifest(artifact)
         entry = manifest.find("ncnn", precision)
-        for threads in args.threads:
-            runner = NcnnRunner.from_artifact(artifact / entry.file, entry.options, threads=threads)
-            runner.activate()
-            runners[(precision, threads)] = runner
-        if precision == "int8":
-            types, int8_layers, requantized = what_runs(artifact / entry.file)
+        models[precision] = (artifact / entry.file, dict(entry.options))
         tensor = probe_input(manifest.spec).astype(np.float32)
+    types, int8_layers, requantized = what_runs(models["int8"][0])
+    if requantized:  # the same int8 model with every layer dequantising its output (no chaining), for comparison
+        models["int8, no requantise"] = dequantising_copy(artifacts, models, work / "int8_no_requantise.ncnn.param")
+    runners = {}
+    for label, (param, options) in models.items():
+        for threads in args.threads:
+            runner = NcnnRunner.from_artifact(param, options, threads=threads)
+            runner.activate()
+            runners[(label, threads)] = runner
     feeds = {next(iter(runners.values())).input_specs()[0].name: tensor}
 
     before = load()
@@ -102,13 +121,14 @@ def main() -> None:
     print(f"checkpoint {args.checkpoint}, {args.imgsz}x{args.imgsz}, {args.runs} interleaved runs, "
           f"int8 calibrated with {args.calib_method}; load average (1/5/15 min) {before} before, {after} after")
     print()
-    print("| threads | ncnn/fp32 median ms (p90) | ncnn/int8 median ms (p90) | int8 / fp32 |")
-    print("|---:|---:|---:|---:|")
+    print("| threads | model | median ms (p90) | vs ncnn/fp32 |")
+    print("|---:|---|---:|---:|")
     for threads in args.threads:
-        fp32, int8 = times[("fp32", threads)], times[("int8", threads)]
-        ratio = statistics.median(int8) / statistics.median(fp32)
-        print(f"| {threads} | {statistics.median(fp32):.1f} ({p90(fp32):.1f}) | {statistics.median(int8):.1f} "
-              f"({p90(int8):.1f}) | {ratio:.2f}× |")
+        fp32 = statistics.median(times[("fp32", threads)])
+        for label in models:
+            values = times[(label, threads)]
+            print(f"| {threads} | ncnn/{label} | {statistics.median(values):.1f} ({p90(values):.1f}) | "
+                  f"{statistics.median(values) / fp32:.2f}× |")
     print()
     print(f"int8 model: {int8_layers} int8 layers of {types['Convolution'] + types['ConvolutionDepthWise']} "
           f"convolutions, {requantized} requantised (int8 output to the next int8 layer); "
