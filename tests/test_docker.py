@@ -149,3 +149,16 @@ def test_the_converter_images_torch_comes_from_the_cpu_index():
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     assert re.search(r"TORCH_PIN \?= torch==2\.13\.0", makefile)  # the image and `make install` pin one torch
     resolve({CONVERTER: (specs, platform_of(path))}, index_url=index_url)  # skipped where the index is not reachable
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_the_build_context_is_only_what_the_image_copies(name):
+    path = IMAGES[name]
+    ignore = path.with_name(path.name + ".dockerignore")  # BuildKit's per-Dockerfile ignore file
+    patterns = [line.strip() for line in ignore.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "**"  # everything else (.venv, .git, data) stays out of the context
+    copied = {source.rstrip("/") for instruction, arguments in instructions(path) if instruction == "COPY"
+              for source in shlex.split(arguments)[:-1] if not source.startswith("--")}
+    assert copied == {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    assert ("edgekit/zoo/*.pt" in patterns) == (name in RUNTIME_IMAGES)  # checkpoints only in the converter
