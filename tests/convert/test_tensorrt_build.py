@@ -315,8 +315,23 @@ def centernet_graph(path: Path) -> tuple[onnx.ModelProto, str, tuple[float, floa
     return onnx.load(str(path)), net.spec.input_name, normalized_input_range(norm.scale, norm.mean, norm.std)
 
 
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> dict:
+    """name -> (path, input name, input range); each graph written once per module (CenterNet's export is slow)."""
+    made: dict = {}
+
+    def get(make):
+        if make.__name__ not in made:
+            path = tmp_path_factory.mktemp(make.__name__) / "model.onnx"
+            _, input_name, input_range = make(path)
+            made[make.__name__] = (path, input_name, input_range)
+        return made[make.__name__]
+
+    return {"get": get}
+
+
 @pytest.mark.parametrize("make", [focus_graph, centernet_graph], ids=["focus", "centernet"])
-def test_the_cache_covers_every_tensor_and_its_ranges_hold_what_the_graph_computes(make, tmp_path):
+def test_the_cache_covers_every_tensor_and_its_ranges_hold_what_the_graph_computes(make, graphs):
     """Every tensor TensorRT asks for gets a range, and each derived range holds the values ONNX Runtime computes.
 
     The "calibration" is one image's exact min/max of every quantised layer's input and output; interval
@@ -327,8 +342,8 @@ def test_the_cache_covers_every_tensor_and_its_ranges_hold_what_the_graph_comput
 
     from edgekit.quant.collect import find_layers
 
-    path = tmp_path / "model.onnx"
-    model, input_name, input_range = make(path)
+    path, input_name, input_range = graphs["get"](make)
+    model = onnx.load(str(path))
     wanted = cache_tensors(model)
     probe_model = onnx.load(str(path))
     present = {o.name for o in probe_model.graph.output} | {input_name}
@@ -515,13 +530,12 @@ def test_a_dynamic_batch_onnx_gets_the_profile_s_batch_range_in_every_command(ar
 
 
 @pytest.mark.parametrize("make", [focus_graph, centernet_graph], ids=["focus", "centernet"])
-def test_the_fp16_onnx_of_other_graphs_runs_within_fp16_tolerance(make, tmp_path):
+def test_the_fp16_onnx_of_other_graphs_runs_within_fp16_tolerance(make, graphs, tmp_path):
     """Strided Slices, grouped ConvTranspose, BatchNormalization, shared constants: the fp16 graph still types and
     runs in ONNX Runtime next to its fp32 graph."""
     from edgekit.convert.tensorrt_fp16 import write_fp16
 
-    path = tmp_path / "model.onnx"
-    _, input_name, (lo, hi) = make(path)
+    path, input_name, (lo, hi) = graphs["get"](make)
     write_fp16(path, tmp_path / "half.onnx")
     x = (lo + (hi - lo) * np.random.default_rng(2).random((1, 3, *SIZE))).astype(np.float32)
     for u, v in zip(run(path, x), run(tmp_path / "half.onnx", x), strict=True):
