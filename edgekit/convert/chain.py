@@ -91,9 +91,11 @@ def check_onnx_parity(model: nn.Module, spec: ModelSpec, onnx_path: Path, seed: 
 
 def _export_stage(model: nn.Module, spec: ModelSpec, onnx_path: Path, opset: int, dynamic_batch: bool,
                   skip_passes: Sequence[str], no_passes: bool, dump_dir: Path | None,
-                  progress: Progress) -> dict[str, Any]:
-    """Module passes, export, ONNX passes; returns the manifest's record of them."""
-    from edgekit.convert.passes import check_skip_names, run_module_passes, run_onnx_passes
+                  progress: Progress, backend: str | None = None) -> dict[str, Any]:
+    """Module passes, export, ONNX passes, then ``backend``'s legalisation stage on the model its builder gets
+    (it runs with ``no_passes`` too: the exported graph stays untouched, the backend still needs it; ``--skip``
+    names its passes). Returns the manifest's record of them and that model."""
+    from edgekit.convert.passes import MODULE_STAGE, check_skip_names, legalization_stage, run_onnx_passes, run_stages
 
     check_skip_names(skip_passes)
     reference = model.eval()
@@ -102,11 +104,19 @@ def _export_stage(model: nn.Module, spec: ModelSpec, onnx_path: Path, opset: int
     # checked in float64, where PyTorch's depthwise convolutions are ~50x slower than in float32.
     check_size = tuple(min(side, PASS_CHECK_SIZE) // 32 * 32 or 32 for side in spec.input_size)
     example = torch.from_numpy(probe_input(spec.with_input_size(check_size), seed=1))
-    if not no_passes:
-        model, module_records = run_module_passes(reference, example, skip=skip_passes, dump_dir=dump_dir)
-        records += [r.to_dict() for r in module_records]
+    legal = legalization_stage(backend)
+    stages = [] if no_passes else [MODULE_STAGE]
+    stages += [legal] if legal is not None and legal.kind is MODULE_STAGE.kind else []
+    builder_model, legal_records = model, []
+    if stages:  # one run: the legalisation stage continues from the module stage's checked outputs
+        models, module_records = run_stages(stages, reference, example, skip=skip_passes, dump_dir=dump_dir)
+        model = model if no_passes else models[0]
+        builder_model = models[-1]
+        legal_records = [r for r in module_records if r.stage != MODULE_STAGE.name]
+        records += [r.to_dict() for r in module_records if r.stage == MODULE_STAGE.name]
         for r in module_records:
-            progress("pass    " + r.summary())
+            if r.stage == MODULE_STAGE.name:
+                progress("pass    " + r.summary())
     export_onnx(model, spec, onnx_path, opset=opset, dynamic_batch=dynamic_batch, untouched=no_passes)
     if not no_passes:
         onnx_model, onnx_records = run_onnx_passes(onnx.load(str(onnx_path)), probe_input(spec, seed=1), skip=skip_passes,
@@ -116,13 +126,16 @@ def _export_stage(model: nn.Module, spec: ModelSpec, onnx_path: Path, opset: int
         records += [r.to_dict() for r in onnx_records]
         for r in onnx_records:
             progress("pass    " + r.summary())
+    records += [r.to_dict() for r in legal_records]
+    for r in legal_records:
+        progress("pass    " + r.summary())
     # End to end: the final graph against the untouched PyTorch model.
     error = check_onnx_parity(reference, spec, onnx_path)
     if error["max_rel"] > TENSOR_TOLERANCE["fp32"]:
         raise ConversionError(f"export: ONNX Runtime output differs from the PyTorch model by {error['max_rel']:.2e} "
                               f"(relative), above the fp32 tolerance {TENSOR_TOLERANCE['fp32']:.0e}")
     progress(f"export  onnx opset {opset}: max rel error vs PyTorch {error['max_rel']:.1e}")
-    return {"passes": records, "export_error": error, "model": model}
+    return {"passes": records, "export_error": error, "model": builder_model}
 
 
 def export_artifact(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
@@ -195,7 +208,7 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
     with ArtifactWriter(out_dir) as writer:
         onnx_path = writer.path(ONNX_FILE)
         stage = _export_stage(model, spec, onnx_path, opset, target.dynamic_batch, skip_passes, no_passes,
-                              Path(dump_dir) if dump_dir else None, progress)
+                              Path(dump_dir) if dump_dir else None, progress, backend=target.backend)
         parity = {"onnxruntime/fp32": stage["export_error"]}
         # the builder gets the pass-optimised module (e.g. Focus already a 6x6 conv) for converters that trace torch
         entries, extra = _build_target(BuildSource(onnx_path, spec, stage["model"], batch_range=target.batch_range),

@@ -230,27 +230,6 @@ def test_detector_load_rejects_a_modified_bin(family_artifact, tmp_path):
         Detector.load(copy, backend="ncnn")
 
 
-# --- the export-friendly Focus ---------------------------------------------------------------
-
-@needs_pnnx
-@pytest.mark.parametrize("kernel_size, stride", [(3, 1), (1, 1), (3, 2), (5, 1)])
-def test_pixel_unshuffle_focus_equals_focus(kernel_size, stride):
-    import torch
-
-    from edgekit.convert.builders.ncnn import PixelUnshuffleFocus, make_ncnn_friendly
-    from edgekit.models.common import Focus
-
-    torch.manual_seed(kernel_size * 10 + stride)
-    focus = varied_weights(Focus(3, 16, kernel_size=kernel_size, stride=stride), seed=1)
-    x = torch.randn(2, 3, 32, 48)
-    rewritten = PixelUnshuffleFocus.from_focus(focus)
-    with torch.no_grad():
-        torch.testing.assert_close(rewritten(x), focus(x), rtol=1e-5, atol=1e-5)
-    friendly = make_ncnn_friendly(torch.nn.Sequential(focus, torch.nn.ReLU()))
-    assert isinstance(friendly[0], PixelUnshuffleFocus)
-    assert isinstance(focus, Focus)  # the caller's model is left untouched (a copy is rewritten)
-
-
 # --- the real FastestDet ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

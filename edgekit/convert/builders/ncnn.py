@@ -14,11 +14,10 @@ runs with ncnn's fp16 storage / packing / arithmetic on. On CPUs without fp16 ar
 x86) ncnn widens the weights back to fp32 when loading them, so the fp16 variant still costs the
 weight rounding but computes in fp32 there; on ARMv8.2+ boards it computes in fp16.
 
-Export-friendly form. NCNN has no strided slice, so the Focus stem's ``x[..., ::2, ::2]`` slices
-(YOLOv5 v5.0, YOLOX) do not convert. Before tracing, every :class:`~edgekit.models.common.Focus`
-is replaced by ``pixel_unshuffle`` (ncnn ``Reorg``) followed by the same convolution with its input
-channels permuted to pixel_unshuffle's order — the same function, exactly (see
-:class:`PixelUnshuffleFocus`). Anything else pnnx cannot express raises ConversionError naming the
+Export-friendly form. What ncnn cannot express is rewritten before the build, by the pass pipeline's
+``ncnn`` legalisation stage (``edgekit.convert.passes.pipeline.LEGALIZATION``: a Focus stem's strided
+slices -> ``pixel_unshuffle``, pass ``ncnn_focus``), checked and recorded like every pass; the builder
+traces the model it is given. Anything else pnnx cannot express raises ConversionError naming the
 operator.
 
 Blob names. pnnx names the input ``in0`` and the outputs ``out0``, ``out1`` … in the order the model
@@ -30,7 +29,6 @@ with ConversionError when an output has no match within the precision's toleranc
 
 from __future__ import annotations
 
-import copy
 import re
 import shutil
 import subprocess
@@ -42,12 +40,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink, ProfileOption
-from edgekit.errors import ConversionError, EdgekitError, first_line
 from edgekit.quant.placement import SYMMETRIC_INT8
+from edgekit.errors import ConversionError, EdgekitError, first_line
 from edgekit.runtime.artifact import ModelEntry
 from edgekit.runtime.backends.ncnn import NcnnRunner, read_param_io
 from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
@@ -160,13 +156,12 @@ def _require_converter() -> None:
 
 
 def trace_for_pnnx(model: Any, input_shape: Sequence[int], out_path: Path) -> Path:
-    """Trace a copy of ``model`` (Focus stems made ncnn-friendly) to TorchScript at ``out_path``."""
-    friendly = make_ncnn_friendly(model)
+    """Trace ``model`` (legalised for ncnn by the pass pipeline) to TorchScript at ``out_path``."""
     example = torch.zeros(*input_shape, dtype=torch.float32)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(friendly, example, check_trace=False)
+            traced = torch.jit.trace(model, example, check_trace=False)
             traced.save(str(out_path))
     except Exception as exc:  # tracing failures come from arbitrary user model code
         raise ConversionError(f"ncnn: torch.jit.trace failed on a {list(input_shape)} input "
@@ -279,60 +274,6 @@ def match_outputs(onnx_path: Path, spec: ModelSpec, param: Path, weights: Path, 
         shapes[name] = [int(d) for d in ref.shape]
     candidate = [raw[chosen[name]].reshape(ref.shape) for name, ref in zip(spec.head.output_names, reference)]
     return chosen, shapes, tensor_error(reference, candidate, spec.head.output_names).to_dict()
-
-
-# --- export-friendly rewrites -------------------------------------------------------------------
-
-
-def make_ncnn_friendly(model: Any) -> Any:
-    """A deep copy of ``model`` in eval mode with every Focus stem replaced by PixelUnshuffleFocus."""
-    from edgekit.models.common import Focus
-
-    model = copy.deepcopy(model).eval()
-    if isinstance(model, Focus):
-        return PixelUnshuffleFocus.from_focus(model) or model
-    for name, module in list(model.named_modules()):
-        if isinstance(module, Focus):
-            replacement = PixelUnshuffleFocus.from_focus(module)
-            if replacement is not None:
-                parent_name, _, attribute = name.rpartition(".")
-                setattr(model.get_submodule(parent_name) if parent_name else model, attribute, replacement)
-    return model
-
-
-class PixelUnshuffleFocus(nn.Module):
-    """Focus (space-to-depth by strided slices, then ``conv``) as ``conv'(pixel_unshuffle(x, 2))``.
-
-    Both gather the same four pixels of every 2x2 block into channels, in different orders:
-
-    - Focus: channel ``k*C + c`` holds ``x[c, i::2, j::2]`` for offset index ``k = i + 2j``
-      (offsets (0,0), (1,0), (0,1), (1,1));
-    - pixel_unshuffle: channel ``c*4 + 2i + j`` holds ``x[c, i::2, j::2]``.
-
-    So ``conv'`` is ``conv`` with its input channels permuted:
-    ``W'[:, c*4 + 2i + j] = W[:, (i + 2j)*C + c]`` — an exact rewrite for any kernel, stride and
-    padding (grouped convolutions, where the permutation would cross groups, are left alone).
-    """
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    @classmethod
-    def from_focus(cls, focus: nn.Module) -> PixelUnshuffleFocus | None:
-        """The rewrite of ``focus`` (its ``conv`` a ConvBNAct-like module with ``.conv``), or None if not exact."""
-        conv = copy.deepcopy(focus.conv)
-        inner = getattr(conv, "conv", None)
-        if not isinstance(inner, nn.Conv2d) or inner.groups != 1 or inner.in_channels % 4:
-            return None
-        channels = inner.in_channels // 4
-        order = [(i + 2 * j) * channels + c for c in range(channels) for i in range(2) for j in range(2)]
-        with torch.no_grad():
-            inner.weight.copy_(inner.weight[:, order])
-        return cls(conv)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pixel_unshuffle(x, 2))
 
 
 # --- helpers ------------------------------------------------------------------------------------
