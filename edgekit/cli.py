@@ -685,7 +685,8 @@ def bench(artifact: str, image_path: str | None, backends: list[str] | None, run
         click.echo(f"wrote {json_file} and {png_file}")
 
 
-def _bench_throughput(artifact: str, image_path: str | None, backends: str | None, rounds: int, threads: int | None,
+def _bench_throughput(artifact: str, image_path: str | None, backends: list[str] | None, rounds: int,
+                      threads: int | None,
                       json_path: str | None, report_dir: str | None, video_path: str | None, workers: int) -> None:
     import tempfile
     from dataclasses import asdict
@@ -701,7 +702,7 @@ def _bench_throughput(artifact: str, image_path: str | None, backends: str | Non
             images = _bundled_images()
             video_path = str(write_test_video(Path(folder) / "bench_720p.mp4", images, frames=120))
             click.echo(f"video: 120 frames 1280x720 made from {len(images)} bundled images")
-        results = bench_throughput(artifact, video_path, backends=_parse_backends(backends), rounds=rounds,
+        results = bench_throughput(artifact, video_path, backends=backends, rounds=rounds,
                                    threads=threads, workers=workers)
     click.echo(f"video: {video_path if Path(video_path).exists() else 'generated'}   rounds: {rounds} (interleaved)")
     click.echo(format_throughput(results))

@@ -187,9 +187,10 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
             progress: Progress = lambda line: None) -> Manifest:
     """``edgekit convert``: export for ``target`` and build its backend's files.
 
-    ``input_size`` (H, W) overrides the model's own size (see :func:`resolve_input_size`). The artifact always carries the ONNX Runtime fp32 model too (the baseline validate compares
-    with). Each backend build is run here when its library is installed and compared with the
-    PyTorch model on the same input; the error lands in the manifest.
+    ``input_size`` (H, W) overrides the model's own size (see :func:`resolve_input_size`). The artifact
+    always carries the ONNX Runtime fp32 model too (the baseline validate compares with). Each backend
+    build is run here when its library is installed and compared with the PyTorch model on the same
+    input; the error lands in the manifest.
 
     int8 (``precision="int8"``; ``int8`` says how to calibrate, default: the bundled calibration set
     and the target's method): the fp32 graph is calibrated once (``calibration.json`` in the artifact),
@@ -226,9 +227,8 @@ CALIBRATION_FILE = "calibration.json"
 def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Options | None, writer: ArtifactWriter,
                extra: dict[str, Any], progress: Progress):
     """Calibrate the artifact's fp32 graph once; the result goes into the artifact and to every builder."""
-    from edgekit.quant.pipeline import calibrate_artifact
-
     from edgekit.quant.gate import AgreementGate
+    from edgekit.quant.pipeline import calibrate_artifact
 
     result, record, (gate_paths, gate_source) = calibrate_artifact(
         onnx_path, spec, int8 or Int8Options(), target.calibration.method, target.calibration.images,

@@ -57,7 +57,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.atomic_io import atomic_path
-from edgekit.atomic_io import atomic_path
 from edgekit.errors import CalibrationError, first_line
 from edgekit.quant.collect import layer_name, weight_axis
 from edgekit.quant.placement import QdqPlacement

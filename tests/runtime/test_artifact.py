@@ -7,8 +7,14 @@ import pytest
 
 from edgekit.convert.artifact import ArtifactWriter
 from edgekit.errors import EdgekitError, ModelFileError, OutputError
-from edgekit.runtime.artifact import (AWAITS_DEVICE_BUILD, MANIFEST_NAME, READY, ModelEntry, read_manifest,
-                                      spec_from_onnx)
+from edgekit.runtime.artifact import (
+    AWAITS_DEVICE_BUILD,
+    MANIFEST_NAME,
+    READY,
+    ModelEntry,
+    read_manifest,
+    spec_from_onnx,
+)
 from edgekit.runtime.detector import Detector
 from tests.onnx_graphs import fastestdet_like_graph, fastestdet_like_spec, save
 

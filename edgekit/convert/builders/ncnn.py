@@ -36,14 +36,14 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from edgekit.convert.builders import BackendBuilder, BuildSource, FileSink, ProfileOption
-from edgekit.quant.placement import SYMMETRIC_INT8
 from edgekit.errors import ConversionError, EdgekitError, first_line
+from edgekit.quant.placement import SYMMETRIC_INT8
 from edgekit.runtime.artifact import ModelEntry
 from edgekit.runtime.backends.ncnn import NcnnRunner, read_param_io
 from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
@@ -71,7 +71,7 @@ class NcnnBuilder(BackendBuilder):
     # ncnn int8 convolutions: symmetric int8 input, per-channel int8 weights, float output, as that placement
     qdq_placement = SYMMETRIC_INT8
     tools = ("ncnn", "pnnx")
-    profile_options = {
+    profile_options: ClassVar[Mapping[str, ProfileOption]] = {
         "use_vulkan": ProfileOption(bool, "run on the GPU through Vulkan (ncnn's use_vulkan_compute); where the "
                                           "installed ncnn finds no Vulkan GPU the runner notes it and uses the CPU"),
     }

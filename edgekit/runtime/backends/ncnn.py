@@ -130,9 +130,9 @@ class NcnnRunner(Runner):
         opt = net.opt
         self.vulkan_active = self.use_vulkan and _vulkan_gpu_or_notice(ncnn, self.model_path)
         opt.use_vulkan_compute = self.vulkan_active
-        # The binding turns int8 inference on by default. int8 layers (written by edgekit.quant.ncnn_int8) need it on: with it off ncnn 1.0.20261020
-        # loads an int8 model without complaint and returns NaN. fp32 models keep it off so that no
-        # layer is ever quantised behind the manifest's back.
+        # The binding turns int8 inference on by default. int8 layers (written by edgekit.quant.ncnn_int8)
+        # need it on: with it off ncnn 1.0.20261020 loads an int8 model without complaint and returns
+        # NaN. fp32 models keep it off so that no layer is ever quantised behind the manifest's back.
         opt.use_int8_inference = self.use_int8
         opt.use_fp16_storage = self.use_fp16
         opt.use_fp16_packed = self.use_fp16
