@@ -142,8 +142,8 @@ def check_result_against_model(result: CalibrationResult, onnx_path: Path, tenso
 def gate_images(holdout: Sequence[Path], calib_paths: Sequence[Path]) -> tuple[list[Path], str]:
     """The images the agreement gate runs on, and where they come from (for the manifest).
 
-    The held-out calibration images (``--drift-budget`` sets every 5th aside; a set of 200+ images spares
-    ``GATE_IMAGES`` for the gate, see ``quant.pipeline._split_holdout``); else ``GATE_IMAGES`` evenly spaced images
+    The held-out calibration images (``--drift-budget`` sets every 5th aside; a set of 40+ images spares an
+    eighth, 8..24, for the gate: ``quant.pipeline.gate_holdout_count``); else ``GATE_IMAGES`` evenly spaced images
     of a smaller calibration set, which all calibrate (the source string says so in the manifest); else (fewer than
     ``MIN_GATE_IMAGES``) the bundled calibration set."""
     from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
