@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from edgekit.errors import ConversionError
 from edgekit.quant.placement import FUSED_UINT8, QdqPlacement
+from edgekit.registry import LazyRegistry
 from edgekit.runtime.artifact import ModelEntry
 from edgekit.spec import ModelSpec
 
@@ -114,12 +115,12 @@ def installed_versions(distributions: tuple[str, ...] | list[str]) -> dict[str, 
     return versions
 
 
-_BUILDERS: dict[str, str] = {
+_BUILDERS: LazyRegistry[BackendBuilder] = LazyRegistry("builder", BackendBuilder, {
     "onnxruntime": "edgekit.convert.builders.onnxruntime:OnnxRuntimeBuilder",
     "openvino": "edgekit.convert.builders.openvino:OpenVinoBuilder",
     "tensorrt": "edgekit.convert.builders.tensorrt:TensorRtBuilder",
     "ncnn": "edgekit.convert.builders.ncnn:NcnnBuilder",
-}
+}, error=ConversionError)
 
 
 def register_builder(backend: str, target: str) -> None:
@@ -128,38 +129,24 @@ def register_builder(backend: str, target: str) -> None:
     The public registration point for a backend outside edgekit (with ``edgekit.runtime.backends.register_runner``
     for its Runner, and a target profile TOML naming ``backend``). A built-in backend cannot be replaced.
     """
-    module_name, sep, class_name = target.partition(":")
-    if not (backend and module_name and sep and class_name):
-        raise ConversionError(f"register_builder({backend!r}, {target!r}): expected a backend name and "
-                              "'package.module:BuilderClass'")
-    if _BUILDERS.get(backend, target) != target:
-        raise ConversionError(f"backend {backend!r} already has a builder ({_BUILDERS[backend]})")
-    _BUILDERS[backend] = target
+    _BUILDERS.register(backend, target)
 
 
 def unregister_builder(backend: str) -> None:
     """Remove a builder added with :func:`register_builder` (built-in builders stay)."""
-    if backend in _BUILTIN_BUILDERS:
-        raise ConversionError(f"the built-in builder for {backend!r} cannot be removed")
-    _BUILDERS.pop(backend, None)
-
-
-_BUILTIN_BUILDERS = frozenset(_BUILDERS)
+    _BUILDERS.unregister(backend)
 
 
 def builder_names() -> list[str]:
-    return list(_BUILDERS)
+    return _BUILDERS.names()
 
 
 def get_builder_class(backend: str) -> type[BackendBuilder]:
     """The builder class for ``backend`` (imports its module: a converter library missing raises ImportError)."""
-    try:
-        module_name, _, class_name = _BUILDERS[backend].partition(":")
-    except KeyError:
-        raise ConversionError(f"no builder for backend {backend!r}; known: {', '.join(_BUILDERS)}") from None
-    builder = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(builder, type) and issubclass(builder, BackendBuilder) and builder.backend == backend):
-        raise ConversionError(f"{_BUILDERS[backend]} is not a BackendBuilder for backend {backend!r}")
+    builder = _BUILDERS.load(backend)
+    if builder.backend != backend:
+        raise ConversionError(f"{builder.__module__}.{builder.__name__} builds backend {builder.backend!r}, "
+                              f"registered for {backend!r}")
     return builder
 
 
