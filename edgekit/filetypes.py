@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+from edgekit.errors import EdgekitError
 
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -31,3 +35,17 @@ def looks_like_onnx(path: str | Path) -> bool:
 
 
 __all__ = ["ZIP_MAGIC", "is_zip_file", "looks_like_onnx"]
+
+
+def read_json(path: Path, error: type[EdgekitError], what: str) -> Any:
+    """The JSON value in ``path`` (UTF-8), or ``error`` with one line naming the file, ``what`` it should be and
+    where the text is not valid JSON ("<path>: <what> is not valid JSON: line L column C: <reason>")."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: {what} is not valid JSON: malformed JSON at line {exc.lineno} column {exc.colno}: "
+                    f"{exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: {what} is not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from None

@@ -27,6 +27,7 @@ import numpy as np
 
 from edgekit.atomic_io import write_text_atomic
 from edgekit.errors import CalibrationError
+from edgekit.filetypes import read_json
 from edgekit.runtime.artifact import sha256_file
 
 RESULT_FORMAT = "edgekit-calibration"
@@ -176,10 +177,7 @@ class CalibrationResult:
         path = Path(path)
         if not path.is_file():
             raise CalibrationError(f"{path}: calibration result not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CalibrationError(f"{path}: calibration result is not valid JSON ({exc})") from None
+        data = read_json(path, CalibrationError, "calibration result")
         return cls.from_dict(data, str(path))
 
 

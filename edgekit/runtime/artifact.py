@@ -20,12 +20,12 @@ moved out of ``options`` (:data:`PROVENANCE_OPTIONS`).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from edgekit.errors import ModelFileError, first_line
+from edgekit.filetypes import read_json
 from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 
 MANIFEST_NAME = "edgekit.json"
@@ -153,10 +153,7 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
         raise ModelFileError(f"{artifact_dir}: artifact folder not found")
     if not path.is_file():
         raise ModelFileError(f"{artifact_dir}: not an edgekit artifact (no {MANIFEST_NAME} inside)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path}: manifest is not valid JSON ({exc})") from None
+    data = read_json(path, ModelFileError, "manifest")
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise ModelFileError(f"{path}: not an edgekit manifest (expected \"format\": \"{MANIFEST_FORMAT}\")")
     version = data.get("version")

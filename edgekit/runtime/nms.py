@@ -55,13 +55,15 @@ _MAX_FIXPOINT_ROUNDS = 32
 # --------------------------------------------------------------------------------------------------
 # Input checks: one line saying what was wrong and what was expected.
 
-def _check_boxes(boxes: Any, where: str) -> np.ndarray:
+def _check_boxes(boxes: Any, where: str, batched: bool = False) -> np.ndarray:
+    """``boxes`` as float32 ``[N, 4]`` (``[B, N, 4]`` when ``batched``) xyxy, or one InputError line."""
+    shape = "[B, N, 4]" if batched else "[N, 4]"
     try:
         arr = np.asarray(boxes, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{where}: boxes must be a numeric [N, 4] xyxy array ({exc})") from None
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise InputError(f"{where}: boxes must have shape [N, 4] (xyxy), got {tuple(arr.shape)}")
+        raise InputError(f"{where}: boxes must be a numeric {shape} xyxy array ({exc})") from None
+    if arr.ndim != (3 if batched else 2) or arr.shape[-1] != 4:
+        raise InputError(f"{where}: boxes must have shape {shape} (xyxy), got {tuple(arr.shape)}")
     return arr
 
 
@@ -332,12 +334,7 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, co
     Returns one ``(boxes float32 [K, 4], scores float32 [K] descending, labels int64 [K])`` per image.
     """
     where = "postprocess"
-    try:
-        boxes = np.asarray(boxes, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{where}: boxes must be a numeric [B, N, 4] array ({exc})") from None
-    if boxes.ndim != 3 or boxes.shape[2] != 4:
-        raise InputError(f"{where}: boxes must have shape [B, N, 4] (xyxy), got {tuple(boxes.shape)}")
+    boxes = _check_boxes(boxes, where, batched=True)
     batch, n = boxes.shape[:2]
     scores = np.asarray(scores)
     labels = np.asarray(labels)

@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 
 from edgekit.errors import EdgekitError, did_you_mean
+from edgekit.filetypes import read_json
 from edgekit.runtime.preprocess import IMAGE_SUFFIXES, open_image
 from edgekit.spec import check_class_names, load_class_names
 
@@ -199,12 +200,7 @@ def _integer(value: object, where: str) -> int:
 
 
 def _load_coco(json_path: Path) -> Dataset:
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{json_path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{json_path}: cannot read: {exc}") from None
+    data = read_json(json_path, DatasetError, "COCO annotation file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
         raise DatasetError(f"{json_path}: expected a COCO instances object with 'images' and 'categories' lists")
     annotations = data.get("annotations", [])
@@ -304,15 +300,13 @@ def _parse_yaml_names(yaml_path: Path) -> list[str] | None:
     try:
         import yaml  # optional dependency
     except ImportError:
-        yaml = None
-    if yaml is not None:
+        names = _names_without_yaml(text)
+    else:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise DatasetError(f"{yaml_path}: malformed YAML: {' '.join(str(exc).split())}") from None
         names = data.get("names") if isinstance(data, dict) else None
-    else:
-        names = _names_without_yaml(text)
     if names is None:
         return None
     if isinstance(names, dict):
