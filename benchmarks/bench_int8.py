@@ -14,11 +14,16 @@
    ``edgekit.quant.collect.calibrate`` for each method, on the same graph; the bundled calibration set
    (154 images) is used cyclically, the second time round horizontally flipped (in memory), so all 300
    tensors differ. NNCF's ``quantize`` on the same 300 tensors for comparison.
+   With ``--ort-threads`` (default 1,2): a second interleaved run of ONNX Runtime alone at each thread count —
+   edgekit's fp32 and int8 models and ONNX Runtime's own ``quantize_static`` model of the same fp32 graph (QDQ,
+   per-channel int8 weights, uint8 activations, MinMax, on the same calibration tensors) — with what ORT's
+   optimised graph runs (integer QLinear* kernels vs float ops).
 3. Accuracy: the trained fixture ``edgekit/zoo/yolov8.pt`` at its own size (160x160), converted for
    intel-cpu at int8 with the defaults (method ``mse``, the bundled calibration set), NNCF on the same
    calibration tensors, mAP@0.5:0.95 on the synthetic validation split (300 images, validate's protocol).
 
-    python benchmarks/bench_int8.py [--runs 40] [--threads 2] [--skip-calibration] [--skip-accuracy]
+    python benchmarks/bench_int8.py [--runs 40] [--threads 2] [--ort-threads 1,2] [--skip-calibration] [--skip-accuracy]
+                                    [--skip-openvino-ncnn]
 """
 
 from __future__ import annotations
@@ -187,14 +192,17 @@ def latency_section(args, tmp: Path, model, calib_tensors_for: Callable) -> dict
     spec = manifest.spec
     onnx_path = art / "model.onnx"
     tensors = calib_tensors_for(spec, args.latency_calib_images)
+    image = np.clip(np.random.default_rng(0).normal(120, 40, (720, 1280, 3)), 0, 255).astype(np.uint8)
+    tensor, _ = preprocess([image], spec)
+    ort = ort_section(args, tmp, onnx_path, art / manifest.find("onnxruntime", "int8").file, spec, tensors, tensor)
+    if args.skip_openvino_ncnn:
+        return {"ort": ort, "art": art, "spec": spec, "onnx": onnx_path}
     files = {"openvino/fp32": ov_fp32_ir(onnx_path, spec, tmp / "ov_fp32.xml"),
              "openvino/int8 (edgekit)": art / manifest.find("openvino", "int8").file}
     say(f"[latency] nncf.quantize on the same {len(tensors)} tensors")
     nncf_seconds = nncf_quantize(files["openvino/fp32"], tensors, tmp / "ov_nncf.xml")
     files["openvino/int8 (NNCF)"] = tmp / "ov_nncf.xml"
 
-    image = np.clip(np.random.default_rng(0).normal(120, 40, (720, 1280, 3)), 0, 255).astype(np.uint8)
-    tensor, _ = preprocess([image], spec)
     feeds = {spec.input_name: tensor}
     runners = {"onnxruntime/fp32": OnnxRuntimeRunner(onnx_path, threads=args.threads),
                "onnxruntime/int8 (Q/DQ)": OnnxRuntimeRunner(art / manifest.find("onnxruntime", "int8").file,
@@ -223,7 +231,101 @@ def latency_section(args, tmp: Path, model, calib_tensors_for: Callable) -> dict
                                         tensor, args.threads, args.profile_runs)
     return {"times": times, "layers": layers, "consumers": consumers, "profile": profile, "notes": notes,
             "load": (load_before, load_after), "nncf_seconds": nncf_seconds, "art": art, "spec": spec,
-            "onnx": onnx_path}
+            "onnx": onnx_path, "ort": ort}
+
+
+def quantize_static_model(onnx_path: Path, tensors: Sequence[np.ndarray], out: Path) -> Path:
+    """ONNX Runtime's own static quantiser on the same fp32 graph: QDQ, per-channel int8 weights, uint8 activations,
+    MinMax (what a user would otherwise pick)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    input_name = onnx.load(str(onnx_path)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{input_name: t} for t in tensors])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(onnx_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return out
+
+
+def ort_executed_ops(path: Path, threads: int, out: Path) -> Counter:
+    """Op types of the graph ONNX Runtime really runs (its optimised graph, saved)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(out)
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(node.op_type for node in onnx.load(str(out)).graph.node)
+
+
+def ort_section(args, tmp: Path, onnx_path: Path, int8_path: Path, spec, tensors: Sequence[np.ndarray],
+                tensor: np.ndarray) -> dict:
+    """edgekit's ORT fp32 / int8 and quantize_static's int8, each at every ``--ort-threads``, in ONE interleaved run."""
+    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    say(f"[ort] quantize_static on the same {len(tensors)} tensors")
+    models = {"fp32 (edgekit)": onnx_path, "int8 (edgekit)": int8_path,
+              "int8 (quantize_static)": quantize_static_model(onnx_path, tensors, tmp / "ort_quantize_static.onnx")}
+    feeds = {spec.input_name: tensor}
+    runners = {(name, threads): OnnxRuntimeRunner(path, threads=threads)
+               for threads in args.ort_threads for name, path in models.items()}
+    for runner in runners.values():
+        runner.activate()
+    calls = {f"{name} @{threads}": (lambda r=runner: r.infer(feeds)) for (name, threads), runner in runners.items()}
+    say(f"[ort] {len(calls)} sessions x {args.runs} interleaved runs (load {load()})")
+    uptime_before = uptime()
+    times = interleaved(calls, args.runs)
+    uptime_after = uptime()
+    for runner in runners.values():
+        runner.deactivate()
+    ops = {name: ort_executed_ops(path, args.ort_threads[0], tmp / f"ort_opt_{i}.onnx")
+           for i, (name, path) in enumerate(models.items())}
+    return {"times": times, "ops": ops, "uptime": (uptime_before, uptime_after), "threads": args.ort_threads,
+            "calib_tensors": len(tensors)}
+
+
+def uptime() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"load average {load()}"
+
+
+def format_ort(section: dict) -> str:
+    med = {name: statistics.median(values) for name, values in section["times"].items()}
+    lines = ["| threads | fp32 (edgekit) ms | int8 (edgekit) ms | int8 (quantize_static) ms | "
+             "edgekit int8 / quantize_static | edgekit int8 / edgekit fp32 | quantize_static / fp32 |",
+             "|---|---|---|---|---|---|---|"]
+    for threads in section["threads"]:
+        fp32, ours, theirs = (med[f"{name} @{threads}"] for name in ("fp32 (edgekit)", "int8 (edgekit)",
+                                                                      "int8 (quantize_static)"))
+        lines.append(f"| {threads} | {fp32:.1f} | {ours:.1f} | {theirs:.1f} | **{ours / theirs:.2f}×** | "
+                     f"**{ours / fp32:.2f}×** | {theirs / fp32:.2f}× |")
+    ops = section["ops"]
+    keys = sorted(set().union(*ops.values()))
+    lines += ["", "What ONNX Runtime's optimised graph runs (op counts):", "",
+              "| op | " + " | ".join(ops) + " |", "|---|" + "---|" * len(ops)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(str(ops[name].get(key, 0)) for name in ops) + " |")
+    return "\n".join(lines)
 
 
 def ncnn_models(args, tmp: Path, model, intel_art: Path, spec, tensor: np.ndarray, notes: list[str]) -> dict:
@@ -335,6 +437,7 @@ def calibration_section(args, onnx_path: Path, spec, tmp: Path) -> dict:
     from edgekit.quant.collect import calibrate
 
     source = CyclicImages(spec, args.calib_images)
+    uptime_before = uptime()
     started = time.perf_counter()
     tensors = list(source())
     preprocess_seconds = time.perf_counter() - started
@@ -344,8 +447,8 @@ def calibration_section(args, onnx_path: Path, spec, tmp: Path) -> dict:
         started = time.perf_counter()
         result = calibrate(onnx_path, source, method=method)
         seconds = time.perf_counter() - started
-        rows.append({"method": method, "seconds": seconds, "passes": 1 if method == "minmax" else 2,
-                     "load": load(), "layers": len(result.layers)})
+        rows.append({"method": method, "seconds": seconds, "passes": 1, "load": load(), "layers": len(result.layers),
+                     "tensors": len(result.activation_ranges)})
     nncf_row = None
     if not args.skip_nncf_calibration:
         say(f"[calibration] nncf.quantize on the same {len(tensors)} tensors (load {load()})")
@@ -354,24 +457,28 @@ def calibration_section(args, onnx_path: Path, spec, tmp: Path) -> dict:
             ov_fp32_ir(onnx_path, spec, fp32_xml)
         nncf_row = {"seconds": nncf_quantize(fp32_xml, tensors, tmp / "ov_nncf_calib.xml"), "load": load()}
     return {"rows": rows, "preprocess_seconds": preprocess_seconds, "count": len(tensors),
-            "distinct": len(source.images), "nncf": nncf_row}
+            "distinct": len(source.images), "nncf": nncf_row, "uptime": (uptime_before, uptime())}
 
 
 def format_calibration(section: dict, spec) -> str:
     count = section["count"]
-    lines = ["| method | passes over the images | seconds | ms per image per pass | load at end |", "|---|---|---|---|---|"]
+    nncf = section["nncf"]["seconds"] if section["nncf"] else None
+    lines = ["| method | passes over the images | tensors observed | seconds | ms per image | vs NNCF | load at end |",
+             "|---|---|---|---|---|---|---|"]
     for row in section["rows"]:
-        lines.append(f"| edgekit {row['method']} | {row['passes']} | {row['seconds']:.1f} | "
-                     f"{row['seconds'] * 1000 / count / row['passes']:.0f} | {row['load']} |")
+        ratio = f"**{row['seconds'] / nncf:.2f}×**" if nncf else ""
+        lines.append(f"| edgekit {row['method']} | {row['passes']} | {row['tensors']} | {row['seconds']:.1f} | "
+                     f"{row['seconds'] * 1000 / count / row['passes']:.0f} | {ratio} | {row['load']} |")
     if section["nncf"]:
-        lines.append(f"| NNCF `quantize` (default: statistics + fast bias correction) | 1 + bias correction | "
-                     f"{section['nncf']['seconds']:.1f} | — | {section['nncf']['load']} |")
+        lines.append(f"| NNCF `quantize` (default: statistics + fast bias correction) | 1 + bias correction | | "
+                     f"{section['nncf']['seconds']:.1f} | {nncf * 1000 / count:.0f} | 1.00× | {section['nncf']['load']} |")
     lines.append("")
     lines.append(f"{count} tensors at {spec.input_size[0]}×{spec.input_size[1]}: the {section['distinct']} bundled "
                  f"images, then the same images flipped horizontally (in memory). The images are decoded once "
                  f"beforehand; edgekit's times include preprocessing on every pass, as ``convert`` does (letterbox + "
                  f"normalise of all {count}: {section['preprocess_seconds']:.1f} s, measured alone); NNCF was given "
-                 f"the {count} preprocessed tensors.")
+                 f"the {count} preprocessed tensors. `uptime` before: `{section['uptime'][0]}`; after: "
+                 f"`{section['uptime'][1]}`.")
     return "\n".join(lines)
 
 
@@ -454,6 +561,10 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--profile", action="store_true", help="OpenVINO per-layer profile of both int8 models")
     parser.add_argument("--profile-runs", type=int, default=20)
+    parser.add_argument("--ort-threads", default="1,2",
+                        help="thread counts of the ONNX Runtime fp32 / int8 / quantize_static interleaved run")
+    parser.add_argument("--skip-openvino-ncnn", action="store_true",
+                        help="latency: only the ONNX Runtime comparison (no OpenVINO / NNCF / NCNN models)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-ncnn", action="store_true")
     parser.add_argument("--skip-calibration", action="store_true")
@@ -461,6 +572,7 @@ def main() -> None:
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.ort_threads = [int(t) for t in args.ort_threads.split(",") if t.strip()]
 
     import warnings
 
@@ -489,6 +601,14 @@ def main() -> None:
         if not args.skip_latency:
             section = latency_section(args, tmp, model, calib_tensors_for)
             onnx_path, spec = section["onnx"], section["spec"]
+            ort = section["ort"]
+            out += [f"### ONNX Runtime, {args.imgsz}×{args.imgsz}, threads {', '.join(map(str, ort['threads']))} in one "
+                    f"interleaved run of {args.runs} rounds ({ort['calib_tensors']} calibration tensors for both int8 "
+                    f"models)", "", f"`uptime` before: `{ort['uptime'][0]}`; after: `{ort['uptime'][1]}`", "",
+                    format_ort(ort), ""]
+            print("\n".join(out), flush=True)
+            out = []
+        if not args.skip_latency and not args.skip_openvino_ncnn:
             out += [f"### Latency, {args.imgsz}×{args.imgsz}, {args.threads} threads, {args.runs} interleaved runs "
                     f"(load average {section['load'][0]} before, {section['load'][1]} after)", "",
                     format_latency(section), ""]
