@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from torch import nn
-
 from edgekit.errors import SpecError, did_you_mean
+from edgekit.models.base import DetectorModel
 from edgekit.spec import HeadSpec, ModelSpec, Normalization, PostprocessSpec, ResizeSpec
 
 FAMILIES: dict[str, str] = {
@@ -143,7 +142,7 @@ def _load_builder(family: str) -> Any:
     return builder
 
 
-def build_model(config: ModelConfig, class_names: Sequence[str] | None = None) -> nn.Module:
+def build_model(config: ModelConfig, class_names: Sequence[str] | None = None) -> DetectorModel:
     """Build a randomly initialised model of ``config.family`` with ``.spec`` and ``.config`` attached.
 
     The returned module is in training mode (as a fresh ``nn.Module`` is); call ``.eval()`` before export.
@@ -153,11 +152,12 @@ def build_model(config: ModelConfig, class_names: Sequence[str] | None = None) -
     family = _check_family(config.family)
     names = resolve_class_names(config, class_names)
     model = _load_builder(family)(config, names)
-    if not isinstance(getattr(model, "spec", None), ModelSpec):
-        raise SpecError(f"model family {family!r}: its builder returned a model without a ModelSpec in .spec")
+    if not isinstance(model, DetectorModel) or not isinstance(getattr(model, "spec", None), ModelSpec):
+        raise SpecError(f"model family {family!r}: its builder returned a model that is not a DetectorModel "
+                        "with a ModelSpec in .spec")
     if getattr(model, "config", None) is None:
         model.config = config
     return model
 
 
-__all__ = ["FAMILIES", "ModelConfig", "build_model", "detector_spec", "family_names", "resolve_class_names"]
+__all__ = ["FAMILIES", "DetectorModel", "ModelConfig", "build_model", "detector_spec", "family_names", "resolve_class_names"]

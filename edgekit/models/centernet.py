@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from edgekit.models import ModelConfig, detector_spec
-from edgekit.models.common import BasicBlock, ConvBNAct, ConvTransposeBNAct, scale_channels, scale_depth
+from edgekit.models.base import DetectorModel
+from edgekit.models.common import BasicBlock, ConvBNAct, ConvTransposeBNAct, conv_bias, scale_channels, scale_depth
 from edgekit.spec import HeadSpec, Normalization, PostprocessSpec, ResizeSpec
 
 STRIDE = 4
@@ -44,7 +45,7 @@ def _head(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, c_out, 1))
 
 
-class CenterNet(nn.Module):
+class CenterNet(DetectorModel):
     """CenterNet detector. Input float32 [B, 3, H, W]; output (heatmap, wh, offset) at stride 4."""
 
     def __init__(self, num_classes: int, width: float = 0.25, depth: float = 0.33,
@@ -79,7 +80,7 @@ class CenterNet(nn.Module):
         self.heatmap = _head(c_in, head_channels, num_classes)
         self.wh = _head(c_in, head_channels, 2)
         self.offset = _head(c_in, head_channels, 2)
-        nn.init.constant_(self.heatmap[-1].bias, HEATMAP_BIAS)
+        nn.init.constant_(conv_bias(self.heatmap[-1]), HEATMAP_BIAS)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c4 = self.layer1(self.stem(x))

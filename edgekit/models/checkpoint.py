@@ -23,7 +23,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -279,7 +279,8 @@ def _pickle_end(data: bytes) -> int | None:
     try:
         for opcode, _arg, position in pickletools.genops(io.BytesIO(data)):
             if opcode.name == "STOP":
-                return position + 1
+                # genops gives no position only for a stream without tell(); a BytesIO has one
+                return None if position is None else position + 1
     except Exception:  # any disassembly failure means "not a pickle here"
         return None
     return None
@@ -311,9 +312,9 @@ def _globals_in_pickle(data: bytes) -> list[str]:
             elif name == "MEMOIZE":
                 memo[len(memo)] = recent[-1] if recent else None
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(arg)] = recent[-1] if recent else None
+                memo[cast(int, arg)] = recent[-1] if recent else None  # pickletools decodes these memo indices as int
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                recent.append(memo.get(int(arg)))
+                recent.append(memo.get(cast(int, arg)))
             elif name not in ("FRAME", "PROTO"):
                 recent.append(None)
     except Exception:  # a broken tail still leaves the globals seen so far

@@ -290,6 +290,18 @@ def upsample2x() -> nn.Upsample:
     return nn.Upsample(scale_factor=2, mode="nearest")
 
 
+def conv_bias(conv: nn.Module) -> torch.Tensor:
+    """The bias of ``conv``, a conv layer the builder made with ``bias=True`` (for the prior initialisations).
+
+    Typed: ``nn.Module.__getattr__`` gives ``Tensor | Module`` for a submodule's attribute. A conv without a bias
+    is a builder bug, so this raises rather than initialising nothing.
+    """
+    bias = conv.bias
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{type(conv).__name__} has no bias to initialise")
+    return bias
+
+
 def prior_bias(prior_probability: float) -> float:
     """Logit b with sigmoid(b) = p: ``b = -log((1 - p) / p)``; e.g. p = 0.01 -> -4.595 (focal-loss init)."""
     return -math.log((1.0 - prior_probability) / prior_probability)

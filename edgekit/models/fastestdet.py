@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from edgekit.errors import InputError, SpecError
+from edgekit.models.base import DetectorModel
 from edgekit.spec import HeadSpec, ModelSpec, Normalization, PostprocessSpec, ResizeSpec
 
 FAMILY = "fastestdet"
@@ -199,7 +200,7 @@ class DetectHead(nn.Module):
         return torch.cat((objectness, regression, class_probs), dim=1)
 
 
-class FastestDet(nn.Module):
+class FastestDet(DetectorModel):
     """FastestDet detector: float32 ``[B, 3, H, W]`` (BGR / 255) -> float32 ``[B, 5+nc, H/16, W/16]``.
 
     Output channels: 0 = objectness probability (sigmoid), 1..4 = raw box regression

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from edgekit.atomic_io import atomic_path
-from edgekit.errors import ModelFileError
+from edgekit.errors import ModelFileError, SpecError
 from edgekit.filetypes import is_zip_file, looks_like_onnx
-from edgekit.models import FAMILIES, ModelConfig, build_model, family_names
+from edgekit.models import FAMILIES, DetectorModel, ModelConfig, build_model, family_names
 from edgekit.models.checkpoint import load_state_dict_strict, safe_torch_load
 from edgekit.models.imports.pickled import is_module_pickle
 from edgekit.spec import ModelSpec
@@ -37,7 +37,7 @@ CHECKPOINT_VERSION = 1
 
 def load_checkpoint(path: str | Path, family: str | None = None, class_names: Sequence[str] | None = None,
                     input_size: tuple[int, int] | None = None, trust_upstream: str | None = None,
-                    end2end: bool | None = None) -> nn.Module:
+                    end2end: bool | None = None) -> DetectorModel:
     """Load a checkpoint into an eval-mode ``nn.Module`` carrying ``.spec`` (ModelSpec).
 
     ``path`` is, without any flag:
@@ -90,7 +90,7 @@ def load_checkpoint(path: str | Path, family: str | None = None, class_names: Se
             raise ModelFileError(f"{path}: --names lists {len(names)} classes, the checkpoint has {model.spec.num_classes}")
         model.spec = dataclasses.replace(model.spec, class_names=names)
     if input_size is not None and tuple(input_size) != tuple(model.spec.input_size):
-        model.spec = model.spec.with_input_size(tuple(input_size))
+        model.spec = model.spec.with_input_size((int(input_size[0]), int(input_size[1])))
         model.input_size_from_checkpoint = True  # the user's size is as binding as the file's
     return model.eval()
 
@@ -109,7 +109,7 @@ def _package_installed(name: str) -> bool:
         return False
 
 
-def _from_module_pickle(path: Path, trust_upstream: str | None, end2end: bool | None) -> nn.Module:
+def _from_module_pickle(path: Path, trust_upstream: str | None, end2end: bool | None) -> DetectorModel:
     """An Ultralytics / YOLOv5 checkpoint that pickles the model object, rebuilt from edgekit's modules."""
     from edgekit.models.imports.pickled import PickledObject, load_pickled_checkpoint
     from edgekit.models.imports.ultralytics import build_from_pickled
@@ -140,7 +140,7 @@ def _yolox_tensors(payload: Any) -> Mapping[str, Any] | None:
 
 
 def _from_state_dict(path: Path, payload: Any, family: str | None, class_names: Sequence[str] | None,
-                     input_size: tuple[int, int] | None) -> nn.Module:
+                     input_size: tuple[int, int] | None) -> DetectorModel:
     """A plain state_dict of a built-in family: the user says which family and which classes."""
     if family is None:
         raise ModelFileError(f"{path}: a plain state_dict does not say which model it belongs to; "
@@ -150,8 +150,9 @@ def _from_state_dict(path: Path, payload: Any, family: str | None, class_names: 
     names = tuple(class_names) if class_names else None
     if names is None:
         raise ModelFileError(f"{path}: pass --names FILE (one class name per line) with a plain state_dict")
-    size = tuple(input_size) if input_size else _default_input_size(family)
-    config = ModelConfig(family=family, num_classes=len(names), **({"input_size": size} if size else {}))
+    size = (int(input_size[0]), int(input_size[1])) if input_size else _default_input_size(family)
+    config = (ModelConfig(family=family, num_classes=len(names), input_size=size) if size
+              else ModelConfig(family=family, num_classes=len(names)))
     model = build_model(config, names)
     load_state_dict_strict(model, payload, str(path))
     return model
@@ -165,7 +166,7 @@ def _default_input_size(family: str) -> tuple[int, int] | None:
     return getattr(module, "DEFAULT_INPUT_SIZE", None)
 
 
-def _from_edgekit_payload(payload: Mapping[str, Any], source: str) -> nn.Module:
+def _from_edgekit_payload(payload: Mapping[str, Any], source: str) -> DetectorModel:
     version = payload.get("version")
     if version != CHECKPOINT_VERSION:
         raise ModelFileError(f"{source}: edgekit checkpoint version {version!r} is not supported (expected {CHECKPOINT_VERSION})")
@@ -184,7 +185,7 @@ def _from_edgekit_payload(payload: Mapping[str, Any], source: str) -> nn.Module:
     return model
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] | None = None,
+def save_checkpoint(model: DetectorModel, path: str | Path, metrics: Mapping[str, Any] | None = None,
                     half_weights: bool = False) -> Path:
     """Write ``model`` (with ``.spec`` and ``.config``) in edgekit's checkpoint format.
 
@@ -194,6 +195,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, metrics: Mapping[str, An
     (``round_weights_to_half``) so the metrics it records are what a fresh evaluation gives.
     """
     path = Path(path)
+    if model.config is None:
+        raise SpecError(f"{path}: an imported checkpoint ({model.spec.family}) has no edgekit ModelConfig to save; "
+                        "edgekit checkpoints hold the built-in families (convert or export the model instead)")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if half_weights:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from edgekit.models import ModelConfig, detector_spec
+from edgekit.models.base import DetectorModel
 from edgekit.models.common import ConvBNAct, DepthwiseSeparable, scale_channels, scale_depth
 from edgekit.spec import HeadSpec, Normalization, ResizeSpec
 
@@ -78,7 +79,7 @@ def num_priors(params: dict) -> int:
     return sum(h * w * k for (h, w), k in zip(params["feature_maps"], per_cell))
 
 
-class SSD(nn.Module):
+class SSD(DetectorModel):
     """MobileNet-SSD. Input float32 [B, 3, H, W]; output (loc [B, P, 4], conf [B, P, 1 + nc])."""
 
     def __init__(self, num_classes: int, width: float = 0.25, depth: float = 0.33, top_down: bool = True) -> None:

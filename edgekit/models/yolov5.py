@@ -20,7 +20,8 @@ from torch import nn
 
 from edgekit.errors import SpecError
 from edgekit.models import ModelConfig, detector_spec
-from edgekit.models.common import C3, SPP, ConvBNAct, Focus, scale_channels, scale_depth, upsample2x
+from edgekit.models.base import DetectorModel
+from edgekit.models.common import C3, SPP, ConvBNAct, Focus, conv_bias, scale_channels, scale_depth, upsample2x
 from edgekit.spec import HeadSpec
 
 STRIDES = (8, 16, 32)
@@ -60,7 +61,7 @@ class YOLOv5Detect(nn.Module):
         # probability 0.6 / (nc - 0.99), so the first losses are not dominated by false positives.
         height, width = input_size
         for conv, stride in zip(self.m, strides):
-            bias = conv.bias.detach().view(self.num_anchors, self.num_outputs)
+            bias = conv_bias(conv).detach().view(self.num_anchors, self.num_outputs)
             cells = (height / stride) * (width / stride)
             bias[:, 4] += math.log(8.0 / cells)
             bias[:, 5:] += math.log(0.6 / (self.num_classes - 0.99)) if self.num_classes > 1 else 0.0
@@ -69,7 +70,7 @@ class YOLOv5Detect(nn.Module):
         return tuple(conv(x) for conv, x in zip(self.m, features))
 
 
-class YOLOv5(nn.Module):
+class YOLOv5(DetectorModel):
     """YOLOv5 detector. Input float32 [B, 3, H, W] (H, W multiples of 32); output a tuple of the three
     raw level tensors (strides 8, 16, 32), see the module docstring."""
 

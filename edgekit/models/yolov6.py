@@ -22,11 +22,13 @@ import torch
 from torch import nn
 
 from edgekit.models import ModelConfig, detector_spec
+from edgekit.models.base import DetectorModel
 from edgekit.models.common import (
     SPPF,
     ConvBNAct,
     RepBlock,
     RepVGGBlock,
+    conv_bias,
     prior_bias,
     scale_channels,
     scale_depth,
@@ -52,9 +54,9 @@ class EfficientDecoupledHead(nn.Module):
         self.reg_preds = nn.ModuleList(nn.Conv2d(c, 4 * reg_max, 1) for c in in_channels)
         # YOLOv6's prior: class probability 0.01; box bins start equal (bias 1.0 everywhere).
         for conv in self.cls_preds:
-            nn.init.constant_(conv.bias, prior_bias(0.01))
+            nn.init.constant_(conv_bias(conv), prior_bias(0.01))
         for conv in self.reg_preds:
-            nn.init.constant_(conv.bias, 1.0)
+            nn.init.constant_(conv_bias(conv), 1.0)
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         outputs = []
@@ -65,7 +67,7 @@ class EfficientDecoupledHead(nn.Module):
         return tuple(outputs)
 
 
-class YOLOv6(nn.Module):
+class YOLOv6(DetectorModel):
     """YOLOv6 detector. Input float32 [B, 3, H, W]; output a tuple of three [B, 4 * reg_max + nc, H/s, W/s]."""
 
     def __init__(self, num_classes: int, width: float = 0.25, depth: float = 0.33, reg_max: int = DEFAULT_REG_MAX,

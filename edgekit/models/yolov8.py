@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from edgekit.models import ModelConfig, detector_spec
-from edgekit.models.common import SPPF, C2f, ConvBNAct, scale_channels, scale_depth, upsample2x
+from edgekit.models.base import DetectorModel
+from edgekit.models.common import SPPF, C2f, ConvBNAct, conv_bias, scale_channels, scale_depth, upsample2x
 from edgekit.spec import HeadSpec
 
 STRIDES = (8, 16, 32)
@@ -35,27 +36,27 @@ class DFLDetect(nn.Module):
         super().__init__()
         box_hidden = max(16, in_channels[0] // 4, 4 * reg_max)
         cls_hidden = max(in_channels[0], min(num_classes, 100))
-        self.cv2 = nn.ModuleList(  # box branch
-            nn.Sequential(ConvBNAct(c, box_hidden, 3), ConvBNAct(box_hidden, box_hidden, 3),
-                          nn.Conv2d(box_hidden, 4 * reg_max, 1))
-            for c in in_channels)
-        self.cv3 = nn.ModuleList(  # cls branch
-            nn.Sequential(ConvBNAct(c, cls_hidden, 3), ConvBNAct(cls_hidden, cls_hidden, 3),
-                          nn.Conv2d(cls_hidden, num_classes, 1))
-            for c in in_channels)
+        box_branches = [nn.Sequential(ConvBNAct(c, box_hidden, 3), ConvBNAct(box_hidden, box_hidden, 3),
+                                      nn.Conv2d(box_hidden, 4 * reg_max, 1))
+                        for c in in_channels]
+        cls_branches = [nn.Sequential(ConvBNAct(c, cls_hidden, 3), ConvBNAct(cls_hidden, cls_hidden, 3),
+                                      nn.Conv2d(cls_hidden, num_classes, 1))
+                        for c in in_channels]
+        self.cv2 = nn.ModuleList(box_branches)
+        self.cv3 = nn.ModuleList(cls_branches)
         # ultralytics' prior: box bins start equal (bias 1.0); about 5 objects per image over nc
         # classes and the level's cells: cls bias = log(5 / nc / cells).
         height, width = input_size
-        for box_branch, cls_branch, stride in zip(self.cv2, self.cv3, strides):
-            nn.init.constant_(box_branch[-1].bias, 1.0)
+        for box_branch, cls_branch, stride in zip(box_branches, cls_branches, strides):
+            nn.init.constant_(conv_bias(box_branch[-1]), 1.0)
             cells = (height / stride) * (width / stride)
-            nn.init.constant_(cls_branch[-1].bias, math.log(5.0 / num_classes / cells))
+            nn.init.constant_(conv_bias(cls_branch[-1]), math.log(5.0 / num_classes / cells))
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(torch.cat((box(x), cls(x)), dim=1) for box, cls, x in zip(self.cv2, self.cv3, features))
 
 
-class YOLOv8(nn.Module):
+class YOLOv8(DetectorModel):
     """YOLOv8 detector. Input float32 [B, 3, H, W]; output a tuple of three [B, 4 * reg_max + nc, H/s, W/s]."""
 
     def __init__(self, num_classes: int, input_size: tuple[int, int] = (160, 160), width: float = 0.25,

@@ -14,11 +14,13 @@ schedule the depthwise net learns ~4x slower per iteration (mAP 0.03 vs 0.14 for
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from edgekit.models import ModelConfig, detector_spec
+from edgekit.models.base import DetectorModel
 from edgekit.models.common import (
     C3,
     SPP,
@@ -60,7 +62,18 @@ class YOLOXHead(nn.Module):
         return decoupled_head_forward(self, features)
 
 
-def decoupled_head_forward(head: nn.Module, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+class DecoupledHead(Protocol):
+    """What ``decoupled_head_forward`` reads: one ModuleList entry per level in each of these."""
+
+    stems: nn.ModuleList
+    cls_convs: nn.ModuleList
+    reg_convs: nn.ModuleList
+    reg_preds: nn.ModuleList
+    obj_preds: nn.ModuleList
+    cls_preds: nn.ModuleList
+
+
+def decoupled_head_forward(head: DecoupledHead, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """YOLOX's decoupled head, shared by edgekit's YOLOX and the official-layout import: per level a 1x1 stem, a cls
     and a reg conv branch, and ``cat(reg [4], obj logit [1], cls logits [nc])`` -> [B, 5 + nc, H_i, W_i].
     ``head`` has the ModuleLists ``stems``, ``cls_convs``, ``reg_convs``, ``reg_preds``, ``obj_preds``, ``cls_preds``."""
@@ -74,7 +87,7 @@ def decoupled_head_forward(head: nn.Module, features: Sequence[torch.Tensor]) ->
     return tuple(outputs)
 
 
-class YOLOX(nn.Module):
+class YOLOX(DetectorModel):
     """YOLOX detector. Input float32 [B, 3, H, W]; output a tuple of three [B, 5 + nc, H/s, W/s] tensors."""
 
     def __init__(self, num_classes: int, width: float = 0.25, depth: float = 0.33, depthwise: bool = False) -> None:

@@ -221,6 +221,17 @@ def test_spec_describes_yolox_preprocessing_and_postprocessing(oracle) -> None:
     assert ModelSpec.from_json(spec.to_json()) == spec
 
 
+def test_save_checkpoint_refuses_an_imported_model(oracle, tmp_path: Path) -> None:
+    """An imported model has ``.config = None``: save_checkpoint used to die with AttributeError
+    ('NoneType' object has no attribute 'to_dict'); now an edgekit error, and no file is written."""
+    from edgekit.models.loading import save_checkpoint
+
+    model = build_yolox_official(_pattern_tensors(oracle, "yolox_nano"), "nano.pth", None, None)
+    with pytest.raises(SpecError, match=r"imported checkpoint \(yolox\) has no edgekit ModelConfig"):
+        save_checkpoint(model, tmp_path / "nano_edgekit.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_input_size_and_class_names_can_be_given(oracle) -> None:
     names = [f"n{i}" for i in range(80)]
     model = build_yolox_official(_pattern_tensors(oracle, "yolox_s"), "s.pth", names, (320, 480))

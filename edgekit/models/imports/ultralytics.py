@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import ModelFileError
+from edgekit.models.base import DetectorModel
 from edgekit.models.checkpoint import load_state_dict_strict
 from edgekit.models.common import scale_channels, scale_depth
 from edgekit.models.imports import ultralytics_blocks as blocks
@@ -294,11 +295,10 @@ def build_network(cfg: Mapping[str, Any], *, classic: bool, source: str,
                 module = replacements[i]
                 c2 = _probe_channels(module, c_in, here)
             elif name in _CHANNEL_MODULES:
-                c2 = args[0] if args else None
-                if isinstance(c2, bool) or not isinstance(c2, int) or c2 < 1:
-                    raise ModelFileError(f"{here}: {name} needs a positive output channel count, got {c2!r}")
-                if c2 != nc:
-                    c2 = scale_channels(int(min(c2, max_channels)), width)
+                declared = args[0] if args else None
+                if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+                    raise ModelFileError(f"{here}: {name} needs a positive output channel count, got {declared!r}")
+                c2 = declared if declared == nc else scale_channels(int(min(declared, max_channels)), width)
                 args = [c1, c2, *args[1:]]
                 if name in _REPEAT_MODULES:
                     args.insert(2, repeats)
@@ -325,6 +325,9 @@ def build_network(cfg: Mapping[str, Any], *, classic: bool, source: str,
                     anchors = args[1] if len(args) > 1 else cfg.get("anchors")
                     if isinstance(anchors, int):  # "na anchors per level", values filled by the trainer
                         anchors = [list(range(anchors * 2))] * len(sources)
+                    if not isinstance(anchors, (list, tuple)) or not anchors:
+                        raise ModelFileError(f"{here}: a YOLOv5 Detect needs anchors (per level a list of w, h "
+                                             f"values, or a count), got {anchors!r}")
                     module = blocks.AnchorDetect(det_nc, anchors, c_in)
                 else:
                     module = blocks.Detect(det_nc, c_in, reg_max=reg_max, legacy=legacy, end2end=end2end)
@@ -334,7 +337,8 @@ def build_network(cfg: Mapping[str, Any], *, classic: bool, source: str,
             raise
         except (TypeError, ValueError, IndexError, RuntimeError, ZeroDivisionError) as exc:
             raise ModelFileError(f"{here}: cannot build {module_name}{tuple(raw_args)} ({exc})") from None
-        module.f, module.i = f, i
+        # nn.Module.__setattr__ stores any value as a plain attribute; torch types its value Tensor | Module
+        module.f, module.i = f, i  # type: ignore[assignment]
         save.extend(x % i for x in sources if x != -1)
         layers.append(module)
         if i == 0:
@@ -443,7 +447,7 @@ def _input_size(payload: Mapping[str, Any], classic: bool, source: str) -> tuple
 
 
 def build_from_pickled(ck: PickledCheckpoint, source: str, *, end2end: bool | None = None,
-                       trust_upstream: str | None = None) -> nn.Module:
+                       trust_upstream: str | None = None) -> DetectorModel:
     """An Ultralytics 8.x / classic YOLOv5 checkpoint (read by ``load_pickled_checkpoint``) as edgekit's module.
 
     Returns an ``nn.Module`` in eval mode whose forward maps a float32 ``[B, 3, H, W]`` RGB /255 letterboxed image

@@ -18,10 +18,12 @@ says otherwise; the importer replaces it with the activation the file names).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from edgekit.models.base import DetectorModel
 from edgekit.models.common import BN_EPS, BN_MOMENTUM, space_to_depth
 
 
@@ -320,6 +322,8 @@ class AnchorDetect(nn.Module):
     ``yolo_anchor``). ``anchors`` buffer [nl, na, 2]: anchor (w, h) in *grid units* of each level (pixels /
     stride), as the YOLOv5 trainer stores them."""
 
+    anchors: torch.Tensor  # the buffer registered in __init__ (declared: nn.Module's __getattr__ says Tensor | Module)
+
     def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int]) -> None:
         super().__init__()
         self.nc = nc
@@ -333,7 +337,7 @@ class AnchorDetect(nn.Module):
         return tuple(self.m[i](x) for i, x in enumerate(xs))
 
 
-class Sequencer(nn.Module):
+class Sequencer(DetectorModel):
     """The yaml-built network: ``model`` is the Sequential of layers (state_dict keys ``model.<i>.…``).
 
     Each layer carries ``f`` (its input: -1 = previous layer, an index, or a list of indices) and ``i``; outputs
@@ -346,11 +350,14 @@ class Sequencer(nn.Module):
         self.save = sorted({int(s) for s in save})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs: list[torch.Tensor | None] = []
+        # ``y``: a layer's input or output, a tensor, a list of them (Concat and Detect read several) or the
+        # head's tuple (the last layer's output, returned).
+        outputs: list[Any] = []
+        y: Any = x
         for layer in self.model:
-            f = layer.f
+            f: Any = layer.f  # set by the builder: -1 (the previous layer), an index or a list of indices
             if f != -1:
-                x = outputs[f] if isinstance(f, int) else [x if j == -1 else outputs[j] for j in f]
-            x = layer(x)
-            outputs.append(x if layer.i in self.save else None)
-        return x
+                y = outputs[f] if isinstance(f, int) else [y if j == -1 else outputs[j] for j in f]
+            y = layer(y)
+            outputs.append(y if layer.i in self.save else None)
+        return y

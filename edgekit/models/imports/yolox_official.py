@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from edgekit.errors import ModelFileError, SpecError
+from edgekit.models.base import DetectorModel
 from edgekit.models.checkpoint import _unwrap_state_dict, load_state_dict_strict
 from edgekit.models.common import ConvBNAct, Focus, upsample2x
 from edgekit.models.yolox import decoupled_head_forward
@@ -253,7 +254,7 @@ class YOLOXHead(nn.Module):
         return decoupled_head_forward(self, features)  # the same head as edgekit's own YOLOX
 
 
-class YOLOXOfficial(nn.Module):
+class YOLOXOfficial(DetectorModel):
     """YOLOX in the upstream layout. Input float32 [B, 3, H, W] (BGR, 0..255; H, W multiples of 32);
     output a tuple of three raw [B, 5 + nc, H/s, W/s] tensors (s = 8, 16, 32)."""
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from edgekit.errors import InputError
+from edgekit.models.base import DetectorModel
 from edgekit.runtime.preprocess import load_image
 from edgekit.spec import ModelSpec, PostprocessSpec
 
@@ -17,7 +18,7 @@ from edgekit.spec import ModelSpec, PostprocessSpec
 # Evaluation
 # ==============================================================================================
 
-def detect_images(model: nn.Module, images: Sequence[np.ndarray], postprocess_spec: PostprocessSpec,
+def detect_images(model: DetectorModel, images: Sequence[np.ndarray], postprocess_spec: PostprocessSpec,
                   batch_size: int = 32) -> list[Any]:
     """Run a torch ``model`` (with ``.spec``) on uint8 RGB images -> one ``Detections`` per image.
 
@@ -56,7 +57,7 @@ def detect_images(model: nn.Module, images: Sequence[np.ndarray], postprocess_sp
     return results
 
 
-def evaluate(model: nn.Module, dataset: Any, *, batch_size: int = 32,
+def evaluate(model: DetectorModel, dataset: Any, *, batch_size: int = 32,
              images: Sequence[np.ndarray] | None = None) -> Any:
     """COCO mAP of a torch ``model`` (with ``.spec``) on ``dataset``: returns a ``MapResult``.
 

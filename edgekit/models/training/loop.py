@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from edgekit.atomic_io import atomic_path
 from edgekit.errors import InputError
+from edgekit.models.base import DetectorModel
 from edgekit.models.training.data import AugmentConfig, TrainingSet
 from edgekit.models.training.losses import make_loss
 from edgekit.models.training.losses.base import DetectionLoss, loss_value
@@ -90,7 +91,8 @@ class ModelEMA:
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on conv / linear weights only: decaying BN scales and biases hurts small nets."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
@@ -107,7 +109,7 @@ def _save_atomic(payload: dict[str, Any], path: Path) -> None:
         torch.save(payload, tmp)
 
 
-def train(model: nn.Module, data: TrainingSet, config: TrainConfig = TrainConfig(),
+def train(model: DetectorModel, data: TrainingSet, config: TrainConfig = TrainConfig(),
           loss_fn: DetectionLoss | None = None,
           on_epoch_end: Callable[[int, nn.Module, dict[str, float]], None] | None = None,
           resume_path: str | Path | None = None) -> TrainResult:
@@ -145,7 +147,8 @@ def train(model: nn.Module, data: TrainingSet, config: TrainConfig = TrainConfig
 
     # NHWC convolutions are ~15 % faster on CPU (oneDNN); the weights go back to NCHW at the end.
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    # nn.Module.to takes memory_format (see its docstring); torch's overloads of it leave the keyword out
+    model.to(memory_format=memory_format)  # type: ignore[call-overload]
     ema = ModelEMA(model, config.ema_decay, config.ema_ramp)
     history: list[dict[str, float]] = []
     step = 0
@@ -214,8 +217,8 @@ def train(model: nn.Module, data: TrainingSet, config: TrainConfig = TrainConfig
             }, resume_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, ema.module, means)
-    model.to(memory_format=torch.contiguous_format)
-    trained = ema.module.eval().to(memory_format=torch.contiguous_format)
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    trained: nn.Module = ema.module.eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     for name in ("spec", "config"):
         if hasattr(model, name):
             setattr(trained, name, getattr(model, name))

@@ -145,7 +145,7 @@ class CenterNetLoss(DetectionLoss):
     def __call__(self, outputs: Sequence[Tensor], targets: Targets) -> LossResult:
         self._check_outputs(outputs, 3)
         heat_logits, size_pred, offset_pred = outputs
-        t = self.build_targets(tuple(heat_logits.shape[-2:]), targets)
+        t = self.build_targets((int(heat_logits.shape[-2]), int(heat_logits.shape[-1])), targets)
         num = max(int(t.mask.sum()), 1)
         # log p and log(1 - p) from the logits directly (log-sigmoid), clamped like CenterNet's
         # sigmoid clamp to [1e-4, 1 - 1e-4] so confident mistakes cannot dominate.

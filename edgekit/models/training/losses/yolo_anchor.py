@@ -107,7 +107,7 @@ class YoloAnchorLoss(DetectionLoss):
     def __call__(self, outputs: Sequence[Tensor], targets: Targets) -> LossResult:
         self._check_outputs(outputs, len(self.strides))
         nc = self.num_classes
-        matches = self.assign([tuple(o.shape[-2:]) for o in outputs], targets)
+        matches = self.assign([(int(o.shape[-2]), int(o.shape[-1])) for o in outputs], targets)
         box_loss = outputs[0].new_zeros(())
         obj_loss = outputs[0].new_zeros(())
         cls_loss = outputs[0].new_zeros(())
