@@ -204,6 +204,8 @@ def _write_xyxy(boxes: np.ndarray, cx: np.ndarray, cy: np.ndarray, w: np.ndarray
 
 
 def _allocate(batch: int, n: int) -> Candidates:
+    """Candidates for ``n`` boxes per image; the decoders pass the first output's dim 0, the batch
+    ``_check_shape`` made every (4-D) output share."""
     return Candidates(np.empty((batch, n, 4), np.float32), np.empty((batch, n), np.float32),
                       np.empty((batch, n), np.int64))
 
@@ -242,7 +244,7 @@ def decode_yolo_anchor(outputs: Sequence[np.ndarray], spec: ModelSpec,
                      f"[B, {na * no}, H, W] ({na} anchors x (5 + {nc} classes))", batch)
         _check_grid(arr.shape[2], arr.shape[3], strides[i], i, spec)
         sizes.append(na * arr.shape[2] * arr.shape[3])
-    result = _allocate(batch, sum(sizes))
+    result = _allocate(arrays[0].shape[0], sum(sizes))
     start = 0
     for arr, a, stride, n in zip(arrays, anchors, strides, sizes):
         b, _, h, w = arr.shape
@@ -280,7 +282,7 @@ def decode_yolox(outputs: Sequence[np.ndarray], spec: ModelSpec,
     for i, arr in enumerate(arrays):
         _check_shape(arr, i, spec, (None, 5 + nc, None, None), f"[B, {5 + nc}, H, W] (4 reg + obj + {nc} classes)", batch)
         _check_grid(arr.shape[2], arr.shape[3], strides[i], i, spec)
-    result = _allocate(batch, sum(a.shape[2] * a.shape[3] for a in arrays))
+    result = _allocate(arrays[0].shape[0], sum(a.shape[2] * a.shape[3] for a in arrays))
     for cells, x, gx, gy, stride in _grid_levels(arrays, strides):
         cx = (x[:, 0] + gx) * stride
         cy = (x[:, 1] + gy) * stride
@@ -338,7 +340,7 @@ def decode_dfl(outputs: Sequence[np.ndarray], spec: ModelSpec,
             k: v for k, v in spec.head.params.items() if k != "one2one_topk"})), None)
         class_logits = np.concatenate([a.reshape(a.shape[0], a.shape[1], -1)[:, 4 * reg_max:] for a in arrays], 2)
         return _one_to_one(everything.boxes, _sigmoid(class_logits.transpose(0, 2, 1)), int(one2one_topk))
-    result = _allocate(batch, sum(a.shape[2] * a.shape[3] for a in arrays))
+    result = _allocate(arrays[0].shape[0], sum(a.shape[2] * a.shape[3] for a in arrays))
     for cells, x, gx, gy, stride in _grid_levels(arrays, strides):
         b = x.shape[0]
         out = result.boxes[:, cells]
@@ -505,7 +507,7 @@ def ssd_priors(params: dict[str, Any], input_size: tuple[int, int]) -> np.ndarra
     """
     in_h, in_w = (float(v) for v in input_size)
     try:
-        feature_maps = [(int(f), int(f)) if np.isscalar(f) else (int(f[0]), int(f[1])) for f in params["feature_maps"]]
+        feature_maps = [(int(f), int(f)) if np.ndim(f) == 0 else (int(f[0]), int(f[1])) for f in params["feature_maps"]]
         steps = [float(s) for s in params["steps"]]
         min_sizes = [float(s) for s in params["min_sizes"]]
         max_sizes = [float(s) for s in params["max_sizes"]]

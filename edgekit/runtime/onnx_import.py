@@ -69,8 +69,8 @@ def read_onnx_header(path: str | Path) -> OnnxHeader:
     try:
         import onnx
     except ImportError:
-        onnx = None
-    if onnx is not None:
+        pass  # onnx is a converter-side package: onnxruntime reads the header below
+    else:
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
@@ -325,7 +325,7 @@ def _yolox_resize() -> ResizeSpec:
     """YOLOX pads at the bottom/right (image at the top-left corner) — when this edgekit's ResizeSpec
     has ``align``; otherwise the centred letterbox (boxes still map back exactly, the input differs)."""
     if "align" in {f.name for f in fields(ResizeSpec)}:
-        return ResizeSpec(mode="letterbox", pad_value=114, align="top_left")  # type: ignore[call-arg]
+        return ResizeSpec(mode="letterbox", pad_value=114, align="top_left")
     return ResizeSpec(mode="letterbox", pad_value=114)
 
 

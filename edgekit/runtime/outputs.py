@@ -104,15 +104,18 @@ class AnnotatedVideoWriter:
     def write(self, frame: Frame, detections: Detections) -> None:
         height, width = frame.image.shape[:2]
         if self._writer is None:
-            self._writer = cv2.VideoWriter(str(self._partial), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
-                                           (width, height))
+            self._writer = cv2.VideoWriter(str(self._partial), cv2.VideoWriter_fourcc(*self.fourcc),  # type: ignore[attr-defined]
+                                           self.fps, (width, height))
             if not self._writer.isOpened():
                 raise OutputError(f"{self.path}: OpenCV cannot write a {self.fourcc} video here")
             self.size = (width, height)
         elif (width, height) != self.size:
             # a stream that changes resolution: keep the video's size (a writer cannot change it)
-            frame = Frame(cv2.resize(frame.image, self.size), frame.index, frame.timestamp, frame.origin)
-            scale = np.array([self.size[0] / width, self.size[1] / height] * 2, dtype=np.float32)
+            size = self.size
+            if size is None:  # the writer did not open at the first frame (that write raised this already)
+                raise OutputError(f"{self.path}: OpenCV cannot write a {self.fourcc} video here")
+            frame = Frame(cv2.resize(frame.image, size), frame.index, frame.timestamp, frame.origin)
+            scale = np.array([size[0] / width, size[1] / height] * 2, dtype=np.float32)
             detections = Detections(detections.boxes * scale, detections.scores, detections.labels)
         drawn = np.asarray(draw_detections(frame.image, detections, self.class_names))
         self._writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))

@@ -97,7 +97,8 @@ def load_image(source: ImageLike, color_order: str = "RGB") -> np.ndarray:
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, color_order)
     if isinstance(source, Image.Image):
-        name = "PIL image" + (f" ({source.filename})" if getattr(source, "filename", "") else "")
+        # filename: set by Image.open (ImageFile), absent from Pillow's type stubs of Image
+        name = "PIL image" + (f" ({source.filename})" if getattr(source, "filename", "") else "")  # type: ignore[attr-defined]
         return _pil_to_rgb(source, name)
     if isinstance(source, (str, os.PathLike)):
         return _load_file(os.fspath(source))

@@ -13,11 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from edgekit.errors import BackendUnavailableError, InputError
+from edgekit.errors import BackendUnavailableError, EdgekitError, InputError
+
+_Handle = TypeVar("_Handle")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,14 @@ class Runner(ABC):
 
     @abstractmethod
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _live(self, handle: _Handle | None) -> _Handle:
+        """``handle``, a backend object ``_activate`` made and ``_deactivate`` drops, checked: None means the runner
+        was deactivated under this call (by another thread: the caller's error, see the class docstring)."""
+        if handle is None:
+            raise EdgekitError(f"{self.model_path.name}: the {self.name} runner was deactivated while in use "
+                               "(deactivate() only after every infer() has returned)")
+        return handle
 
     def _deactivate(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Drop references to the backend objects; override when there is more to release."""

@@ -36,11 +36,15 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.errors import InputError, ModelFileError, OutputError
 from edgekit.runtime.backends.base import Runner, TensorSpec
+
+if TYPE_CHECKING:
+    import ncnn
 from edgekit.runtime.ncnn_format import PARAM_MAGIC, read_param_io
 
 __all__ = ["NcnnRunner", "read_param_io"]  # read_param_io: the format's, re-exported for the builder
@@ -95,7 +99,7 @@ class NcnnRunner(Runner):
         self.use_vulkan = bool(use_vulkan)
         #: whether this run uses Vulkan (set at activation: use_vulkan and a Vulkan GPU found)
         self.vulkan_active = False
-        self._net = None
+        self._net: ncnn.Net | None = None
 
     @classmethod
     def from_artifact(cls, model_path: Path, options: Mapping[str, object], threads: int = 0) -> NcnnRunner:
@@ -113,7 +117,7 @@ class NcnnRunner(Runner):
         bin_path = model_path.with_name(str(bin_file)) if bin_file else None
         return cls(model_path, bin_path, input_name=str(options["input_name"]), input_blob=str(options["input_blob"]),
                    input_shape=options.get("input_shape"), output_blobs=output_blobs,  # type: ignore[arg-type]
-                   output_shapes=output_shapes, threads=threads,  # type: ignore[arg-type]
+                   output_shapes=output_shapes, threads=threads,
                    use_fp16=bool(options.get("use_fp16", False)), use_int8=bool(options.get("use_int8", False)),
                    use_vulkan=bool(options.get("use_vulkan", False)))
 
@@ -185,12 +189,13 @@ class NcnnRunner(Runner):
         if batch.shape[0] < 1:
             raise InputError(f"input '{self.input_name}': empty batch (shape {tuple(batch.shape)})")
         per_image: dict[str, list[np.ndarray]] = {name: [] for name in self.output_blobs}
+        net = self._live(self._net)
         for image in batch:
             # ncnn.Mat wraps the numpy buffer without copying, and the extractor does not keep it
             # alive: `chw` and `mat` must stay referenced until every output has been extracted.
             chw = np.ascontiguousarray(image, dtype=np.float32)
             mat = ncnn.Mat(chw)
-            extractor = self._net.create_extractor()
+            extractor = net.create_extractor()
             try:
                 code = extractor.input(self.input_blob, mat)
                 if code != 0:

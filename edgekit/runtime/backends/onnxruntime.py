@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.errors import ModelFileError, first_line
 from edgekit.runtime.backends.base import Runner, TensorSpec
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
 # ONNX tensor element type strings as ONNX Runtime reports them -> numpy dtypes
-_ORT_DTYPES = {
+_ORT_DTYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
     "tensor(double)": np.dtype(np.float64),
@@ -42,7 +46,7 @@ class OnnxRuntimeRunner(Runner):
         self.threads = int(threads)
         self.graph_optimization = graph_optimization
         self.providers = providers
-        self._session = None
+        self._session: InferenceSession | None = None
 
     def _activate(self) -> None:
         import onnxruntime as ort
@@ -67,13 +71,13 @@ class OnnxRuntimeRunner(Runner):
         self.activate()
         return [TensorSpec(i.name, _ORT_DTYPES.get(i.type, np.dtype(np.float32)),
                            tuple(d if isinstance(d, int) else None for d in i.shape))
-                for i in self._session.get_inputs()]
+                for i in self._live(self._session).get_inputs()]
 
     def output_names(self) -> list[str]:
         self.activate()
-        return [o.name for o in self._session.get_outputs()]
+        return [o.name for o in self._live(self._session).get_outputs()]
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.output_names()
-        outputs = self._session.run(names, feeds)
+        outputs = self._live(self._session).run(names, feeds)
         return dict(zip(names, outputs))

@@ -215,7 +215,7 @@ class OpenVinoRunner(Runner):
     # --- inference -----------------------------------------------------------------------
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._requests.lend() as request:
+        with self._live(self._requests).lend() as request:
             # share_outputs=False (the default) copies the results out of the request's buffers,
             # which the request's next inference (maybe another thread's) overwrites.
             results = request.infer(feeds)
@@ -251,7 +251,7 @@ class OpenVinoRunner(Runner):
                 request.wait()
                 # copy: the request's output buffers are reused by its next job
                 results.append({name: np.array(request.get_tensor(port).data, copy=True) for name, port in ports})
-        return results  # type: ignore[return-value]
+        return results
 
     def runtime_precisions(self, layer_type: str | None = None) -> Counter[str]:
         """How many executed operations ran in each precision (``"f32"``, ``"bf16"``, ``"i8"`` …).
