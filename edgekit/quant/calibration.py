@@ -168,7 +168,8 @@ def _decode(data: bytes, path: Path) -> np.ndarray:
     except Exception:  # UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
         raise InputError(f"{path}: not a readable image (expected a {_EXTENSIONS_TEXT} file)") from None
     with image:
-        image.filename = str(path)  # so load_image's messages name the file
+        # so load_image's messages name the file (Pillow sets filename in Image.open; its stubs omit it)
+        image.filename = str(path)  # type: ignore[attr-defined]
         try:
             return load_image(image)
         except InputError as exc:
@@ -248,7 +249,7 @@ def find_calibration_images(
     def take(index: int) -> None:
         path = candidates[index]
         sha, reason = _examine(path)
-        if reason:
+        if reason or sha is None:  # no sha256 only for an unreadable file, which has a reason
             skipped.append((path, reason))
         elif sha in first_with_hash:
             other = candidates[first_with_hash[sha]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edgekit.errors import CalibrationError
 from edgekit.quant.calibration import (
@@ -182,7 +182,7 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
 
         # by name, as validate does: a dataset whose ids are permuted must not steer the search silently wrong
         dataset = map_to_model_classes(load_dataset(options.drift_data), spec.class_names)
-        judge = MapJudge(onnx_path, spec, dataset)
+        judge: MapJudge | AgreementJudge = MapJudge(onnx_path, spec, dataset)
     else:
         judge = AgreementJudge(onnx_path, spec, holdout)
     tensors = []
@@ -192,7 +192,7 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
             break
     progress(f"int8    sensitivity of {len(result.layers)} layers on {len(tensors)} images ({placement} Q/DQ)")
     ranking = layer_sensitivity(onnx_path, result, placement, tensors, progress=bars)
-    partial = partial_quantize(onnx_path, result, placement, judge, options.drift_budget, ranking,
+    partial = partial_quantize(onnx_path, result, placement, judge, cast(float, options.drift_budget), ranking,  # set: the caller's check
                                max_float_fraction=options.max_float_fraction, progress=progress)
     if not partial.met:
         progress(f"warning drift budget {options.drift_budget:g} not met: best {partial.drift:.2f} points with "

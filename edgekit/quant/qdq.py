@@ -51,6 +51,7 @@ fit in int32, see ``_fit_int32_bias``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnx
@@ -253,12 +254,14 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
         # bias correction: cancel the mean output shift of the rounded weights (result.bias_correction)
         shift = None if bias is None else bias_correction(weight, scales, layer.input_mean, layer.op_type,
                                                           _group(node))
-        if shift is not None:
+        if bias is not None and shift is not None:  # (a shift only exists for a bias)
             if placement.quantize_bias:  # the corrected bias must fit int32 as well
                 fitted = _fit_int32_bias(scales, bias - shift, input_scale)
                 if not np.array_equal(fitted, scales):
                     scales = fitted
-                    shift = bias_correction(weight, scales, layer.input_mean, layer.op_type, _group(node))
+                    # not None: None depends on the layer and its input means only, and the first call gave a shift
+                    shift = cast(np.ndarray, bias_correction(weight, scales, layer.input_mean, layer.op_type,
+                                                             _group(node)))
             bias = bias - shift
         elif not has_bias:
             bias = None
@@ -284,7 +287,7 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
             new_nodes.append(helper.make_node("DequantizeLinear", [b_q, b_scale, b_zero], [b_dq], axis=0,
                                               name=builder.fresh(f"{bias_name}_DQ")))
             inputs[2:3] = [b_dq]
-        elif shift is not None:
+        elif bias is not None and shift is not None:
             inputs[2:3] = [builder.constant(f"{bias_name}_corrected", bias.astype(np.float32))]
         conv = onnx.NodeProto()
         conv.CopyFrom(node)

@@ -19,6 +19,7 @@ import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ def coco_map(ground_truth: Mapping[int, GroundTruth], detections: Mapping[int, D
 
     num_classes = len(class_names)
     # pycocotools treats annotation id 0 as "unmatched", so ids start at 1; so do category ids.
-    gt_annotations = []
+    gt_annotations: list[dict[str, Any]] = []
     for image_id, gt in ground_truth.items():
         for boxes, labels, crowd in ((gt.boxes, gt.labels, 0), (gt.crowd_boxes, gt.crowd_labels, 1)):
             for box, label in zip(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels).reshape(-1)):

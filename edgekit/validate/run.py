@@ -66,15 +66,22 @@ class ValidationReport:
     def run(self, name: str) -> ModelRun:
         return next(r for r in self.runs if r.name == name)
 
+    def _reference_metrics(self) -> MapResult:
+        """The reference run's mAP, which the deltas are against (``_score_runs`` sets it)."""
+        metrics = self.run(self.reference).metrics
+        if metrics is None:
+            raise EdgekitError(f"{self.reference}: the reference run has no mAP yet (the validate_* functions "
+                               "return scored reports)")
+        return metrics
+
     def to_dict(self) -> dict[str, Any]:
-        reference_map = self.run(self.reference).metrics
         rows = []
         for run in self.runs:
             row: dict[str, Any] = {"name": run.name, "latency_ms": run.latency_ms, "inference_ms": run.inference_ms,
                                    "size_bytes": run.size_bytes}
             if run.metrics:
                 row.update(map_50_95=run.metrics.map_50_95, map_50=run.metrics.map_50,
-                           delta_map_50_95=run.metrics.map_50_95 - reference_map.map_50_95,
+                           delta_map_50_95=run.metrics.map_50_95 - self._reference_metrics().map_50_95,
                            per_class_ap=run.metrics.per_class_ap)
             if run.agreement:
                 a = run.agreement
@@ -286,13 +293,16 @@ def validate_checkpoint(model: Any, dataset: Dataset, progress: Callable[[Sequen
 
 def format_table(report: ValidationReport) -> str:
     """A markdown table: one row per backend/precision."""
-    reference = report.run(report.reference).metrics
+    reference = report._reference_metrics()
     lines = [f"reference: {report.reference}   dataset: {report.dataset}",
              "",
              "| model | mAP@.5:.95 | mAP@.5 | Δ mAP (pts) | precision | recall | mean IoU | class flips | ms/img | infer ms | size MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in report.runs:
         m, a = run.metrics, run.agreement
+        if m is None or a is None:
+            raise EdgekitError(f"{run.name}: the run has no mAP / agreement yet (the validate_* functions return "
+                               "scored reports)")
         delta = (m.map_50_95 - reference.map_50_95) * 100
         infer = "—" if np.isnan(run.inference_ms) else f"{run.inference_ms:.2f}"
         size = f"{run.size_bytes / 1e6:.2f}" if run.size_bytes else "—"

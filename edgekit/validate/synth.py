@@ -39,6 +39,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -210,7 +211,7 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
         cells = int(rng.integers(2, 10))
         coarse = np.stack([_random_colour(rng) for _ in range(cells * cells)]).reshape(cells, cells, 3)
         coarse_img = Image.fromarray(coarse.astype(np.uint8))
-        rgb = np.asarray(coarse_img.resize((size, size), Image.BICUBIC), dtype=np.float64)
+        rgb = np.asarray(coarse_img.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
     else:
         rgb = np.broadcast_to(_random_colour(rng), (size, size, 3))
     image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
@@ -396,7 +397,8 @@ def generate(out_dir: str | Path, split: str, seed: int, num_images: int | None 
     try:
         for sub in ("images", "labels", "annotations"):
             (tmp / sub).mkdir()
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         indices = range(num_images)
         if progress:
             from tqdm import tqdm

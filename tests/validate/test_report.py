@@ -452,3 +452,17 @@ def test_raw_tensor_section_names_the_output_that_drifted(dataset, tmp_path):
     md = (out / "report.md").read_text()
     assert "## Raw tensors at build time (per output)" in md and "| ncnn/fp32 | all outputs |" in md
     assert f"openvino/fp16 `p5` {error['outputs']['p5']['max_rel']:.2e}" in md
+
+
+def test_unscored_report_is_an_edgekit_error_in_the_table_and_the_json() -> None:
+    """A run without mAP / agreement (a report not from validate_*) used to fail with AttributeError on None."""
+    from edgekit.validate.run import format_table
+
+    report = make_report(int8=False)
+    unscored = replace(report, runs=[replace(report.runs[0], agreement=None), *report.runs[1:]])
+    with pytest.raises(EdgekitError, match="torch/fp32: the run has no mAP / agreement yet"):
+        format_table(unscored)
+    no_reference_map = replace(report, runs=[replace(report.runs[0], metrics=None), *report.runs[1:]])
+    with pytest.raises(EdgekitError, match="torch/fp32: the reference run has no mAP yet"):
+        no_reference_map.to_dict()
+    assert format_table(report).count("\n| ") == len(report.runs) + len(report.skipped) + 1  # header row too
