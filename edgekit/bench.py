@@ -193,7 +193,7 @@ def write_test_video(path: str | Path, images: Sequence[ImageLike], frames: int,
              for image in images]
     if not bases:
         raise EdgekitError("write_test_video: no images given")
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)  # type: ignore[attr-defined]
     if not writer.isOpened():
         raise EdgekitError(f"{path}: OpenCV cannot write an mp4v video here")
     for index in range(frames):

@@ -264,10 +264,13 @@ def _output_names(files: Sequence[Path]) -> list[tuple[int, str, str]]:
         if path.stem.isdigit() and int(path.stem) not in ids:
             ids[i] = int(path.stem)
     next_id = max((i for i in ids if i is not None), default=0) + 1
+    image_ids: list[int] = []
     drawings: list[str] = []
     for i, rel in enumerate(relative):
-        if ids[i] is None:
-            ids[i], next_id = next_id, next_id + 1
+        image_id = ids[i]
+        if image_id is None:
+            image_id, next_id = next_id, next_id + 1
+        image_ids.append(image_id)
         name = rel.with_suffix(".jpg").as_posix()
         if name in drawings:
             name = rel.with_name(rel.name + ".jpg").as_posix()
@@ -276,7 +279,7 @@ def _output_names(files: Sequence[Path]) -> list[tuple[int, str, str]]:
                 break
             name = rel.with_name(f"{rel.stem}_{n}.jpg").as_posix()  # the same file given twice
         drawings.append(name)
-    return [(int(i), rel.as_posix(), d) for i, rel, d in zip(ids, relative, drawings)]
+    return [(image_id, rel.as_posix(), d) for image_id, rel, d in zip(image_ids, relative, drawings)]
 
 
 def _check_output_path(path: str | None, option: str, folder: bool) -> None:
@@ -609,8 +612,11 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
     else:
         # a bare ONNX file (third-party or edgekit's own) is validated as one ONNX Runtime model
         onnx_spec = (_bare_onnx_spec(path, family, names) or spec_from_onnx(path)) if path.is_file() else None
-        manifest = read_manifest(path) if onnx_spec is None else None
-        spec = onnx_spec or manifest.spec
+        if onnx_spec is None:
+            manifest = read_manifest(path)
+            spec = manifest.spec
+        else:
+            manifest, spec = None, onnx_spec
         # dataset classes -> model classes by name, before any work (the report then names model classes)
         dataset = map_to_model_classes(load_dataset(data_path), spec.class_names, class_map, notice=notice)
         if report_dir:

@@ -27,6 +27,7 @@ from edgekit.convert.artifact import ArtifactWriter
 from edgekit.convert.builders import BackendBuilder, BuildSource, get_builder, installed_versions
 from edgekit.convert.export import DEFAULT_OPSET, embed_spec, export_onnx
 from edgekit.errors import ConversionError, EdgekitError
+from edgekit.models.base import DetectorModel
 from edgekit.quant.pipeline import Int8Options
 from edgekit.runtime.artifact import AWAITS_DEVICE_BUILD, Manifest, ModelEntry
 from edgekit.runtime.backends import get_runner_class
@@ -78,7 +79,7 @@ def runner_outputs(backend: str, path: Path, entry_options: dict[str, Any], spec
     return [np.asarray(outputs[name], dtype=np.float32) for name in spec.head.output_names]
 
 
-def check_onnx_parity(model: nn.Module, spec: ModelSpec, onnx_path: Path, seed: int = 0) -> dict[str, float]:
+def check_onnx_parity(model: nn.Module, spec: ModelSpec, onnx_path: Path, seed: int = 0) -> dict[str, Any]:
     """PyTorch vs ONNX Runtime (graph optimisation off: the plain oracle) on the same input."""
     from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -102,8 +103,8 @@ def _export_stage(model: nn.Module, spec: ModelSpec, onnx_path: Path, opset: int
     records: list[dict[str, Any]] = []
     # Pass checks run at a reduced size: the rewrites are resolution-independent, and module passes are
     # checked in float64, where PyTorch's depthwise convolutions are ~50x slower than in float32.
-    check_size = tuple(min(side, PASS_CHECK_SIZE) // 32 * 32 or 32 for side in spec.input_size)
-    example = torch.from_numpy(probe_input(spec.with_input_size(check_size), seed=1))
+    check_h, check_w = (min(side, PASS_CHECK_SIZE) // 32 * 32 or 32 for side in spec.input_size)
+    example = torch.from_numpy(probe_input(spec.with_input_size((check_h, check_w)), seed=1))
     legal = legalization_stage(backend)
     stages = [] if no_passes else [MODULE_STAGE]
     stages += [legal] if legal is not None and legal.kind is MODULE_STAGE.kind else []
@@ -138,7 +139,7 @@ def _export_stage(model: nn.Module, spec: ModelSpec, onnx_path: Path, opset: int
     return {"passes": records, "export_error": error, "model": builder_model}
 
 
-def export_artifact(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+def export_artifact(model: DetectorModel, out_dir: str | Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
                     source: str | None = None, skip_passes: Sequence[str] = (), no_passes: bool = False,
                     dump_dir: str | Path | None = None, progress: Progress = lambda line: None) -> Manifest:
     """``edgekit export``: an artifact folder with the (pass-optimised) ONNX model for ONNX Runtime fp32."""
@@ -160,7 +161,7 @@ def resolve_input_size(model_size: tuple[int, int], from_checkpoint: bool, expli
     target's 640 loses most of its mAP: 0.536 -> 0.137 measured on the yolov8 fixture); else the target profile's
     ``input_size``; else the model's default. A conflict is always printed, never resolved silently.
     """
-    target_size = tuple(target.input_size) if target.input_size else None
+    target_size = (target.input_size[0], target.input_size[1]) if target.input_size else None
     if explicit is not None:
         size = (int(explicit[0]), int(explicit[1]))
         if from_checkpoint and size != model_size:
@@ -180,7 +181,7 @@ def resolve_input_size(model_size: tuple[int, int], from_checkpoint: bool, expli
     return model_size, None
 
 
-def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precision: str | None = None,
+def convert(model: DetectorModel, target: Target | str, out_dir: str | Path, precision: str | None = None,
             input_size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET, source: str | None = None,
             skip_passes: Sequence[str] = (),
             no_passes: bool = False, dump_dir: str | Path | None = None, int8: Int8Options | None = None,
@@ -199,8 +200,8 @@ def convert(model: nn.Module, target: Target | str, out_dir: str | Path, precisi
     """
     target, precision = _target_precision(target, precision, int8)
     spec: ModelSpec = model.spec
-    size, note = resolve_input_size(tuple(spec.input_size), getattr(model, "input_size_from_checkpoint", True),
-                                    input_size, target)
+    size, note = resolve_input_size((spec.input_size[0], spec.input_size[1]),
+                                    getattr(model, "input_size_from_checkpoint", True), input_size, target)
     if note:
         progress(note)
     if size != tuple(spec.input_size):

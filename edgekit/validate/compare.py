@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,9 @@ class TensorError:
         """The output with the largest relative error (the head level that drifted most)."""
         return max(self.per_output, key=lambda o: o.max_rel) if self.per_output else None
 
-    def to_dict(self) -> dict[str, object]:
-        data: dict[str, object] = {"max_abs": self.max_abs, "max_rel": self.max_rel}
+    def to_dict(self) -> dict[str, Any]:
+        """``max_abs`` and ``max_rel`` (floats), and ``outputs``: name -> that output's statistics."""
+        data: dict[str, Any] = {"max_abs": self.max_abs, "max_rel": self.max_rel}
         if self.per_output:
             data["outputs"] = {o.name: o.to_dict() for o in self.per_output}
         return data

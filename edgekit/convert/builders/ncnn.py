@@ -215,7 +215,7 @@ def unknown_layers(param: Path) -> list[tuple[str, str]]:
 
 def match_outputs(onnx_path: Path, spec: ModelSpec, param: Path, weights: Path, input_blob: str,
                   output_blobs: Sequence[str], precision: str, threads: int = 0,
-                  seed: int = 0) -> tuple[dict[str, str], dict[str, list[int]], dict[str, float]]:
+                  seed: int = 0) -> tuple[dict[str, str], dict[str, list[int]], dict[str, Any]]:
     """Assign every spec output an ncnn blob by running both networks on the same input.
 
     Returns (spec name -> blob, spec name -> ONNX shape, tensor error of the matched outputs).
