@@ -73,9 +73,14 @@ def observed_tensors(model: onnx.ModelProto, layers: list[QuantLayer]) -> list[s
     constants = {init.name for init in model.graph.initializer}
     constants |= {o for node in model.graph.node if node.op_type == "Constant" for o in node.output}
     outputs = {o.name for o in model.graph.output}  # never quantised: the decoder reads them in float
+    # a graph exported without constant folding (--no-passes) computes shapes at run time: a Concat of int64 shape
+    # pieces is no activation (and an observation output declared float would not load)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem_types = {info.name: info.type.tensor_type.elem_type for info in (*inferred.value_info, *inferred.output)}
     names = {name for layer in layers for name in (layer.input, layer.output)}
     names |= {node.output[0] for node in model.graph.node if node.op_type in OBSERVED_OPS and node.output
-              and node.output[0] not in outputs and not any(i in constants for i in node.input)}
+              and node.output[0] not in outputs and not any(i in constants for i in node.input)
+              and elem_types.get(node.output[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT}
     return sorted(names)
 
 

@@ -418,3 +418,31 @@ def test_cli_calibration_flags_without_int8_are_a_usage_error(model, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and f"calibration folder {tmp_path / 'nope'} does not exist" in err
     assert not (tmp_path / "art").exists()
+
+
+def test_a_concat_of_int64_shape_pieces_is_not_observed(tmp_path):
+    """A graph exported without constant folding (``--no-passes``) computes a reshape target at run time: Shape ->
+    Concat (int64). Observing that Concat as a float activation made the observation session fail to load
+    (FastestDet int8 with --no-passes); only float tensors are observed, and calibration runs."""
+    from edgekit.quant.collect import observed_tensors
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"]),
+             helper.make_node("Relu", ["y"], ["r"]),
+             helper.make_node("Shape", ["r"], ["shape"]),
+             helper.make_node("Concat", ["shape", "shape"], ["twice"], axis=0),  # int64, inputs not constants
+             helper.make_node("Concat", ["y", "r"], ["both"], axis=1),  # a float Concat: observed
+             helper.make_node("ReduceSum", ["twice"], ["count"], keepdims=0),
+             helper.make_node("Cast", ["count"], ["count_f"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["both", "count_f"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    observed = observed_tensors(model, find_layers(model))
+    assert "both" in observed and "twice" not in observed
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(0)
+    result = calibrate(path, lambda: (rng.normal(size=(1, 3, 4, 4)).astype(np.float32) for _ in range(4)),
+                       method="minmax")
+    assert "both" in result.activation_ranges
