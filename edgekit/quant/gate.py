@@ -151,9 +151,42 @@ def gate_images(holdout: Sequence[Path], calib_paths: Sequence[Path]) -> tuple[l
     if len(holdout) >= MIN_GATE_IMAGES:
         return _spaced(list(holdout)), "held-out calibration images"
     if len(calib_paths) >= MIN_GATE_IMAGES:
-        return _spaced(list(calib_paths)), "calibration images"
+        return _spaced(list(calib_paths)), CALIBRATION_SOURCE
     found = find_calibration_images(default_calibration_dir(), limit=GATE_IMAGES, warn=lambda message: None)
     return list(found.paths), "bundled calibration set"
+
+
+#: a gate on the bundled natural photos judges a model only if its fp32 boxes there (deployment threshold) are at
+#: least this many; fewer (a model of another domain: parts, cells, thermal) and the calibration images judge it
+MIN_HELD_OUT_BOXES = 10
+#: where gate_images says the gate runs on calibration images (nothing held out)
+CALIBRATION_SOURCE = "calibration images"
+NATURAL_SOURCE = "bundled natural photos (held out: not calibrated on)"
+
+
+def agreement_gate(onnx_path: Path, spec: ModelSpec, images: list[Path], source: str,
+                   calibrated: Sequence[Path]) -> AgreementGate:
+    """The gate for this conversion's int8 builds, on images none of them was calibrated on wherever there are any.
+
+    ``images`` / ``source`` from :func:`gate_images`. When they are calibration images (a set under
+    ``pipeline.GATE_HOLDOUT_MIN_IMAGES`` spares none, or a reused cache), the bundled natural photos that are not in
+    ``calibrated`` judge instead, provided the fp32 model finds ``MIN_HELD_OUT_BOXES`` boxes on them (a COCO-like
+    detector does; a model of another domain finds nothing there and would pass any int8 model): then the
+    calibration images judge, and the manifest's ``source`` says which it was.
+    """
+    if source == CALIBRATION_SOURCE:
+        from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
+
+        natural_dir = default_calibration_dir() / "natural"
+        used = {path.resolve() for path in calibrated}
+        if natural_dir.is_dir():
+            natural = [path for path in find_calibration_images(natural_dir, warn=lambda message: None).paths
+                       if path.resolve() not in used]
+            if len(natural) >= MIN_GATE_IMAGES:
+                held_out = AgreementGate(onnx_path, spec, _spaced(natural), NATURAL_SOURCE)
+                if held_out.fp32_boxes() >= MIN_HELD_OUT_BOXES:
+                    return held_out
+    return AgreementGate(onnx_path, spec, images, source)
 
 
 def _spaced(paths: list[Path]) -> list[Path]:
@@ -178,6 +211,11 @@ class AgreementGate:
         from edgekit.quant.sensitivity import AgreementJudge
 
         self.judge = AgreementJudge(self.onnx_path, self.spec, self.images)
+
+    def fp32_boxes(self) -> int:
+        """The fp32 model's boxes on the gate images at the deployment threshold (what agreement is judged on)."""
+        threshold = self.spec.postprocess.conf_threshold
+        return int(sum(int(np.count_nonzero(d.scores >= threshold)) for d in self.judge.reference.values()))
 
     def measure(self, runner: Any) -> dict[str, Any]:
         """Agreement of ``runner``'s model (any backend's Runner; closed afterwards) with the fp32 graph."""

@@ -100,9 +100,10 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
                        progress: Progress = lambda line: None, show_bars: bool = True,
                        warn: Callable[[str], None] | None = None,
                        placement: QdqPlacement | str = JUDGE_PLACEMENT
-                       ) -> tuple[CalibrationResult, dict[str, Any], tuple[list[Path], str]]:
+                       ) -> tuple[CalibrationResult, dict[str, Any], tuple[list[Path], str, list[Path]]]:
     """Calibrate ``onnx_path`` (the artifact's fp32 graph); returns the result, a manifest record, and the
-    images the int8 builds' agreement gate runs on with where they come from (``quant.gate.gate_images``).
+    images the int8 builds' agreement gate runs on with where they come from (``quant.gate.gate_images``) and the
+    images calibrated on (a reused cache: the --calib images, if any; ``quant.gate.agreement_gate`` avoids them).
     ``placement``: the Q/DQ placement ``--drift-budget`` ranks and judges layers with (the target backend's)."""
     from edgekit.quant.gate import GATE_IMAGES, check_result_against_model, gate_images, probe_tensors
 
@@ -120,7 +121,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
                                                       warn=lambda message: None).paths)
         return result, {"method": result.method, "cache": str(options.cache), "images": result.num_images,
                         "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers)}, \
-            gate_images([], gate_paths)
+            (*gate_images([], gate_paths), gate_paths)
     folder = Path(options.calib_dir) if options.calib_dir else default_calibration_dir()
     method = options.method or default_method
     limit = options.images or default_images
@@ -139,7 +140,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
         result, partial = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars, placement)
         record["partial_quantization"] = partial
     record["float_layers"] = dict(result.float_layers)
-    return result, record, gate_images(holdout, calib_set.paths)
+    return result, record, (*gate_images(holdout, calib_set.paths), list(calib_set.paths))
 
 
 def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[CalibrationImages, list[Path]]:

@@ -300,3 +300,55 @@ def test_a_calibration_set_of_40_or_more_spares_held_out_images_for_the_gate(tmp
     assert info["images"] == 46  # every image either calibrated or was held out for the gate
     gate = info["agreement"]["onnxruntime/int8"]
     assert gate["source"] == "held-out calibration images" and gate["images"] == 8
+
+
+def _small_calibration_set(folder: Path, count: int) -> Path:
+    """``count`` synthetic scenes of the bundled set (no natural photo among them), by symlink."""
+    from edgekit.quant.calibration import default_calibration_dir
+
+    folder.mkdir()
+    for path in sorted((default_calibration_dir() / "synthetic").glob("*.jpg"))[:count]:
+        (folder / path.name).symlink_to(path)
+    return folder
+
+
+def test_a_small_calibration_set_is_gated_on_the_natural_photos_it_did_not_see(tmp_path, fastestdet_dir):
+    """A set too small to spare images (20 < 40): the real FastestDet (COCO) finds plenty of boxes on the bundled
+    natural photos, none of which it was calibrated on, so those judge its int8 build (issue 13.4)."""
+    from edgekit.convert.chain import convert
+    from edgekit.models.loading import load_checkpoint
+    from edgekit.quant.gate import MIN_HELD_OUT_BOXES, NATURAL_SOURCE
+    from edgekit.quant.pipeline import Int8Options
+    from edgekit.spec import load_class_names
+
+    model = load_checkpoint(fastestdet_dir / "fastestdet_coco_352.pth", family="fastestdet",
+                            class_names=load_class_names(fastestdet_dir / "coco.names"))
+    calib = _small_calibration_set(tmp_path / "calib", 20)
+    manifest = convert(model, TARGET, tmp_path / "art", precision="int8", no_passes=True,
+                       int8=Int8Options(calib_dir=calib, method="minmax"))
+    assert manifest.info["int8"]["images"] == 20  # nothing held out of so few
+    gate = manifest.info["int8"]["agreement"]["onnxruntime/int8"]
+    assert gate["source"] == NATURAL_SOURCE and gate["fp32_boxes"] >= MIN_HELD_OUT_BOXES
+    assert gate["images"] == 24 and gate["agreement"] >= 0.5
+
+
+def test_a_model_with_too_few_boxes_on_natural_photos_is_gated_on_its_calibration_images(good, tmp_path):
+    """Where the fp32 model finds fewer than MIN_HELD_OUT_BOXES boxes on the natural photos (a model of another
+    domain; here the fixture with its deployment threshold raised to 0.999), a gate there would pass any int8
+    model: its calibration images judge it, and the gate's source says so. At its own threshold the fixture finds
+    enough (shapes-like false positives are still boxes to agree on) and the photos judge it."""
+    import dataclasses
+
+    from edgekit.quant.gate import CALIBRATION_SOURCE, MIN_HELD_OUT_BOXES, NATURAL_SOURCE, agreement_gate
+
+    out, manifest, _ = good
+    calib = sorted(_small_calibration_set(tmp_path / "calib", 20).iterdir())
+    strict = dataclasses.replace(manifest.spec, postprocess=manifest.spec.postprocess.with_thresholds(0.999, None))
+    declined = agreement_gate(out / "model.onnx", strict, calib, CALIBRATION_SOURCE, calib)
+    assert (declined.source, declined.images) == (CALIBRATION_SOURCE, calib)
+    held_out = agreement_gate(out / "model.onnx", manifest.spec, calib, CALIBRATION_SOURCE, calib)
+    assert held_out.source == NATURAL_SOURCE and held_out.fp32_boxes() >= MIN_HELD_OUT_BOXES
+    assert not set(held_out.images) & set(calib)
+    # held-out images already: kept as they are
+    kept = agreement_gate(out / "model.onnx", manifest.spec, calib, "held-out calibration images", calib)
+    assert kept.source == "held-out calibration images"
