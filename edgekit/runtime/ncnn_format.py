@@ -141,6 +141,13 @@ def read_ncnn_model(param_path: str | Path, bin_path: str | Path) -> NcnnModel:
         if not path.is_file():
             raise ModelFileError(f"{path}: ncnn {what} file not found")
     lines, layers = parse_param(param_path)
+    # ncnn itself does not need unique layer names (blobs connect layers; pnnx 2026's fp16 output names two Split
+    # layers 'splitncnn_0' and ncnn runs it), but this model's tables are keyed by layer name
+    names = [layer.name for layer in layers]
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise ModelFileError(f"{param_path}: layer name {duplicate!r} appears twice (edgekit's ncnn int8 writer "
+                             "needs unique layer names)")
     data = bin_path.read_bytes()
     blobs, spans = _walk_bin(layers, data, param_path, bin_path)
     return NcnnModel(param_path, bin_path, lines, layers, blobs, spans, data)
@@ -191,10 +198,6 @@ def parse_param(path: Path) -> tuple[list[str], list[ParamLayer]]:
                                  tuple(fields[4 + n_bottoms:blobs_end]), params))
     if len(layers) != int(header[0]):
         raise ModelFileError(f"{path}: declares {header[0]} layers but lists {len(layers)}")
-    names = [layer.name for layer in layers]
-    if len(set(names)) != len(names):
-        duplicate = next(name for name in names if names.count(name) > 1)
-        raise ModelFileError(f"{path}: layer name {duplicate!r} appears twice")
     return lines, layers
 
 
