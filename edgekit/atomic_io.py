@@ -4,7 +4,8 @@ commands use it too).
 Files (``--json``, ``bench.json``, a saved image): :func:`write_bytes_atomic` / :func:`write_text_atomic`
 write a hidden temporary file in the same folder, fsync it and rename it over the destination
 (``os.replace`` is atomic within one file system); :func:`atomic_path` does the same for a library that
-writes the file itself (``onnx.save``, ``torch.save``). A full disk, a permission error half-way or an
+writes the file itself (``onnx.save``, ``torch.save``), :class:`PartialFile` for a file written frame by frame
+(a video, JSON Lines) and published when the stream ends. A full disk, a permission error half-way or an
 interrupt leaves the previous file (or no file), and the temporary file is removed.
 
 Folders (artifacts, drift reports): :func:`make_staging_dir` makes a hidden sibling
@@ -52,25 +53,47 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return write_bytes_atomic(path, text.encode(encoding))
 
 
+class PartialFile:
+    """A file written over time (a video, JSON Lines) under a hidden temporary name next to ``path``, published
+    at ``path`` by :meth:`commit` (fsync, mode 0644, rename, folder fsync) or removed by :meth:`discard`.
+
+    The temporary name is ``.<name>.<random>.partial``; with ``suffix_last`` ``.<stem>.<random>.partial<suffix>``
+    (OpenCV picks a video's container from the suffix).
+    """
+
+    def __init__(self, path: str | Path, suffix_last: bool = False) -> None:
+        self.path = Path(path)
+        prefix, suffix = ((f".{self.path.stem}.", f".partial{self.path.suffix}") if suffix_last
+                          else (f".{self.path.name}.", ".partial"))
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.path.parent)
+        os.close(handle)
+        self.partial = Path(name)
+
+    def commit(self) -> Path:
+        """Publish the written file at ``path`` (the caller has closed its own handle); returns ``path``."""
+        with open(self.partial, "rb+") as stream:
+            os.fsync(stream.fileno())
+        os.chmod(self.partial, 0o644)
+        os.replace(self.partial, self.path)
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        self.partial.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path next to ``path`` for the block to write; on success it is fsynced and renamed to
     ``path`` (mode 0644), on any exception (KeyboardInterrupt included) it is removed and ``path`` is
     left as it was. ``with atomic_path(out) as tmp: onnx.save(model, str(tmp))``."""
-    path = Path(path)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    partial = PartialFile(path)
     try:
-        yield temporary
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        yield partial.partial
+        partial.commit()
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        partial.discard()
         raise
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,7 +8,6 @@ Files are written all or nothing, like every edgekit output (``edgekit.atomic_io
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +17,7 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from edgekit.atomic_io import PartialFile
 from edgekit.errors import OutputError
 from edgekit.runtime.detections import Detections
 from edgekit.runtime.detector import Detector, FrameStream
@@ -44,19 +44,14 @@ def frame_record(frame: Frame, detections: Detections, class_names: Sequence[str
     }
 
 
-def _partial_path(path: Path) -> Path:
-    # the real suffix stays last: OpenCV picks the video container from it
-    return path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
-
-
 class JsonLinesWriter:
     """``path`` gets one JSON object per line (:func:`frame_record`), flushed as frames come."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = _partial_path(self.path)
-        self._file: IO[str] | None = open(self._partial, "w", encoding="utf-8")  # noqa: SIM115 (closed in commit/discard)
+        self._partial = PartialFile(self.path)
+        self._file: IO[str] | None = open(self._partial.partial, "w", encoding="utf-8")  # noqa: SIM115 (closed in commit/discard)
         self.lines = 0
 
     def write(self, record: dict[str, Any]) -> None:
@@ -66,19 +61,16 @@ class JsonLinesWriter:
 
     def commit(self) -> Path:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-            os.chmod(self._partial, 0o644)
-            os.replace(self._partial, self.path)
+            self._partial.commit()
         return self.path
 
     def discard(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._partial.unlink(missing_ok=True)
+        self._partial.discard()
 
 
 class AnnotatedVideoWriter:
@@ -96,7 +88,7 @@ class AnnotatedVideoWriter:
         self.fps = float(fps) if fps else 25.0
         self.class_names = list(class_names)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = _partial_path(self.path)
+        self._partial = PartialFile(self.path, suffix_last=True)  # OpenCV picks the container from the suffix
         self._writer: Any = None
         self.size: tuple[int, int] | None = None
         self.frames = 0
@@ -104,7 +96,7 @@ class AnnotatedVideoWriter:
     def write(self, frame: Frame, detections: Detections) -> None:
         height, width = frame.image.shape[:2]
         if self._writer is None:
-            self._writer = cv2.VideoWriter(str(self._partial), cv2.VideoWriter_fourcc(*self.fourcc),  # type: ignore[attr-defined]
+            self._writer = cv2.VideoWriter(str(self._partial.partial), cv2.VideoWriter_fourcc(*self.fourcc),  # type: ignore[attr-defined]
                                            self.fps, (width, height))
             if not self._writer.isOpened():
                 raise OutputError(f"{self.path}: OpenCV cannot write a {self.fourcc} video here")
@@ -125,15 +117,16 @@ class AnnotatedVideoWriter:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-            os.chmod(self._partial, 0o644)
-            os.replace(self._partial, self.path)
+            self._partial.commit()
+        else:  # no frame came: no video (the temporary file is removed, nothing is published)
+            self._partial.discard()
         return self.path
 
     def discard(self) -> None:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        self._partial.unlink(missing_ok=True)
+        self._partial.discard()
 
 
 class LiveLine:

@@ -10,7 +10,7 @@ import pytest
 
 from edgekit.errors import EdgekitError, OutputError
 from edgekit.runtime.detections import Detections
-from edgekit.runtime.outputs import AnnotatedVideoWriter, _partial_path
+from edgekit.runtime.outputs import AnnotatedVideoWriter
 from edgekit.runtime.sources import Frame
 
 
@@ -24,8 +24,9 @@ def _no_detections() -> Detections:
 
 def test_video_writer_that_did_not_open_keeps_raising_output_error(tmp_path: Path) -> None:
     path = tmp_path / "out.avi"
-    _partial_path(path).mkdir()  # a directory where the video goes: OpenCV cannot open its writer
     writer = AnnotatedVideoWriter(path, 10.0, ["thing"])
+    writer._partial.partial.unlink()
+    writer._partial.partial.mkdir()  # a directory where the video goes: OpenCV cannot open its writer
     with pytest.raises(OutputError, match="OpenCV cannot write a MJPG video"):
         writer.write(_frame(64, 48), _no_detections())
     # a second frame (a caller that caught the error): before, cv2.resize(image, None) failed inside OpenCV
