@@ -8,12 +8,17 @@
 3. per backend, ``edgekit.bench.bench_throughput``: ``Detector.stream(video)`` in throughput mode (decode,
    preprocess, inference, postprocess pipelined; results in frame order) vs ``Runner.infer`` alone on a
    preprocessed tensor from as many threads as the stream has requests in flight, rounds interleaved;
-4. Ultralytics ``predict(source=video, stream=True)`` on the same ONNX / OpenVINO model, only with
-   ``--ultralytics-python PY`` (an interpreter of a separate venv that has ultralytics): edgekit never imports
-   it. Without one the comparison is skipped with a note.
+4. Ultralytics ``predict(source=video, stream=True)`` against edgekit on the same model file: the upstream's own
+   ONNX export of that checkpoint (``yolov8n-coco8.onnx``, 320 px; Ultralytics cannot post-process edgekit's raw
+   head outputs), which edgekit converts for onnxruntime-cpu as a third-party ONNX and streams in throughput mode;
+   only with ``--ultralytics-python PY`` (an interpreter of a separate venv that has ultralytics): edgekit never
+   imports it. Without one the comparison is skipped with a note.
 
-    python benchmarks/bench_video.py [--frames 120] [--rounds 3] [--threads 0] [--artifacts DIR ...]
+    python benchmarks/bench_video.py [--frames 120] [--rounds 3] [--threads 0] [--imgsz N] [--artifacts DIR ...]
                                      [--ultralytics-python /tmp/ultra-venv/bin/python]
+
+``--imgsz``: convert the checkpoint at N px instead of its own 320 (the share of a frame's CPU time that decode and
+preprocessing take shrinks as the model grows).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CHECKPOINT = SHARED / "models" / "ultralytics" / "yolov8n-coco8.pt"
+UPSTREAM_ONNX = SHARED / "models" / "ultralytics" / "yolov8n-coco8.onnx"
 
 # run in the other venv: Ultralytics' own streaming predict on the video, frames/s over the whole video
 _ULTRALYTICS_SCRIPT = """
@@ -56,13 +62,14 @@ def photos() -> list[Path]:
     raise SystemExit("no photos found")
 
 
-def convert_artifacts(folder: Path) -> list[Path]:
+def convert_artifacts(folder: Path, imgsz: int | None) -> list[Path]:
     from edgekit.cli import main as cli
 
     out = []
+    size = ["--imgsz", str(imgsz)] if imgsz else []
     for target in ("intel-cpu", "raspberry-pi-5"):
         artifact = folder / f"yolov8n_{target}"
-        code = cli(["convert", str(CHECKPOINT), "--target", target, "--precision", "fp32", "-o", str(artifact)])
+        code = cli(["convert", str(CHECKPOINT), "--target", target, "--precision", "fp32", *size, "-o", str(artifact)])
         if code != 0:
             raise SystemExit(f"conversion for {target} failed")
         out.append(artifact)
@@ -83,6 +90,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="backend threads (0 = backend default)")
+    parser.add_argument("--imgsz", type=int, default=None, help="convert at this size (default: the checkpoint's)")
     parser.add_argument("--artifacts", nargs="*", type=Path, default=None)
     parser.add_argument("--ultralytics-python", default=None)
     parser.add_argument("--json", type=Path, default=None)
@@ -93,7 +101,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_video-") as tmp:
         video = write_test_video(Path(tmp) / "video_720p.mp4", photos(), args.frames)
-        artifacts = args.artifacts or convert_artifacts(Path(tmp))
+        artifacts = args.artifacts or convert_artifacts(Path(tmp), args.imgsz)
         print(f"video: {args.frames} frames 1280x720 mp4v from {len(photos())} photos; rounds {args.rounds}; "
               f"threads {args.threads or 'default'}; cpus {os.cpu_count()}")
         print(f"load before: {os.getloadavg()}")
@@ -104,17 +112,23 @@ def main() -> None:
         print(f"load after: {os.getloadavg()}")
         comparison = []
         if args.ultralytics_python:
-            onnx = next(a / "model.onnx" for a in artifacts if (a / "model.onnx").is_file())
-            imgsz = read_manifest(artifacts[0]).spec.input_size[0]
+            from edgekit.cli import main as cli
             from edgekit.runtime.detector import Detector
 
-            for _ in range(args.rounds):
-                theirs = ultralytics_fps(args.ultralytics_python, onnx, video, imgsz)
-                with Detector.load(onnx.parent, backend="onnxruntime", mode="throughput", threads=args.threads) as d:
+            upstream = Path(tmp) / "upstream_onnx"
+            if cli(["convert", str(UPSTREAM_ONNX), "--target", "onnxruntime-cpu", "-o", str(upstream)]) != 0:
+                raise SystemExit(f"edgekit convert {UPSTREAM_ONNX} failed")
+            imgsz = read_manifest(upstream).spec.input_size[0]
+            for _ in range(args.rounds):  # interleaved: theirs, then ours, each round
+                theirs = ultralytics_fps(args.ultralytics_python, UPSTREAM_ONNX, video, imgsz)
+                with Detector.load(upstream, backend="onnxruntime", mode="throughput", threads=args.threads) as d:
+                    next(iter(d.stream(video)))  # warm-up, as the Ultralytics script does
                     t0 = time.perf_counter()
                     ours = sum(1 for _ in d.stream(video)) / (time.perf_counter() - t0)
                 comparison.append((ours, theirs))
-            print("| round | edgekit ORT frames/s | Ultralytics ORT frames/s | ratio |\n|---|---|---|---|")
+            print(f"Same model file for both: {UPSTREAM_ONNX.name} ({imgsz} px), ONNX Runtime CPU\n")
+            print("| round | edgekit frames/s (throughput mode) | Ultralytics predict(stream=True) frames/s | ratio |\n"
+                  "|---|---|---|---|")
             for i, (ours, theirs) in enumerate(comparison):
                 print(f"| {i} | {ours:.1f} | {theirs if theirs is None else f'{theirs:.1f}'} | "
                       f"{'n/a' if not theirs else f'{ours / theirs:.2f}'} |")

@@ -95,14 +95,15 @@ class Detector:
             model_file = verify_file(path, manifest, entry.file)
             for extra in entry.options.get("companion_files", []):
                 verify_file(path, manifest, extra)
-            threads = manifest.threads if threads is None else threads
-            runner = runner_class.from_artifact(model_file, _mode_options(entry.options, mode), threads=threads)
+            runner = runner_class.from_artifact(model_file, _mode_options(entry.options, mode),
+                                                threads=_request_threads(runner_class, mode, threads, manifest.threads))
             spec = manifest.spec
         else:
             # a bare ONNX file: edgekit's own (spec embedded) or a recognised third-party export
             header = read_onnx_header(path)
             spec = spec_from_onnx(path) if has_edgekit_spec(header) else spec_from_third_party_onnx(path, header=header)
-            runner = runner_class.from_artifact(path, _mode_options({}, mode), threads=threads or 0)
+            runner = runner_class.from_artifact(path, _mode_options({}, mode),
+                                                threads=_request_threads(runner_class, mode, threads, 0))
         pp = spec.postprocess.with_thresholds(conf_threshold, iou_threshold)
         detector = cls(runner, spec, pp)
         detector.mode = mode
@@ -358,6 +359,19 @@ class FrameStream:
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise InputError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+
+
+def _request_threads(runner_class: type[Runner], mode: str, requested: int | None, default: int) -> int:
+    """Inference threads per request: ``requested`` when given (> 0), else ``default`` (the artifact's profile)
+    in latency mode. In throughput mode a backend that does not split its cores between requests itself runs one
+    request per core (:meth:`Detector.optimal_requests`), so each gets one thread: several each oversubscribe the
+    cores (yolov8n 320 px on ONNX Runtime, 2 cores, 2 requests: 52-55 frames/s with the default threads per
+    session, 70 with one; benchmarks/RESULTS.md "Video")."""
+    if requested:
+        return requested
+    if mode == "throughput" and not runner_class.schedules_own_streams:
+        return 1
+    return default if requested is None else 0
 
 
 def _mode_options(options: dict, mode: str) -> dict:

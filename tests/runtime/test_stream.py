@@ -203,3 +203,24 @@ def test_pipeline_stage_error_is_raised_in_the_consumer():
         for value in Pipeline([Stage("work", fail_on_7, 2)], capacity=4).run(range(100)):
             got.append(value)
     assert got == list(range(len(got))) and len(got) <= 7
+
+
+@pytest.mark.parametrize("mode, requested, expected", [("latency", None, 3), ("latency", 0, 0), ("latency", 2, 2),
+                                                         ("throughput", None, 1), ("throughput", 0, 1),
+                                                         ("throughput", 2, 2)])
+def test_throughput_mode_gives_each_request_one_thread_unless_asked(tmp_path, mode, requested, expected):
+    """Throughput mode runs one request per core on ONNX Runtime / ncnn: one thread each, not the artifact's
+    latency threads (3 here) per request, which oversubscribe the cores; an explicit --threads is kept. OpenVINO
+    splits its cores into streams itself and keeps its settings."""
+    import json
+
+    from tests.helpers import fastestdet_like_artifact
+
+    artifact = fastestdet_like_artifact(tmp_path / "art")
+    manifest = json.loads((artifact / "edgekit.json").read_text())
+    manifest["runtime"] = {**manifest.get("runtime", {}), "threads": 3}
+    (artifact / "edgekit.json").write_text(json.dumps(manifest))
+    with Detector.load(artifact, "onnxruntime", mode=mode, threads=requested) as detector:
+        assert detector.runner.threads == expected
+    assert get_runner_class("openvino").schedules_own_streams
+    assert not get_runner_class("onnxruntime").schedules_own_streams and not get_runner_class("ncnn").schedules_own_streams

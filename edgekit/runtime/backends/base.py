@@ -66,6 +66,9 @@ class Runner(ABC):
     required_modules: ClassVar[tuple[str, ...]] = ()
     #: the pip extra that installs them (named in the error when they are missing)
     pip_extra: ClassVar[str] = ""
+    #: the backend splits its cores between concurrent requests itself (OpenVINO's THROUGHPUT hint: streams);
+    #: otherwise a throughput-mode Detector gives each of its one-per-core requests one thread (Detector.load)
+    schedules_own_streams: ClassVar[bool] = False
 
     def __init__(self, model_path: str | Path) -> None:
         self.model_path = Path(model_path)

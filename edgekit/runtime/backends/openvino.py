@@ -93,6 +93,8 @@ class OpenVinoRunner(Runner):
     anyway; one per stream under THROUGHPUT); further callers wait for a request to come back.
     """
 
+    schedules_own_streams = True
+
     name = "openvino"
     required_modules = ("openvino",)
     pip_extra = "openvino"
