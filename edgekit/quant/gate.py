@@ -42,6 +42,10 @@ from edgekit.tolerances import INT8_AGREEMENT_FLOOR
 RANGE_MARGIN = 16.0
 #: a range narrower than this share of the observed |x| max has collapsed (a varying tensor maps to 1 code)
 MIN_RELATIVE_WIDTH = 1e-6
+#: a tensor whose values spread less than this share of its |x| max is constant for 8 bits (one uint8 step is
+#: max|x| / 255): a collapsed range there loses less than a step. A real conv output can be that flat (a dead
+#: channel group; a random-weight yolov8 head: spread 2.9e-6 at |x| 11.5), and its honest cache must load.
+NEGLIGIBLE_SPREAD = 1 / 256
 #: images per folder (bundled set, --calib) + random-pixel tensors the ranges of a cache are checked on
 PROBE_IMAGES = 8
 PROBE_NOISE_SEEDS = (11, 12)
@@ -127,7 +131,7 @@ def check_result_against_model(result: CalibrationResult, onnx_path: Path, tenso
             raise CalibrationError(f"{source}: activation range of tensor {name!r} is [{lo:.3g}, {hi:.3g}]; the model "
                                    f"produces |x| <= {absmax:.3g} there on {len(tensors)} probe inputs (allowed up "
                                    f"to x{RANGE_MARGIN:g})")
-        if width > 0 and hi - lo < MIN_RELATIVE_WIDTH * absmax:
+        if width > absmax * NEGLIGIBLE_SPREAD and hi - lo < MIN_RELATIVE_WIDTH * absmax:
             raise CalibrationError(f"{source}: activation range of tensor {name!r} is [{lo:.3g}, {hi:.3g}] (zero "
                                    f"width); the model's values there span {width:.3g}")
     for layer in result.layers:  # bias correction multiplies the input means into the bias: same bound as a range

@@ -222,6 +222,33 @@ def test_the_range_check_refuses_a_range_far_beyond_the_model_and_a_collapsed_on
         check_result_against_model(_with_range(result, name, 0.5, 0.5), onnx_path, probes, "cache")
 
 
+@pytest.mark.parametrize("spread_steps, refused", [(0.5, False), (0.99, False), (1.01, True), (4.0, True)])
+def test_a_collapsed_range_is_refused_only_where_the_tensor_spreads_over_an_8_bit_step(graph, spread_steps, refused):
+    """A zero-width range is a broken cache only where the model's values spread more than one 8-bit step
+    (max|x| / 256, NEGLIGIBLE_SPREAD): a flatter tensor is constant at 8 bits, and a calibration that saw it so is
+    honest (a random-weight yolov8's head conv spreads 2.9e-6 at |x| 11.5, and its cache was refused on reuse)."""
+    from unittest import mock
+
+    from edgekit.quant import gate
+
+    onnx_path, result, probes = graph
+    name = result.layers[5].output
+    absmax, _ = gate.observed_absmax(onnx_path, [name], probes)[name]
+    collapsed = _with_range(result, name, absmax / 2, absmax / 2)
+    real = gate.observed_absmax
+
+    def with_spread(path, names, tensors):  # the model's observed spread at that tensor, on the threshold
+        found = real(path, names, tensors)
+        return {**found, name: (absmax, absmax * gate.NEGLIGIBLE_SPREAD * spread_steps)}
+
+    with mock.patch.object(gate, "observed_absmax", with_spread):
+        if refused:
+            with pytest.raises(CalibrationError, match=r"\(zero width\)"):
+                gate.check_result_against_model(collapsed, onnx_path, probes, "cache")
+        else:
+            gate.check_result_against_model(collapsed, onnx_path, probes, "cache")
+
+
 def test_the_range_check_refuses_weight_scales_that_do_not_match_the_weights_and_foreign_layers(graph):
     from edgekit.quant.gate import check_result_against_model
 
