@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.atomic_io import write_text_atomic
 from edgekit.errors import EdgekitError
-from edgekit.runtime.artifact import READY, read_manifest
+from edgekit.runtime.artifact import READY, Manifest, ModelEntry, read_manifest
 from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.detector import Detector
 from edgekit.runtime.preprocess import ImageLike, load_image, preprocess
@@ -60,15 +60,7 @@ def bench_artifact(artifact: str | Path, image: ImageLike, backends: Sequence[st
     threads = manifest.threads if threads is None else threads
     array = load_image(image)
     results = []
-    for entry in manifest.models:
-        if backends and entry.backend not in backends:
-            continue
-        try:
-            runnable = entry.status(artifact) == READY and get_runner_class(entry.backend).is_available()
-        except EdgekitError:
-            runnable = False
-        if not runnable:
-            continue
+    for entry in runnable_entries(artifact, manifest, backends):
         with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads) as detector:
             tensor, _ = preprocess([array], detector.spec)
             feeds = {detector.spec.input_name: tensor}
@@ -90,9 +82,24 @@ def bench_artifact(artifact: str | Path, image: ImageLike, backends: Sequence[st
                 name=f"{entry.backend}/{entry.precision}", threads=threads, runs=runs, raw=StageStats.of(raw),
                 preprocess=StageStats.of([c[0] for c in per_call]), inference=StageStats.of([c[1] for c in per_call]),
                 postprocess=StageStats.of([c[2] for c in per_call]), end_to_end=StageStats.of(totals)))
-    if not results:
-        raise EdgekitError(f"{artifact}: no model in the artifact runs on this machine")
     return results
+
+
+def runnable_entries(artifact: Path, manifest: Manifest, backends: Sequence[str] | None) -> list[ModelEntry]:
+    """The artifact's models (of ``backends``, if given) that run here: ready (not awaiting an on-device build)
+    and with their backend installed. Raises EdgekitError when none does."""
+    entries = []
+    for entry in manifest.models:
+        if backends and entry.backend not in backends:
+            continue
+        try:
+            if entry.status(artifact) == READY and get_runner_class(entry.backend).is_available():
+                entries.append(entry)
+        except EdgekitError:
+            continue
+    if not entries:
+        raise EdgekitError(f"{artifact}: no model in the artifact runs on this machine")
+    return entries
 
 
 def format_bench(results: Sequence[BenchResult]) -> str:
@@ -224,17 +231,9 @@ def bench_throughput(artifact: str | Path, video: str | Path, backends: Sequence
         raise EdgekitError(f"{video}: cannot read this video (expected a video file OpenCV decodes)")
     first_rgb = cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
     results = []
-    for entry in manifest.models:
-        if backends and entry.backend not in backends:
-            continue
-        try:
-            if not get_runner_class(entry.backend).is_available():
-                continue
-            detector = Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads,
-                                     mode="throughput")
-        except EdgekitError:  # e.g. a TensorRT entry that awaits its on-device build
-            continue
-        with detector:
+    for entry in runnable_entries(artifact, manifest, backends):
+        with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads,
+                           mode="throughput") as detector:
             count = workers or detector.optimal_requests()
             tensor, _ = preprocess([first_rgb], detector.spec)
             feeds = {detector.spec.input_name: tensor.astype(detector._input.dtype, copy=False)}
@@ -250,8 +249,6 @@ def bench_throughput(artifact: str | Path, video: str | Path, backends: Sequence
                 stage_ms = stream.stage_ms()
             results.append(ThroughputResult(f"{entry.backend}/{entry.precision}", count, frames, rounds,
                                             float(np.median(raw)), float(np.median(e2e)), stage_ms))
-    if not results:
-        raise EdgekitError(f"{artifact}: no model in the artifact runs on this machine")
     return results
 
 
