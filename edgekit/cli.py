@@ -359,7 +359,8 @@ def _backends_option(function):
 def _threads_option(function):
     return click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
                         help="Backend threads (default: the artifact's, from its target profile; 0 = the backend's "
-                             "default).")(function)
+                             "default). In throughput mode ONNX Runtime and NCNN run one request per core with one "
+                             "thread each unless a count is given here.")(function)
 
 
 @cli.command()
