@@ -231,7 +231,7 @@ def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Optio
     from edgekit.quant.gate import agreement_gate
     from edgekit.quant.pipeline import calibrate_artifact
 
-    result, record, (gate_paths, gate_source, calibrated_paths) = calibrate_artifact(
+    result, record, (gate_paths, gate_source, calibrated) = calibrate_artifact(
         onnx_path, spec, int8 or Int8Options(), target.calibration.method, target.calibration.images,
         target.calibration.percentile, progress=progress, placement=get_builder(target.backend).qdq_placement)
     result.save(writer.path(CALIBRATION_FILE))
@@ -239,7 +239,7 @@ def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Optio
                      "quantized_layers": len(result.quantized_layers), "layers": len(result.layers), "agreement": {}}
     progress(f"int8    {len(result.quantized_layers)} of {len(result.layers)} layers in int8 "
              f"({result.method}, {result.num_images} images)")
-    return result, agreement_gate(onnx_path, spec, gate_paths, gate_source, calibrated_paths)
+    return result, agreement_gate(onnx_path, spec, gate_paths, gate_source, calibrated)
 
 
 def _gate_int8(entry: ModelEntry, writer: ArtifactWriter, gate, extra: dict[str, Any], progress: Progress) -> None:

@@ -153,7 +153,7 @@ def gate_images(holdout: Sequence[Path], calib_paths: Sequence[Path]) -> tuple[l
     from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
 
     if len(holdout) >= MIN_GATE_IMAGES:
-        return _spaced(list(holdout)), "held-out calibration images"
+        return _spaced(list(holdout)), HELD_OUT_SOURCE
     if len(calib_paths) >= MIN_GATE_IMAGES:
         return _spaced(list(calib_paths)), CALIBRATION_SOURCE
     found = find_calibration_images(default_calibration_dir(), limit=GATE_IMAGES, warn=lambda message: None)
@@ -163,33 +163,46 @@ def gate_images(holdout: Sequence[Path], calib_paths: Sequence[Path]) -> tuple[l
 #: a gate on the bundled natural photos judges a model only if its fp32 boxes there (deployment threshold) are at
 #: least this many; fewer (a model of another domain: parts, cells, thermal) and the calibration images judge it
 MIN_HELD_OUT_BOXES = 10
-#: where gate_images says the gate runs on calibration images (nothing held out)
+#: where gate_images says the gate runs on calibration images (nothing held out), or on held-out ones
 CALIBRATION_SOURCE = "calibration images"
+HELD_OUT_SOURCE = "held-out calibration images"
 NATURAL_SOURCE = "bundled natural photos (held out: not calibrated on)"
 
 
 def agreement_gate(onnx_path: Path, spec: ModelSpec, images: list[Path], source: str,
-                   calibrated: Sequence[Path]) -> AgreementGate:
+                   calibrated: frozenset[str] | None) -> AgreementGate:
     """The gate for this conversion's int8 builds, on images none of them was calibrated on wherever there are any.
 
-    ``images`` / ``source`` from :func:`gate_images`. When they are calibration images (a set under
-    ``pipeline.GATE_HOLDOUT_MIN_IMAGES`` spares none, or a reused cache), the bundled natural photos that are not in
-    ``calibrated`` judge instead, provided the fp32 model finds ``MIN_HELD_OUT_BOXES`` boxes on them (a COCO-like
-    detector does; a model of another domain finds nothing there and would pass any int8 model): then the
-    calibration images judge, and the manifest's ``source`` says which it was.
+    ``images`` / ``source`` from :func:`gate_images`; ``calibrated``: sha256 of the images the calibration used
+    (a reused cache: the ones it lists; None: a cache that lists none). Held-out images are used as they are.
+    Otherwise, in this order: ``images`` less the calibrated ones (a reused cache's --calib folder or the bundled
+    set), then the bundled natural photos less the calibrated ones — those only if the fp32 model finds
+    ``MIN_HELD_OUT_BOXES`` boxes on them (a COCO-like detector does; a model of another domain finds nothing there
+    and would pass any int8 model) — each needing ``MIN_GATE_IMAGES``. Else the given images judge, and the
+    manifest's ``source`` says what they are.
     """
-    if source == CALIBRATION_SOURCE:
-        from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
+    if source == HELD_OUT_SOURCE:
+        return AgreementGate(onnx_path, spec, images, source)
+    if calibrated is None:  # a cache that does not list its images: nothing is known to be unseen
+        return AgreementGate(onnx_path, spec, images, f"{source} (the calibration cache lists no images: some may "
+                                                       "be its own)")
+    from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
+    from edgekit.quant.result import file_sha256
 
-        natural_dir = default_calibration_dir() / "natural"
-        used = {path.resolve() for path in calibrated}
-        if natural_dir.is_dir():
-            natural = [path for path in find_calibration_images(natural_dir, warn=lambda message: None).paths
-                       if path.resolve() not in used]
-            if len(natural) >= MIN_GATE_IMAGES:
-                held_out = AgreementGate(onnx_path, spec, _spaced(natural), NATURAL_SOURCE)
-                if held_out.fp32_boxes() >= MIN_HELD_OUT_BOXES:
-                    return held_out
+    def unseen(paths: Sequence[Path]) -> list[Path]:
+        return [path for path in paths if file_sha256(path) not in calibrated]
+
+    if source != CALIBRATION_SOURCE:
+        others = unseen(images)
+        if len(others) >= MIN_GATE_IMAGES:
+            return AgreementGate(onnx_path, spec, _spaced(others), f"{source} (not calibrated on)")
+    natural_dir = default_calibration_dir() / "natural"
+    if natural_dir.is_dir():
+        natural = unseen(find_calibration_images(natural_dir, warn=lambda message: None).paths)
+        if len(natural) >= MIN_GATE_IMAGES:
+            held_out = AgreementGate(onnx_path, spec, _spaced(natural), NATURAL_SOURCE)
+            if held_out.fp32_boxes() >= MIN_HELD_OUT_BOXES:
+                return held_out
     return AgreementGate(onnx_path, spec, images, source)
 
 

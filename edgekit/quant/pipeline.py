@@ -9,7 +9,7 @@ Used by ``convert`` when the precision is int8. The result is saved in the artif
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -100,10 +100,11 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
                        progress: Progress = lambda line: None, show_bars: bool = True,
                        warn: Callable[[str], None] | None = None,
                        placement: QdqPlacement | str = JUDGE_PLACEMENT
-                       ) -> tuple[CalibrationResult, dict[str, Any], tuple[list[Path], str, list[Path]]]:
+                       ) -> tuple[CalibrationResult, dict[str, Any], tuple[list[Path], str, frozenset[str] | None]]:
     """Calibrate ``onnx_path`` (the artifact's fp32 graph); returns the result, a manifest record, and the
     images the int8 builds' agreement gate runs on with where they come from (``quant.gate.gate_images``) and the
-    images calibrated on (a reused cache: the --calib images, if any; ``quant.gate.agreement_gate`` avoids them).
+    sha256 of the images calibrated on (a reused cache: those it lists, None for a cache that lists none;
+    ``quant.gate.agreement_gate`` avoids them).
     ``placement``: the Q/DQ placement ``--drift-budget`` ranks and judges layers with (the target backend's)."""
     from edgekit.quant.gate import GATE_IMAGES, check_result_against_model, gate_images, probe_tensors
 
@@ -121,7 +122,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
                                                       warn=lambda message: None).paths)
         return result, {"method": result.method, "cache": str(options.cache), "images": result.num_images,
                         "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers)}, \
-            (*gate_images([], gate_paths), gate_paths)
+            (*gate_images([], gate_paths), frozenset(result.image_sha256s) if result.image_sha256s else None)
     folder = Path(options.calib_dir) if options.calib_dir else default_calibration_dir()
     method = options.method or default_method
     limit = options.images or default_images
@@ -133,6 +134,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
     progress(f"int8    calibrating on {len(calib_set.paths)} images from {folder} ({method})")
     result = calibrate(onnx_path, lambda: calibration_tensors(calib_set, spec), method=method, percentile=percentile,
                        images_sha256=calib_set.content_sha256, num_images=len(calib_set.paths), progress=bars)
+    result = replace(result, image_sha256s=tuple(sorted(calib_set.sha256)))
     record: dict[str, Any] = {"method": method, "calibration_dir": str(folder), "images": len(calib_set.paths),
                               "skipped_images": len(found.skipped), "images_sha256": calib_set.content_sha256,
                               "calibration_seconds": result.notes.get("seconds")}
@@ -140,7 +142,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
         result, partial = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars, placement)
         record["partial_quantization"] = partial
     record["float_layers"] = dict(result.float_layers)
-    return result, record, (*gate_images(holdout, calib_set.paths), list(calib_set.paths))
+    return result, record, (*gate_images(holdout, calib_set.paths), frozenset(calib_set.sha256))
 
 
 def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[CalibrationImages, list[Path]]:

@@ -84,6 +84,9 @@ class CalibrationResult:
     layers: tuple[QuantLayer, ...]
     float_layers: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: sorted sha256 of each calibration image's bytes: a reused cache says which images it was made from, so the
+    #: int8 gate can judge on others (empty: a cache written before they were recorded)
+    image_sha256s: tuple[str, ...] = ()
 
     # -- queries -------------------------------------------------------------------------------
     def layer(self, name: str) -> QuantLayer:
@@ -120,7 +123,8 @@ class CalibrationResult:
                 "activation_ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(self.activation_ranges.items())},
                 "layers": [layer.to_dict() for layer in self.layers],
                 "float_layers": dict(self.float_layers),
-                "notes": {k: v for k, v in self.notes.items() if k not in VOLATILE_NOTES}}
+                "notes": {k: v for k, v in self.notes.items() if k not in VOLATILE_NOTES},
+                "image_sha256s": sorted(self.image_sha256s)}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "calibration result") -> CalibrationResult:
@@ -134,7 +138,8 @@ class CalibrationResult:
                          num_images=int(data["num_images"]), images_sha256=str(data["images_sha256"]),
                          activation_ranges=ranges, layers=tuple(QuantLayer.from_dict(d) for d in data["layers"]),
                          float_layers={str(k): str(v) for k, v in data.get("float_layers", {}).items()},
-                         notes=dict(data.get("notes", {})))
+                         notes=dict(data.get("notes", {})),
+                         image_sha256s=tuple(str(h) for h in data.get("image_sha256s", [])))
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CalibrationError(f"{source}: malformed calibration result ({type(exc).__name__}: {exc})") from None
         result.check_values(source)

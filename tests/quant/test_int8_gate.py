@@ -278,7 +278,7 @@ def test_a_cache_with_shrunken_ranges_passes_validation_but_fails_the_agreement_
     cache = _edited_cache(good, tmp_path, "shrunk.json", _scale_ranges(1e-3))
     (tmp_path / "out").mkdir()
     with pytest.raises(ConversionError, match=r"^build onnxruntime/int8: agreement with fp32 0\.0\d\d \(precision "
-                                              r".+, recall .+ at IoU 0.5 on \d+ bundled calibration set; \d+ fp32 "
+                                              r".+, recall .+ at IoU 0.5 on \d+ bundled calibration set[^;]*; \d+ fp32 "
                                               r"boxes\) is below the floor 0.5") as exc_info:
         _convert(model, tmp_path / "out" / "art", cache=cache)
     _one_line(exc_info)
@@ -367,15 +367,45 @@ def test_a_model_with_too_few_boxes_on_natural_photos_is_gated_on_its_calibratio
     import dataclasses
 
     from edgekit.quant.gate import CALIBRATION_SOURCE, MIN_HELD_OUT_BOXES, NATURAL_SOURCE, agreement_gate
+    from edgekit.quant.result import file_sha256
 
     out, manifest, _ = good
     calib = sorted(_small_calibration_set(tmp_path / "calib", 20).iterdir())
+    hashes = frozenset(file_sha256(path) for path in calib)
     strict = dataclasses.replace(manifest.spec, postprocess=manifest.spec.postprocess.with_thresholds(0.999, None))
-    declined = agreement_gate(out / "model.onnx", strict, calib, CALIBRATION_SOURCE, calib)
+    declined = agreement_gate(out / "model.onnx", strict, calib, CALIBRATION_SOURCE, hashes)
     assert (declined.source, declined.images) == (CALIBRATION_SOURCE, calib)
-    held_out = agreement_gate(out / "model.onnx", manifest.spec, calib, CALIBRATION_SOURCE, calib)
+    held_out = agreement_gate(out / "model.onnx", manifest.spec, calib, CALIBRATION_SOURCE, hashes)
     assert held_out.source == NATURAL_SOURCE and held_out.fp32_boxes() >= MIN_HELD_OUT_BOXES
     assert not set(held_out.images) & set(calib)
     # held-out images already: kept as they are
-    kept = agreement_gate(out / "model.onnx", manifest.spec, calib, "held-out calibration images", calib)
+    kept = agreement_gate(out / "model.onnx", manifest.spec, calib, "held-out calibration images", hashes)
     assert kept.source == "held-out calibration images"
+
+
+def test_a_reused_cache_is_gated_on_images_it_was_not_made_from(good, model, tmp_path):
+    """A cache lists the sha256 of its calibration images; a conversion that reuses it (one calibration for several
+    targets) gates on images outside that list. A cache without the list (written before it existed) is gated on
+    the bundled set, and the manifest says some of those may be its own (issue 13.4)."""
+    import json
+
+    from edgekit.quant.gate import NATURAL_SOURCE, agreement_gate, gate_images
+    from edgekit.quant.result import file_sha256
+
+    out, manifest, _ = good
+    cache = out / "calibration.json"
+    listed = frozenset(json.loads(cache.read_text())["image_sha256s"])
+    assert len(listed) == manifest.info["int8"]["images"] == 32
+    reused = _convert(model, tmp_path / "reused", cache=cache)
+    source = reused.info["int8"]["agreement"]["onnxruntime/int8"]["source"]
+    assert source in ("bundled calibration set (not calibrated on)", NATURAL_SOURCE), source
+    direct = agreement_gate(out / "model.onnx", manifest.spec, *gate_images([], []), listed)
+    assert direct.source == source and len(direct.images) >= 8
+    assert not {file_sha256(path) for path in direct.images} & listed
+    old = tmp_path / "old_cache.json"
+    data = json.loads(cache.read_text())
+    del data["image_sha256s"]
+    old.write_text(json.dumps(data))
+    unlisted = _convert(model, tmp_path / "unlisted", cache=old)
+    assert unlisted.info["int8"]["agreement"]["onnxruntime/int8"]["source"] == (
+        "bundled calibration set (the calibration cache lists no images: some may be its own)")
