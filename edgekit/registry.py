@@ -1,19 +1,24 @@
-"""A name -> ``"package.module:Class"`` registry whose classes are imported when first asked for.
+"""The registries: name -> implementation, in one place.
 
-The one implementation behind the backend registries (``edgekit.runtime.backends`` for Runners,
-``edgekit.convert.builders`` for builders): a board imports only its own backend's library, and a backend
-outside edgekit registers itself by a dotted path without importing anything. Built-in entries cannot be
-replaced or removed. Torch-free and Python 3.8 (it runs on the device).
+- :class:`LazyRegistry`, ``name -> "package.module:Class"`` imported when first asked for: the backend
+  registries (``edgekit.runtime.backends`` for Runners, ``edgekit.convert.builders`` for builders). A board
+  imports only its own backend's library, and a backend outside edgekit registers itself by a dotted path
+  without importing anything. Built-in entries cannot be replaced or removed.
+- :class:`DecoratorRegistry`, ``name -> function`` filled by a decorator as its module is imported: the head
+  decoders (``edgekit.runtime.decode`` in numpy, ``edgekit.reference.decode`` in torch).
+
+Torch-free and Python 3.8 (it runs on the device).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Generic, TypeVar, cast
+from typing import Any, Callable, Dict, Generic, TypeVar, cast
 
 from edgekit.errors import EdgekitError
 
 T = TypeVar("T")
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
 class LazyRegistry(Generic[T]):
@@ -64,3 +69,36 @@ class LazyRegistry(Generic[T]):
         if not (isinstance(found, type) and issubclass(found, self.base)):
             raise self.error(f"{target} is not a {self.base.__name__} (registered as the {self.kind} of {name!r})")
         return cast("type[T]", found)  # an issubclass(found, self.base) class, base being T
+
+
+class DecoratorRegistry(Dict[str, Fn]):
+    """``name -> function``, a dict filled by :meth:`register` used as a decorator.
+
+    Registering a name twice is a programming error (``ValueError``: two implementations of one name would
+    make the import order decide); :meth:`lookup` of an unknown name raises ``error`` listing the known names,
+    a user-facing message (the name usually comes from a spec or a command line). ``what`` names the entries
+    in messages ("head kind").
+    """
+
+    def __init__(self, what: str, error: type[EdgekitError] = EdgekitError) -> None:
+        super().__init__()
+        self.what = what
+        self.error = error
+
+    def register(self, name: str) -> Callable[[Fn], Fn]:
+        """Decorator: register the decorated function under ``name``."""
+
+        def wrap(fn: Fn) -> Fn:
+            if name in self:
+                raise ValueError(f"{self.what} {name!r} is already registered ({getattr(self[name], '__name__', '?')})")
+            self[name] = fn
+            return fn
+
+        return wrap
+
+    def lookup(self, name: str) -> Fn:
+        """The function registered for ``name``; ``error`` listing the known names otherwise."""
+        try:
+            return self[name]
+        except KeyError:
+            raise self.error(f"unknown {self.what} {name!r}; known {self.what}s: {', '.join(sorted(self))}") from None

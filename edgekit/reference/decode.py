@@ -1,8 +1,8 @@
 """Reference head decoders in torch: the oracle ``edgekit.runtime.decode`` is checked against.
 
 Written for clarity, not speed, and independently of the numpy runtime (no shared code beyond
-the spec). Same head kinds, same raw output contract (see the ``edgekit.spec`` docstring), same
-candidate order and tie-breaking:
+the spec and the registry class). Same head kinds, same raw output contract (see the ``edgekit.spec``
+docstring), same candidate order and tie-breaking:
 
 - grid heads (``yolox``, ``dfl``, ``fastestdet``): level by level, cells row-major;
 - ``yolo_anchor``: level by level, then anchor, then cells row-major;
@@ -23,31 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from edgekit.errors import OutputError, SpecError
+from edgekit.registry import DecoratorRegistry
 from edgekit.spec import ModelSpec
 
 DecodeResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 DecoderFn = Callable[[Sequence[torch.Tensor], ModelSpec], DecodeResult]
 
-DECODERS: dict[str, DecoderFn] = {}
-
-
-def register_decoder(kind: str) -> Callable[[DecoderFn], DecoderFn]:
-    """Decorator: register ``fn`` as the reference decoder of head kind ``kind``."""
-
-    def wrap(fn: DecoderFn) -> DecoderFn:
-        if kind in DECODERS:
-            raise ValueError(f"a reference decoder for head kind {kind!r} is already registered")
-        DECODERS[kind] = fn
-        return fn
-
-    return wrap
-
-
-def get_decoder(kind: str) -> DecoderFn:
-    """The reference decoder of ``kind``; SpecError listing the known kinds otherwise."""
-    if kind not in DECODERS:
-        raise SpecError(f"unknown head kind {kind!r}; known kinds: {', '.join(sorted(DECODERS))}")
-    return DECODERS[kind]
+#: head kind -> reference decoder, filled by ``@register_decoder(kind)`` below.
+DECODERS: DecoratorRegistry[DecoderFn] = DecoratorRegistry("head kind", SpecError)
+register_decoder = DECODERS.register
+#: The reference decoder of a head kind; SpecError listing the known kinds otherwise.
+get_decoder = DECODERS.lookup
 
 
 def decode(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult:

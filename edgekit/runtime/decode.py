@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import OutputError, SpecError
+from edgekit.registry import DecoratorRegistry
 from edgekit.spec import ModelSpec
 
 
@@ -58,27 +59,11 @@ class Candidates:
 #: filter anyway; their boxes are then left at 0. Scores and labels are always complete.
 DecoderFn = Callable[[Sequence[np.ndarray], ModelSpec, "float | None"], Candidates]
 
-DECODERS: dict[str, DecoderFn] = {}
-
-
-def register_decoder(kind: str) -> Callable[[DecoderFn], DecoderFn]:
-    """Decorator: register ``fn`` as the decoder of head kind ``kind``."""
-
-    def wrap(fn: DecoderFn) -> DecoderFn:
-        if kind in DECODERS:
-            raise ValueError(f"a decoder for head kind {kind!r} is already registered ({DECODERS[kind].__name__})")
-        DECODERS[kind] = fn
-        return fn
-
-    return wrap
-
-
-def get_decoder(kind: str) -> DecoderFn:
-    """The decoder registered for ``kind``; SpecError listing the known kinds otherwise."""
-    try:
-        return DECODERS[kind]
-    except KeyError:
-        raise SpecError(f"unknown head kind {kind!r}; known kinds: {', '.join(sorted(DECODERS))}") from None
+#: head kind -> decoder, filled by ``@register_decoder(kind)`` below.
+DECODERS: DecoratorRegistry[DecoderFn] = DecoratorRegistry("head kind", SpecError)
+register_decoder = DECODERS.register
+#: The decoder of a head kind; SpecError listing the known kinds otherwise.
+get_decoder = DECODERS.lookup
 
 
 def decode(outputs: Sequence[np.ndarray], spec: ModelSpec,

@@ -355,7 +355,7 @@ def test_float16_outputs_are_accepted(kind):
 
 def test_unknown_kind_is_a_spec_error():
     spec = make_spec("nope", (64, 64), 2, {}, ("out",))
-    with pytest.raises(SpecError, match=r"unknown head kind 'nope'; known kinds: .*centernet.*yolox"):
+    with pytest.raises(SpecError, match=r"unknown head kind 'nope'; known head kinds: .*centernet.*yolox"):
         rt.get_decoder("nope")
     with pytest.raises(SpecError, match="unknown head kind 'nope'"):
         rt.decode([np.zeros((1, 7, 8, 8), np.float32)], spec)
