@@ -123,22 +123,13 @@ _BUILDERS: LazyRegistry[BackendBuilder] = LazyRegistry("builder", BackendBuilder
 }, error=ConversionError)
 
 
-def register_builder(backend: str, target: str) -> None:
-    """Add a backend's builder: ``target`` is ``"package.module:BuilderClass"``, imported when first used.
-
-    The public registration point for a backend outside edgekit (with ``edgekit.runtime.backends.register_runner``
-    for its Runner, and a target profile TOML naming ``backend``). A built-in backend cannot be replaced.
-    """
-    _BUILDERS.register(backend, target)
-
-
-def unregister_builder(backend: str) -> None:
-    """Remove a builder added with :func:`register_builder` (built-in builders stay)."""
-    _BUILDERS.unregister(backend)
-
-
-def builder_names() -> list[str]:
-    return _BUILDERS.names()
+#: ``register_builder(backend, "package.module:BuilderClass")``: add a backend's builder, imported when first used.
+#: The public registration point for a backend outside edgekit (with ``edgekit.runtime.backends.register_runner``
+#: for its Runner, and a target profile TOML naming ``backend``). A built-in backend cannot be replaced.
+register_builder = _BUILDERS.register
+#: ``unregister_builder(backend)``: remove a builder added with :func:`register_builder` (built-in builders stay).
+unregister_builder = _BUILDERS.unregister
+builder_names = _BUILDERS.names
 
 
 def get_builder_class(backend: str) -> type[BackendBuilder]:

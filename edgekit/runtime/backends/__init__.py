@@ -17,24 +17,14 @@ _RUNNERS: LazyRegistry[Runner] = LazyRegistry("runner", Runner, {
 })
 
 
-def register_runner(name: str, target: str) -> None:
-    """Add a backend's Runner: ``target`` is ``"package.module:RunnerClass"``, imported when first used. The public
-    registration point for a backend outside edgekit; a built-in backend cannot be replaced."""
-    _RUNNERS.register(name, target)
-
-
-def unregister_runner(name: str) -> None:
-    """Remove a runner added with :func:`register_runner` (built-in runners stay)."""
-    _RUNNERS.unregister(name)
-
-
-def backend_names() -> list[str]:
-    return _RUNNERS.names()
-
-
-def get_runner_class(name: str) -> type[Runner]:
-    """The Runner class for a backend name; unknown names raise EdgekitError listing the known ones."""
-    return _RUNNERS.load(name)
+#: ``register_runner(name, "package.module:RunnerClass")``: add a backend's Runner, imported when first used. The
+#: public registration point for a backend outside edgekit; a built-in backend cannot be replaced.
+register_runner = _RUNNERS.register
+#: ``unregister_runner(name)``: remove a runner added with :func:`register_runner` (built-in runners stay).
+unregister_runner = _RUNNERS.unregister
+backend_names = _RUNNERS.names
+#: ``get_runner_class(name)``: the Runner class of a backend; unknown names raise EdgekitError listing the known ones.
+get_runner_class = _RUNNERS.load
 
 
 __all__ = ["Runner", "TensorSpec", "backend_names", "get_runner_class", "register_runner", "unregister_runner"]
