@@ -44,7 +44,30 @@ def frame_record(frame: Frame, detections: Detections, class_names: Sequence[str
     }
 
 
-class JsonLinesWriter:
+class _PartialOutput:
+    """An output written under a temporary name (:class:`edgekit.atomic_io.PartialFile`) and published at
+    :meth:`commit`, so that an interrupted run leaves no half-written file under the real name."""
+
+    path: Path
+    _partial: PartialFile
+
+    def _close(self) -> bool:
+        """Close the open handle; True when one was open (there is something to publish)."""
+        raise NotImplementedError
+
+    def commit(self) -> Path:
+        if self._close():
+            self._partial.commit()
+        else:  # nothing was written (a video that got no frame) or already published: publish nothing
+            self._partial.discard()
+        return self.path
+
+    def discard(self) -> None:
+        self._close()
+        self._partial.discard()
+
+
+class JsonLinesWriter(_PartialOutput):
     """``path`` gets one JSON object per line (:func:`frame_record`), flushed as frames come."""
 
     def __init__(self, path: str | Path) -> None:
@@ -59,21 +82,15 @@ class JsonLinesWriter:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.lines += 1
 
-    def commit(self) -> Path:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._partial.commit()
-        return self.path
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._partial.discard()
+    def _close(self) -> bool:
+        if self._file is None:
+            return False
+        self._file.close()
+        self._file = None
+        return True
 
 
-class AnnotatedVideoWriter:
+class AnnotatedVideoWriter(_PartialOutput):
     """The frames with their boxes drawn, as a video of the source's size and frame rate (cv2.VideoWriter).
 
     The writer opens at the first frame (its size is the frame's); ``fps`` is the source's (None: 25).
@@ -113,20 +130,12 @@ class AnnotatedVideoWriter:
         self._writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         self.frames += 1
 
-    def commit(self) -> Path:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-            self._partial.commit()
-        else:  # no frame came: no video (the temporary file is removed, nothing is published)
-            self._partial.discard()
-        return self.path
-
-    def discard(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-        self._partial.discard()
+    def _close(self) -> bool:
+        if self._writer is None:  # no frame came (or already closed): no video
+            return False
+        self._writer.release()
+        self._writer = None
+        return True
 
 
 class LiveLine:
