@@ -644,20 +644,22 @@ class CudaRuntime:
         hint = "; no usable NVIDIA GPU / driver here" if name in _NO_GPU_ERRORS else ""
         raise error(f"tensorrt: {what} failed with {name}{hint}")
 
-    def malloc(self, size: int, name: str) -> int:
+    def _allocated(self, allocate: Any, size: int, what: str) -> int:
+        """``allocate(void **pointer, size)`` (cudaMalloc, cudaMallocHost) checked; the pointer as an int."""
         pointer = ctypes.c_void_p()
-        self.check(self.lib.cudaMalloc(ctypes.byref(pointer), size),
-                   f"allocating {size} bytes of GPU memory for '{name}' (cudaMalloc)")
+        self.check(allocate(ctypes.byref(pointer), size), what)
         return int(pointer.value or 0)
+
+    def malloc(self, size: int, name: str) -> int:
+        return self._allocated(self.lib.cudaMalloc, size,
+                               f"allocating {size} bytes of GPU memory for '{name}' (cudaMalloc)")
 
     def free(self, pointer: int, name: str) -> None:
         self.check(self.lib.cudaFree(ctypes.c_void_p(pointer)), f"freeing the GPU buffer of '{name}' (cudaFree)")
 
     def malloc_host(self, size: int, name: str) -> int:
-        pointer = ctypes.c_void_p()
-        self.check(self.lib.cudaMallocHost(ctypes.byref(pointer), size),
-                   f"allocating {size} bytes of pinned host memory for '{name}' (cudaMallocHost)")
-        return int(pointer.value or 0)
+        return self._allocated(self.lib.cudaMallocHost, size,
+                               f"allocating {size} bytes of pinned host memory for '{name}' (cudaMallocHost)")
 
     def free_host(self, pointer: int, name: str) -> None:
         self.check(self.lib.cudaFreeHost(ctypes.c_void_p(pointer)), f"freeing the pinned buffer of '{name}'")
