@@ -173,19 +173,26 @@ class MatchSummary:
 
     @property
     def min_iou(self) -> float:
-        return min(self.ious) if self.ious else 1.0
+        """The lowest IoU of a matched pair (1.0 without pairs: nothing is misplaced)."""
+        return min(self.ious, default=1.0)
 
     @property
     def mean_iou(self) -> float:
-        return float(np.mean(self.ious)) if self.ious else float("nan")
-
-    @property
-    def max_score_delta(self) -> float:
-        return max(self.score_deltas) if self.score_deltas else 0.0
+        return _mean_or_nan(self.ious)
 
     @property
     def mean_score_delta(self) -> float:
-        return float(np.mean(self.score_deltas)) if self.score_deltas else float("nan")
+        return _mean_or_nan(self.score_deltas)
+
+    @property
+    def max_score_delta(self) -> float:
+        """The largest |score difference| of a matched pair (0.0 without pairs)."""
+        return max(self.score_deltas, default=0.0)
+
+
+def _mean_or_nan(values: Sequence[float]) -> float:
+    """The mean, NaN for no values (a mean over nothing is undefined, not 0 or 1)."""
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def match_detections(candidate: Mapping[Any, Detections] | Sequence[Detections],
