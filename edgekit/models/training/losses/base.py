@@ -1,5 +1,5 @@
-"""The loss interface (:class:`DetectionLoss` -> :class:`LossResult`), the registry by head kind and the grid
-helpers the losses share."""
+"""The loss interface (:class:`DetectionLoss` -> :class:`LossResult`) and the registry by head kind (the grid
+helpers the grid-head losses share are in :mod:`edgekit.models.training.losses.grid`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from edgekit.errors import SpecError
@@ -74,27 +73,3 @@ def make_loss(spec: ModelSpec, **options: Any) -> DetectionLoss:
     if unknown:
         raise SpecError(f"{loss_class.__name__} has no option {unknown[0]!r}; options: {', '.join(sorted(accepted))}")
     return loss_class(spec, **options)
-
-
-def head_strides(spec: ModelSpec) -> list[float]:
-    strides = spec.head.params.get("strides")
-    if not strides:
-        raise SpecError(f"head kind {spec.head.kind!r} needs params.strides")
-    return [float(s) for s in strides]
-
-
-def grid_points(outputs: Sequence[Tensor], strides: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """Cells of every level, level by level, row-major: (cell xy [A, 2] (column, row), stride [A])."""
-    cells, stride_list = [], []
-    for out, stride in zip(outputs, strides):
-        h, w = out.shape[-2:]
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                indexing="ij")
-        cells.append(torch.stack([xs.flatten(), ys.flatten()], dim=1))
-        stride_list.append(torch.full((h * w,), float(stride)))
-    return torch.cat(cells), torch.cat(stride_list)
-
-
-def flatten_levels(outputs: Sequence[Tensor]) -> Tensor:
-    """``[B, C, H_l, W_l]`` per level -> ``[B, A, C]``, levels concatenated, cells row-major."""
-    return torch.cat([o.flatten(2).transpose(1, 2) for o in outputs], dim=1)

@@ -12,15 +12,8 @@ from edgekit.errors import SpecError
 from edgekit.models.training.boxes import aligned_iou
 from edgekit.models.training.data import Targets
 from edgekit.models.training.losses.assign import GridAssignment, task_aligned_assign
-from edgekit.models.training.losses.base import (
-    DetectionLoss,
-    LossResult,
-    flatten_levels,
-    grid_points,
-    head_strides,
-    loss_value,
-    register_loss,
-)
+from edgekit.models.training.losses.base import DetectionLoss, LossResult, loss_value, register_loss
+from edgekit.models.training.losses.grid import flatten_levels, grid_points, head_strides
 from edgekit.spec import ModelSpec
 
 # --- dfl (YOLOv8 / YOLOv6): task-aligned assigner + DFL ----------------------------------------

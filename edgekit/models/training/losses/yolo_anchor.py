@@ -13,7 +13,8 @@ from torch import Tensor
 from edgekit.errors import SpecError
 from edgekit.models.training.boxes import EPS, aligned_iou, xyxy_from_centre
 from edgekit.models.training.data import Targets
-from edgekit.models.training.losses.base import DetectionLoss, LossResult, head_strides, loss_value, register_loss
+from edgekit.models.training.losses.base import DetectionLoss, LossResult, loss_value, register_loss
+from edgekit.models.training.losses.grid import head_strides
 from edgekit.spec import ModelSpec
 
 # --- yolo_anchor (YOLOv5) ----------------------------------------------------------------------

@@ -18,15 +18,8 @@ from edgekit.models.training.losses.assign import (
     resolve_conflicts,
     task_aligned_assign,
 )
-from edgekit.models.training.losses.base import (
-    DetectionLoss,
-    LossResult,
-    flatten_levels,
-    grid_points,
-    head_strides,
-    loss_value,
-    register_loss,
-)
+from edgekit.models.training.losses.base import DetectionLoss, LossResult, loss_value, register_loss
+from edgekit.models.training.losses.grid import flatten_levels, grid_points, head_strides
 from edgekit.spec import ModelSpec
 
 
