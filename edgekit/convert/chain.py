@@ -301,6 +301,15 @@ def _target_precision(target: Target | str, precision: str | None, int8: Int8Opt
     if precision == "int8" and int8 is not None and int8.cache is not None:
         from edgekit.quant.result import CalibrationResult
 
+        # a cache fixes the method, the images and the layers kept in float: these options would be ignored
+        ignored = [flag for flag, value in (("--calib-method", int8.method), ("--calib-images", int8.images),
+                                            ("--percentile", int8.percentile), ("--drift-budget", int8.drift_budget),
+                                            ("--drift-data", int8.drift_data)) if value is not None]
+        if ignored:
+            raise ConversionError(f"--calib-cache: {', '.join(ignored)} cannot change a calibration that is reused "
+                                  "(its method, images and float layers are fixed); drop them, or calibrate again "
+                                  "without --calib-cache")
+
         CalibrationResult.load(int8.cache)  # readable, schema and values: a truncated cache should not cost an export
     return target, precision
 

@@ -105,6 +105,13 @@ def check_result_against_model(result: CalibrationResult, onnx_path: Path, tenso
 
     result.check_values(source)
     actual = {layer.name: layer for layer in find_layers(onnx.load(str(onnx_path)))}
+    # every quantisable layer must be in the result (those kept in float are listed in float_layers): a layer
+    # missing from it would be left in float without a word, and the build called int8
+    missing = [name for name in actual if name not in {layer.name for layer in result.layers}]
+    if missing:
+        raise CalibrationError(f"{source}: {len(missing)} of the {len(actual)} quantisable layers of "
+                               f"{Path(onnx_path).name} have no calibration (first: {missing[0]!r}); a calibration "
+                               "result covers every Conv layer of its model")
     for layer in result.layers:
         own = actual.get(layer.name)
         if own is None or (own.op_type, own.input, own.output, own.weight) != (layer.op_type, layer.input,
@@ -149,15 +156,16 @@ def gate_images(holdout: Sequence[Path], calib_paths: Sequence[Path]) -> tuple[l
     The held-out calibration images (``--drift-budget`` sets every 5th aside; a set of 40+ images spares an
     eighth, 8..24, for the gate: ``quant.pipeline.gate_holdout_count``); else ``GATE_IMAGES`` evenly spaced images
     of a smaller calibration set, which all calibrate (the source string says so in the manifest); else (fewer than
-    ``MIN_GATE_IMAGES``) the bundled calibration set."""
+    ``MIN_GATE_IMAGES``) the whole bundled calibration set (``agreement_gate`` picks at most ``GATE_IMAGES``
+    of it, unseen ones first)."""
     from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
 
     if len(holdout) >= MIN_GATE_IMAGES:
-        return _spaced(list(holdout)), HELD_OUT_SOURCE
+        return list(holdout), HELD_OUT_SOURCE
     if len(calib_paths) >= MIN_GATE_IMAGES:
-        return _spaced(list(calib_paths)), CALIBRATION_SOURCE
-    found = find_calibration_images(default_calibration_dir(), limit=GATE_IMAGES, warn=lambda message: None)
-    return list(found.paths), "bundled calibration set"
+        return list(calib_paths), CALIBRATION_SOURCE
+    found = find_calibration_images(default_calibration_dir(), warn=lambda message: None)
+    return list(found.paths), BUNDLED_SOURCE
 
 
 #: a gate on the bundled natural photos judges a model only if its fp32 boxes there (deployment threshold) are at
@@ -166,6 +174,7 @@ MIN_HELD_OUT_BOXES = 10
 #: where gate_images says the gate runs on calibration images (nothing held out), or on held-out ones
 CALIBRATION_SOURCE = "calibration images"
 HELD_OUT_SOURCE = "held-out calibration images"
+BUNDLED_SOURCE = "bundled calibration set"
 NATURAL_SOURCE = "bundled natural photos (held out: not calibrated on)"
 
 
@@ -182,20 +191,19 @@ def agreement_gate(onnx_path: Path, spec: ModelSpec, images: list[Path], source:
     manifest's ``source`` says what they are.
     """
     if source == HELD_OUT_SOURCE:
-        return AgreementGate(onnx_path, spec, images, source)
+        return AgreementGate(onnx_path, spec, _spaced(images), source)
     if calibrated is None:  # a cache that does not list its images: nothing is known to be unseen
-        return AgreementGate(onnx_path, spec, images, f"{source} (the calibration cache lists no images: some may "
-                                                       "be its own)")
+        return AgreementGate(onnx_path, spec, _spaced(images), f"{source} (the calibration cache lists no images: "
+                                                               "some may be its own)")
     from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
     from edgekit.quant.result import file_sha256
 
     def unseen(paths: Sequence[Path]) -> list[Path]:
         return [path for path in paths if file_sha256(path) not in calibrated]
 
-    if source != CALIBRATION_SOURCE:
-        others = unseen(images)
-        if len(others) >= MIN_GATE_IMAGES:
-            return AgreementGate(onnx_path, spec, _spaced(others), f"{source} (not calibrated on)")
+    others = unseen(images)  # empty for a fresh calibration on all of ``images``; a reused cache: its own left out
+    if len(others) >= MIN_GATE_IMAGES:
+        return AgreementGate(onnx_path, spec, _spaced(others), f"{source} (not calibrated on)")
     natural_dir = default_calibration_dir() / "natural"
     if natural_dir.is_dir():
         natural = unseen(find_calibration_images(natural_dir, warn=lambda message: None).paths)
@@ -203,7 +211,11 @@ def agreement_gate(onnx_path: Path, spec: ModelSpec, images: list[Path], source:
             held_out = AgreementGate(onnx_path, spec, _spaced(natural), NATURAL_SOURCE)
             if held_out.fp32_boxes() >= MIN_HELD_OUT_BOXES:
                 return held_out
-    return AgreementGate(onnx_path, spec, images, source)
+    # nothing unseen to judge on: the calibration images themselves, unseen ones first, and the manifest says so
+    judged = _spaced(others + [path for path in images if path not in others])
+    seen = len(judged) - len([path for path in judged if path in others])
+    return AgreementGate(onnx_path, spec, judged, f"{source} ({seen} of {len(judged)} calibrated on: fewer than "
+                                                  f"{MIN_GATE_IMAGES} unseen images to judge on)")
 
 
 def _spaced(paths: list[Path]) -> list[Path]:
@@ -250,7 +262,8 @@ class AgreementGate:
                 f"{record['recall']:.3f} at IoU 0.5 on {record['images']} {self.source}; {record['fp32_boxes']} fp32 boxes)")
         if record["agreement"] < self.floor:
             raise ConversionError(f"build {line} is below the floor {self.floor:g}: the int8 model is broken; "
-                                  "recalibrate (check --calib / --calib-cache) or keep layers in float with --drift-budget")
+                                  "recalibrate (check --calib / --calib-cache) or keep layers in float with --drift-budget "
+                                  "(a new calibration: not with --calib-cache)")
         if record["fp32_boxes"] == 0:
             progress(f"warning {name}: the fp32 model finds no box on the gate images; agreement is vacuous")
         progress(f"gate    {line}")

@@ -106,7 +106,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
     sha256 of the images calibrated on (a reused cache: those it lists, None for a cache that lists none;
     ``quant.gate.agreement_gate`` avoids them).
     ``placement``: the Q/DQ placement ``--drift-budget`` ranks and judges layers with (the target backend's)."""
-    from edgekit.quant.gate import GATE_IMAGES, check_result_against_model, gate_images, probe_tensors
+    from edgekit.quant.gate import check_result_against_model, gate_images, probe_tensors
 
     bars = _progress_bar if show_bars else None
     warn = warn or (lambda message: progress(f"warning {message}"))
@@ -118,8 +118,8 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
         progress(f"int8    reusing calibration {options.cache} ({result.method}, {result.num_images} images)")
         gate_paths: list[Path] = []
         if options.calib_dir is not None:
-            gate_paths = list(find_calibration_images(options.calib_dir, limit=GATE_IMAGES, force=True,
-                                                      warn=lambda message: None).paths)
+            # all of them: the gate picks its images among those the cache was not made from
+            gate_paths = list(find_calibration_images(options.calib_dir, force=True, warn=lambda message: None).paths)
         return result, {"method": result.method, "cache": str(options.cache), "images": result.num_images,
                         "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers)}, \
             (*gate_images([], gate_paths), frozenset(result.image_sha256s) if result.image_sha256s else None)

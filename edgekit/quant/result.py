@@ -128,6 +128,7 @@ class CalibrationResult:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "calibration result") -> CalibrationResult:
+        """Read a result written by :meth:`to_dict`; CalibrationError (one line) for anything malformed."""
         if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
             raise CalibrationError(f"{source}: not an edgekit calibration result (expected \"format\": \"{RESULT_FORMAT}\")")
         if data.get("version") != RESULT_VERSION:
@@ -139,7 +140,7 @@ class CalibrationResult:
                          activation_ranges=ranges, layers=tuple(QuantLayer.from_dict(d) for d in data["layers"]),
                          float_layers={str(k): str(v) for k, v in data.get("float_layers", {}).items()},
                          notes=dict(data.get("notes", {})),
-                         image_sha256s=tuple(str(h) for h in data.get("image_sha256s", [])))
+                         image_sha256s=_sha256_list(data.get("image_sha256s", []), source))
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CalibrationError(f"{source}: malformed calibration result ({type(exc).__name__}: {exc})") from None
         result.check_values(source)
@@ -173,6 +174,20 @@ class CalibrationResult:
         unknown = sorted(set(self.float_layers) - names)
         if unknown:
             raise CalibrationError(f"{source}: float layer {unknown[0]!r} is not a layer of the result")
+        if self.num_images < 1:
+            raise CalibrationError(f"{source}: num_images is {self.num_images}; expected the number of calibration "
+                                   "images (>= 1)")
+        if self.image_sha256s:
+            # the list decides which images the int8 gate may call held out: it must be the set the cache names
+            from edgekit.quant.calibration import content_hash
+
+            if len(set(self.image_sha256s)) != len(self.image_sha256s) or len(self.image_sha256s) != self.num_images:
+                raise CalibrationError(f"{source}: image_sha256s lists {len(set(self.image_sha256s))} distinct "
+                                       f"image(s) in {len(self.image_sha256s)} entries; expected {self.num_images} "
+                                       "distinct ones (num_images)")
+            if content_hash(self.image_sha256s) != self.images_sha256:
+                raise CalibrationError(f"{source}: image_sha256s does not match images_sha256 (the hash of the "
+                                       "calibration image set); the list was edited or belongs to another cache")
 
     def save(self, path: str | Path) -> Path:
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -263,3 +278,18 @@ def int8_symmetric(lo: float, hi: float) -> float:
     if not math.isfinite(absmax):
         raise CalibrationError(f"activation range [{lo}, {hi}] is not finite")
     return float(np.float32(absmax / INT8_MAX)) if absmax > 0 else 1.0
+
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _sha256_list(value: Any, source: str) -> tuple[str, ...]:
+    """``image_sha256s``: a list of lowercase hex sha256 digests (as ``hashlib`` writes them); else CalibrationError."""
+    if not isinstance(value, list):
+        raise CalibrationError(f"{source}: image_sha256s must be a list of sha256 hex digests, got "
+                               f"{type(value).__name__}")
+    for item in value:
+        if not (isinstance(item, str) and len(item) == 64 and set(item) <= _SHA256_HEX):
+            raise CalibrationError(f"{source}: image_sha256s holds {str(item)[:70]!r}; expected 64 lowercase hex "
+                                   "digits (a sha256 digest)")
+    return tuple(value)

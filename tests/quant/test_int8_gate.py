@@ -125,6 +125,16 @@ def test_a_good_int8_build_passes_the_gate_and_records_its_agreement(good):
      r"layer '.+' has weight scale 0.0; expected finite scales > 0"),
     ("no_ranges.json", lambda d: d.pop("activation_ranges"), r"malformed calibration result \(KeyError"),
     ("wrong_format.json", lambda d: d.update(format="something-else"), r"not an edgekit calibration result"),
+    # the image list decides which images the gate may call held out (found by a hostile pass, session 8)
+    ("upper_hashes.json", lambda d: d.update(image_sha256s=[h.upper() for h in d["image_sha256s"]]),
+     r"image_sha256s holds '[0-9A-F]{64}'; expected 64 lowercase hex digits"),
+    ("string_hashes.json", lambda d: d.update(image_sha256s="deadbeef"),
+     r"image_sha256s must be a list of sha256 hex digests, got str"),
+    ("repeated_hashes.json", lambda d: d.update(image_sha256s=[d["image_sha256s"][0]] * d["num_images"]),
+     r"image_sha256s lists 1 distinct image\(s\) in 32 entries; expected 32 distinct ones"),
+    ("foreign_hashes.json", lambda d: d["image_sha256s"].__setitem__(0, "0" * 64),
+     r"image_sha256s does not match images_sha256"),
+    ("negative_count.json", lambda d: d.update(num_images=-3), r"num_images is -3; expected the number"),
 ])
 def test_a_cache_with_unusable_numbers_or_schema_is_refused_before_the_export(model, good, tmp_path, no_export, name,
                                                                                edit, message):
@@ -132,6 +142,17 @@ def test_a_cache_with_unusable_numbers_or_schema_is_refused_before_the_export(mo
     with pytest.raises(CalibrationError, match=message) as exc_info:
         _convert(model, tmp_path / "out" / "art", cache=cache)
     assert _one_line(exc_info).startswith(str(cache))
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibration_options_next_to_a_cache_are_refused_before_the_export(model, good, tmp_path, no_export):
+    """A reused cache fixes the method, the images and the float layers: --drift-budget, --calib-method … beside it
+    would be ignored with exit code 0 (found by a hostile pass, session 8)."""
+    with pytest.raises(ConversionError, match=r"--calib-cache: --calib-method, --drift-budget cannot change a "
+                                              r"calibration that is reused") as exc_info:
+        _convert(model, tmp_path / "out" / "art", cache=good[0] / "calibration.json", method="entropy",
+                 drift_budget=0.5)
+    _one_line(exc_info)
     assert not (tmp_path / "out").exists()
 
 
@@ -271,6 +292,20 @@ def test_the_range_check_refuses_weight_scales_that_do_not_match_the_weights_and
         check_result_against_model(_replace(result, layers=tuple(layers)), onnx_path, probes, "cache")
 
 
+@pytest.mark.parametrize("kept", [0, 5])
+def test_the_range_check_refuses_a_result_that_leaves_layers_out(graph, kept):
+    """A cache without some of the model's layers would leave them in float with the build still called int8 and
+    "5 of 5 layers in int8" printed (found by a hostile pass, session 8)."""
+    from edgekit.quant.gate import check_result_against_model
+
+    onnx_path, result, probes = graph
+    total = len(result.layers)
+    check_result_against_model(result, onnx_path, probes, "cache")  # all layers: accepted
+    with pytest.raises(CalibrationError, match=rf"cache: {total - kept} of the {total} quantisable layers of "
+                                               rf"model.onnx have no calibration \(first: '.+'\)"):
+        check_result_against_model(_replace(result, layers=result.layers[:kept]), onnx_path, probes, "cache")
+
+
 # ------------------------------------------------------------------------------------------ the agreement gate
 
 
@@ -287,12 +322,11 @@ def test_a_cache_with_shrunken_ranges_passes_validation_but_fails_the_agreement_
 
 def test_the_gate_measures_any_runner_against_the_fp32_graph(good, tmp_path):
     """The gate's numbers for the fp32 graph itself are perfect agreement (the oracle agrees with itself)."""
-    from edgekit.quant.gate import AgreementGate, gate_images
+    from edgekit.quant.gate import agreement_gate, gate_images
     from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     out, manifest, _ = good
-    images, source = gate_images([], [])
-    gate = AgreementGate(out / "model.onnx", manifest.spec, images, source)
+    gate = agreement_gate(out / "model.onnx", manifest.spec, *gate_images([], []), None)
     record = gate.measure(OnnxRuntimeRunner(out / "model.onnx"))
     assert record["fp32_boxes"] > 0
     assert (record["agreement"], record["precision"], record["recall"], record["map50_drift"]) == (1.0, 1.0, 1.0, 0.0)
@@ -374,7 +408,9 @@ def test_a_model_with_too_few_boxes_on_natural_photos_is_gated_on_its_calibratio
     hashes = frozenset(file_sha256(path) for path in calib)
     strict = dataclasses.replace(manifest.spec, postprocess=manifest.spec.postprocess.with_thresholds(0.999, None))
     declined = agreement_gate(out / "model.onnx", strict, calib, CALIBRATION_SOURCE, hashes)
-    assert (declined.source, declined.images) == (CALIBRATION_SOURCE, calib)
+    assert declined.images == calib
+    assert declined.source == (f"{CALIBRATION_SOURCE} (20 of 20 calibrated on: fewer than 8 unseen images to judge "
+                               "on)")
     held_out = agreement_gate(out / "model.onnx", manifest.spec, calib, CALIBRATION_SOURCE, hashes)
     assert held_out.source == NATURAL_SOURCE and held_out.fp32_boxes() >= MIN_HELD_OUT_BOXES
     assert not set(held_out.images) & set(calib)
@@ -409,3 +445,26 @@ def test_a_reused_cache_is_gated_on_images_it_was_not_made_from(good, model, tmp
     unlisted = _convert(model, tmp_path / "unlisted", cache=old)
     assert unlisted.info["int8"]["agreement"]["onnxruntime/int8"]["source"] == (
         "bundled calibration set (the calibration cache lists no images: some may be its own)")
+
+
+def test_a_reused_cache_of_the_bundled_set_is_gated_on_the_bundled_images_it_left_out(good):
+    """A cache made from the bundled set with an eighth held out, reused: the gate picks among all the bundled
+    images those the cache does not list (it used to take 24 evenly spaced images first and then drop the
+    calibrated ones, leaving 4 and falling back to calibration images labelled as the bundled set)."""
+    from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
+    from edgekit.quant.gate import BUNDLED_SOURCE, CALIBRATION_SOURCE, agreement_gate, gate_images
+    from edgekit.quant.result import file_sha256
+
+    out, manifest, _ = good
+    bundled = list(find_calibration_images(default_calibration_dir(), warn=lambda message: None).paths)
+    held_out = bundled[::8]
+    calibrated = frozenset(file_sha256(path) for path in bundled if path not in held_out)
+    images, source = gate_images([], [])
+    assert (images, source) == (bundled, BUNDLED_SOURCE)
+    gate = agreement_gate(out / "model.onnx", manifest.spec, images, source, calibrated)
+    assert gate.source == f"{BUNDLED_SOURCE} (not calibrated on)"
+    assert 8 <= len(gate.images) <= 24 and set(gate.images) <= set(held_out)
+    # the same for a --calib folder next to a cache (tagged as calibration images): its unseen images judge
+    folder_gate = agreement_gate(out / "model.onnx", manifest.spec, bundled, CALIBRATION_SOURCE, calibrated)
+    assert folder_gate.source == f"{CALIBRATION_SOURCE} (not calibrated on)"
+    assert set(folder_gate.images) <= set(held_out)
