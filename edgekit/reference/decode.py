@@ -354,3 +354,34 @@ def decode_yolox_flat(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> Decod
     bh = torch.exp(p[..., 3]) * st
     scores, labels = (p[..., 4:5] * p[..., 5:]).max(dim=-1)
     return _xyxy(cx, cy, bw, bh), scores, labels
+
+
+# --- NMS inside the graph ---------------------------------------------------------------------------------
+
+@register_decoder("nms_rows")
+def decode_nms_rows(outputs: Sequence[torch.Tensor], spec: ModelSpec) -> DecodeResult:
+    """Rows (image, x1, y1, x2, y2, score, class, rank) of an in-graph NMS -> per image, in rank order, padded
+    with score-0 rows to the longest image (written per image with a Python loop: the oracle)."""
+    _expect_count(outputs, 2, spec)
+    rows, marker = outputs
+    _expect(rows.dim() == 2 and rows.shape[1] == 8, spec, 0, "[S, 8]", rows)
+    _expect(marker.dim() == 1 and marker.shape[0] >= 1, spec, 1, "[B]", marker)
+    batch = int(marker.shape[0])
+    per_image = []
+    for index in range(batch):
+        mine = rows[rows[:, 0] == index]
+        for value in mine[:, 6].tolist():
+            if value != int(value) or not 0 <= value < spec.num_classes:
+                raise OutputError(f"head 'nms_rows' output 0: class {value:g} is not in 0..{spec.num_classes - 1}")
+        per_image.append(mine[torch.argsort(mine[:, 7], stable=True)])
+    if sum(len(mine) for mine in per_image) != len(rows):
+        raise OutputError(f"head 'nms_rows' output 0: a row's image index is not in 0..{batch - 1}")
+    width = max(len(mine) for mine in per_image)
+    boxes = torch.zeros((batch, width, 4), dtype=torch.float32)
+    scores = torch.zeros((batch, width), dtype=torch.float32)
+    labels = torch.zeros((batch, width), dtype=torch.int64)
+    for index, mine in enumerate(per_image):
+        boxes[index, :len(mine)] = mine[:, 1:5]
+        scores[index, :len(mine)] = mine[:, 5]
+        labels[index, :len(mine)] = mine[:, 6].long()
+    return boxes, scores, labels

@@ -26,6 +26,7 @@ from typing import Any
 
 from edgekit.errors import ModelFileError, first_line
 from edgekit.filetypes import read_json
+from edgekit.runtime.graph_nms import GraphNms
 from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 
 MANIFEST_NAME = "edgekit.json"
@@ -69,6 +70,12 @@ class ModelEntry:
     def builds_on_device(self) -> bool:
         """True when the runnable file (an engine) is made on the device from ``file``."""
         return bool(self.options.get("built_on_device"))
+
+    @property
+    def graph_nms(self) -> GraphNms | None:
+        """The NMS built into this model's graph (``nms = "graph"``), None for a model decoded on the host."""
+        data = self.options.get("graph_nms")
+        return GraphNms.from_dict(data, f"model {self.backend}/{self.precision}") if data is not None else None
 
     @property
     def engine(self) -> str | None:

@@ -716,3 +716,44 @@ def decode_yolox_flat(outputs: Sequence[np.ndarray], spec: ModelSpec,
     np.multiply(arr[..., 4], best, out=result.scores)
     result.labels[...] = labels
     return result
+
+
+# --- NMS inside the graph (edgekit.convert.graph_nms; the contract in edgekit.runtime.graph_nms) -----------
+
+@register_decoder("nms_rows")
+def decode_nms_rows(outputs: Sequence[np.ndarray], spec: ModelSpec,
+                    score_threshold: float | None = None) -> Candidates:
+    """In-graph NMS output: ``[S, 8]`` rows (image index, x1, y1, x2, y2, score, class, rank) and ``[B]`` (its
+    length is the batch size). Each image gets its rows in rank order (the host NMS's keep order: descending
+    score, ties by candidate index), padded with score-0 rows to the longest image; the score filter
+    (strict ``>``, so the padding never passes) and max-detections run on the host, NMS does not.
+    """
+    _check_count(outputs, 2, spec, "[S, 8] kept rows and the [B] batch marker")
+    rows = _as_float32(outputs[0])
+    _check_shape(rows, 0, spec, (None, 8), "[S, 8] (image, x1, y1, x2, y2, score, class, rank)")
+    batch = int(np.asarray(outputs[1]).shape[0]) if np.asarray(outputs[1]).ndim == 1 else -1
+    if batch < 1:
+        raise OutputError(f"head 'nms_rows' output 1 ({_output_name(spec, 1)!r}): expected shape [B], got "
+                          f"{tuple(np.asarray(outputs[1]).shape)}")
+    image = rows[:, 0].astype(np.int64)
+    labels = rows[:, 6].astype(np.int64)
+    bad = (image != rows[:, 0]) | (image < 0) | (image >= batch) | (labels != rows[:, 6]) | (labels < 0) \
+        | (labels >= spec.num_classes)
+    if bad.any():
+        row = rows[np.flatnonzero(bad)[0]]
+        raise OutputError(f"head 'nms_rows' output 0 ({_output_name(spec, 0)!r}): row with image {row[0]:g} and "
+                          f"class {row[6]:g}; expected an image in 0..{batch - 1} and a class in "
+                          f"0..{spec.num_classes - 1}")
+    order = np.lexsort((rows[:, 7], image))  # by image, then rank
+    counts = np.bincount(image, minlength=batch)
+    width = int(counts.max()) if len(rows) else 0
+    boxes = np.zeros((batch, width, 4), np.float32)
+    scores = np.zeros((batch, width), np.float32)
+    kept_labels = np.zeros((batch, width), np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sorted_rows = rows[order]
+    slot = np.arange(len(rows)) - starts[image[order]]  # position of each row within its image
+    boxes[image[order], slot] = sorted_rows[:, 1:5]
+    scores[image[order], slot] = sorted_rows[:, 5]
+    kept_labels[image[order], slot] = labels[order]
+    return Candidates(boxes, scores, kept_labels)

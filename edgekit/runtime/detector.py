@@ -21,6 +21,7 @@ from edgekit.runtime.artifact import read_manifest, spec_from_onnx, verify_file
 from edgekit.runtime.backends import Runner, get_runner_class
 from edgekit.runtime.decode import decode, get_decoder
 from edgekit.runtime.detections import Detections
+from edgekit.runtime.graph_nms import graph_nms_spec, host_postprocess
 from edgekit.runtime.nms import postprocess
 from edgekit.runtime.onnx_import import has_edgekit_spec, read_onnx_header, spec_from_third_party_onnx
 from edgekit.runtime.pipeline import Pipeline, Stage, StageClock
@@ -98,13 +99,19 @@ class Detector:
             runner = runner_class.from_artifact(model_file, _mode_options(entry.options, mode),
                                                 threads=_request_threads(runner_class, mode, threads, manifest.threads))
             spec = manifest.spec
+            graph_nms = entry.graph_nms
+            if graph_nms is not None:  # the model ends in NMS: its outputs are the kept rows
+                spec = graph_nms_spec(spec, graph_nms)
         else:
+            graph_nms = None
             # a bare ONNX file: edgekit's own (spec embedded) or a recognised third-party export
             header = read_onnx_header(path)
             spec = spec_from_onnx(path) if has_edgekit_spec(header) else spec_from_third_party_onnx(path, header=header)
             runner = runner_class.from_artifact(path, _mode_options({}, mode),
                                                 threads=_request_threads(runner_class, mode, threads, 0))
         pp = spec.postprocess.with_thresholds(conf_threshold, iou_threshold)
+        if graph_nms is not None:
+            pp = host_postprocess(graph_nms, pp, f"{path} ({backend} model)")
         detector = cls(runner, spec, pp)
         detector.mode = mode
         return detector

@@ -365,9 +365,10 @@ def test_unknown_kind_is_a_spec_error():
 
 def test_registry_lists_every_kind_in_both_implementations():
     from tests.runtime.test_decode_decoded_heads import KINDS as DECODED_KINDS
+    from tests.runtime.test_graph_nms_decode import KINDS as GRAPH_NMS_KINDS
 
     # ==, not <=: a decoder registered without joining KINDS (which the parity tests run over) must fail here
-    assert set(KINDS) | set(DECODED_KINDS) == set(rt.DECODERS)
+    assert set(KINDS) | set(DECODED_KINDS) | set(GRAPH_NMS_KINDS) == set(rt.DECODERS)
     assert set(rt.DECODERS) == set(ref.DECODERS)
     assert rt.get_decoder("dfl") is rt.DECODERS["dfl"]
     with pytest.raises(ValueError, match="already registered"):
