@@ -405,12 +405,15 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
 @click.option("--opset", type=click.IntRange(*OPSET_RANGE), default=17, show_default=True,
               help=f"ONNX opset ({OPSET_RANGE[0]}..{OPSET_RANGE[1]}).")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at the output folder.")
+@click.option("--nms", type=click.Choice(["host", "graph"]), default=None,
+              help="Where NMS runs (default: the target's): host = edgekit's NMS after the model; graph = decode and "
+                   "NMS appended to the graph, built into the engine (TensorRT targets).")
 @_pass_options
 @_int8_options
 @_model_options
 @_import_options
 def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: str | None, imgsz: int | None, opset: int,
-            force: bool, skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, calib: str | None,
+            force: bool, nms: str | None, skip_passes: tuple[str, ...], no_passes: bool, dump_dir: str | None, calib: str | None,
             calib_method: str | None, calib_images: int | None, percentile: float | None, drift_budget: float | None,
             drift_data: str | None, calib_cache: str | None, force_calib: bool, family: str | None,
             names: str | None) -> None:
@@ -434,6 +437,13 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
                   if value is not None]
 
     target = load_target(target_name)
+    if nms is not None:
+        from dataclasses import replace as replace_field
+
+        from edgekit.targets import check_nms_placement
+
+        check_nms_placement(nms, target.backend, f"--nms {nms} for target {target.name!r}")
+        target = replace_field(target, nms=nms)
     if int8_flags and (precision or target.precision) != "int8":
         raise click.UsageError(f"{', '.join(int8_flags)} only apply with --precision int8")
     if calib is not None:

@@ -41,7 +41,10 @@ class TargetError(EdgekitError):
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile", "mse")
-NMS_PLACEMENTS = ("host",)  # NMS inside the graph is not built yet; host = edgekit's numpy NMS
+#: host: edgekit's numpy NMS after the model; graph: decode + NMS appended to the graph (TensorRT's INMSLayer)
+NMS_PLACEMENTS = ("host", "graph")
+#: the backends whose builder appends NMS to the graph (``edgekit.convert.graph_nms``)
+GRAPH_NMS_BACKENDS = ("tensorrt",)
 
 #: every top-level key and its TOML type (tables are checked by their own sections)
 _TOP_LEVEL_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -186,8 +189,7 @@ def parse_target(name: str, data: dict[str, Any], source: str) -> Target:
         raise TargetError(f"{source}: batch {batch} / max_batch {max_batch} need a dynamic batch axis (edgekit "
                           "exports batch 1 or a dynamic batch); set dynamic_batch = true, or batch = max_batch = 1")
     nms = data.get("nms", "host")
-    if nms not in NMS_PLACEMENTS:
-        raise TargetError(f"{source}: nms {nms!r} is not supported (expected one of {', '.join(NMS_PLACEMENTS)})")
+    check_nms_placement(nms, backend, source)
     calibration_data = data.get("calibration", {})
     _check_keys(source, calibration_data, _CALIBRATION_KEYS, "calibration.")
     for key, value in calibration_data.items():
@@ -201,6 +203,15 @@ def parse_target(name: str, data: dict[str, Any], source: str) -> Target:
                   precisions=precisions, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
                   max_batch=max_batch, threads=threads, nms=nms, calibration=calibration, backend_options=options,
                   source=source)
+
+
+def check_nms_placement(nms: str, backend: str, source: str) -> None:
+    """TargetError (one line naming ``source``) unless ``backend`` can place NMS where ``nms`` says."""
+    if nms not in NMS_PLACEMENTS:
+        raise TargetError(f"{source}: nms {nms!r} is not supported (expected one of {', '.join(NMS_PLACEMENTS)})")
+    if nms == "graph" and backend not in GRAPH_NMS_BACKENDS:
+        raise TargetError(f"{source}: nms \"graph\" is built for {', '.join(GRAPH_NMS_BACKENDS)} (NMS as an engine "
+                          f"layer); backend {backend!r} runs edgekit's host NMS (nms = \"host\")")
 
 
 def _builder_names() -> list[str]:

@@ -39,11 +39,19 @@ BASE = {"description": "x", "backend": "openvino", "precision": "fp32"}
     ({"threads": -1}, "threads must be an integer"),
     ({"calibration": {"methd": "entropy"}}, "unknown key 'calibration.methd'; did you mean 'calibration.method'"),
     ({"calibration": {"method": "kl"}}, "calibration.method 'kl'"),
-    ({"nms": "graph"}, "nms 'graph' is not supported"),
+    ({"nms": "inside"}, r"nms 'inside' is not supported \(expected one of host, graph\)"),
+    ({"nms": "graph"}, r"nms \"graph\" is built for tensorrt \(NMS as an engine layer\); backend 'openvino' runs "
+                       r"edgekit's host NMS"),
 ])
 def test_bad_profiles_name_the_key(extra, fragment):
     with pytest.raises(TargetError, match=fragment):
         parse_target("t", {**BASE, **extra}, "t.toml")
+
+
+def test_nms_in_the_graph_is_a_tensorrt_choice():
+    target = parse_target("t", {**BASE, "backend": "tensorrt", "nms": "graph"}, "t.toml")
+    assert target.nms == "graph"
+    assert parse_target("t", {**BASE, "backend": "tensorrt"}, "t.toml").nms == "host"
 
 
 def test_missing_key_and_bad_toml(tmp_path):

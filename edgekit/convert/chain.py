@@ -335,6 +335,12 @@ def _build_target(source_model: BuildSource, target: Target, precision: str, int
     if (target.backend, precision) not in (BASELINE, ("onnxruntime", "int8")):
         builder = get_builder(target.backend)
         options = dict(target.backend_options)
+        if target.nms == "graph":  # the target's model ends in NMS (convert/graph_nms); the baselines stay raw
+            from edgekit.runtime.graph_nms import GraphNms
+
+            graph_nms = GraphNms.from_postprocess(spec.postprocess)
+            source_model = replace(source_model, graph_nms=graph_nms)
+            progress(f"nms     in the graph for {target.backend} ({graph_nms.describe()})")
         entry = builder.build(source_model, precision, writer.path, options)
         entries.append(entry)
         parity[f"{entry.backend}/{entry.precision}"] = _check_backend(entry, writer, spec, reference, reference_name,

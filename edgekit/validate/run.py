@@ -211,6 +211,13 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
                 report.skipped.append((name, "backend not installed here" if not available else
                                        f"engine not built yet (on the device: {entry.build_hint()})"))
                 continue
+            graph_nms = entry.graph_nms
+            refused = graph_nms.admits(map_postprocess(manifest.spec)) if graph_nms is not None else None
+            if refused is not None:  # mAP needs the protocol's thresholds; this model's NMS has its own baked in
+                report.skipped.append((name, f"{refused} (the mAP protocol runs NMS at IoU {MAP_IOU_THRESHOLD:g}, "
+                                             f"score > {MAP_CONF_THRESHOLD:g}); a --nms host build of the same "
+                                             "model measures the engine's drift"))
+                continue
             with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads) as detector:
                 detector.postprocess_spec = map_postprocess(manifest.spec)
                 run = run_detector(detector, dataset, name, progress)

@@ -376,3 +376,32 @@ def test_a_data_dependent_nms_output_matches_onnxruntime(tmp_path):
         actual = runner.infer({"boxes": boxes, "scores": scores})["selected"]
     key = lambda rows: sorted(map(tuple, np.asarray(rows, np.int64).tolist()))  # noqa: E731
     assert key(actual) == key(expected)
+
+
+@needs_tensorrt
+def test_an_engine_with_nms_in_the_graph_detects_what_host_nms_detects(tmp_path):
+    """``--nms graph``: the engine (decode + INMSLayer inside) keeps the boxes edgekit's host NMS keeps on the
+    artifact's ONNX Runtime baseline (``tests/convert/test_graph_nms.py`` checks the same ONNX in ONNX Runtime)."""
+    import dataclasses
+
+    import torch
+
+    from edgekit.convert.chain import convert
+    from edgekit.convert.tensorrt_engine import build_engine
+    from edgekit.models import ModelConfig, build_model
+    from edgekit.targets import load_target
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("yolov8", num_classes=3, input_size=SIZE, width=0.125), ["a", "b", "c"]).eval()
+    art = tmp_path / "art"
+    convert(model, dataclasses.replace(load_target("jetson-orin-nano"), nms="graph"), art, precision="fp32",
+            input_size=SIZE)
+    build_engine(art)
+    images = [np.random.default_rng(seed).integers(0, 255, (*SIZE, 3), dtype=np.uint8) for seed in range(4)]
+    with Detector.load(art, backend="onnxruntime", conf_threshold=0.25) as host, \
+            Detector.load(art, backend="tensorrt", precision="fp32", conf_threshold=0.25) as graph:
+        for image in images:
+            want, got = host.detect(image), graph.detect(image)
+            np.testing.assert_array_equal(got.labels, want.labels)
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+            np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-2)

@@ -31,6 +31,7 @@ from edgekit.errors import ConversionError
 from edgekit.quant.placement import FUSED_UINT8, QdqPlacement
 from edgekit.registry import LazyRegistry
 from edgekit.runtime.artifact import ModelEntry
+from edgekit.runtime.graph_nms import GraphNms
 from edgekit.spec import ModelSpec
 
 
@@ -50,6 +51,8 @@ class BuildSource:
     calibration: Any | None = None
     #: (min, opt, max) batch the build is for (``Target.batch_range``); min == max: a static batch
     batch_range: tuple[int, int, int] = (1, 1, 1)
+    #: NMS appended to the graph (``Target.nms == "graph"``, ``edgekit.convert.graph_nms``); None: host NMS
+    graph_nms: GraphNms | None = None
 
     def require_calibration(self, backend: str) -> Any:
         if self.calibration is None:

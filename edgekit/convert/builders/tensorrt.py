@@ -42,8 +42,11 @@ from edgekit.convert.tensorrt_versions import (
 from edgekit.errors import ConversionError
 from edgekit.quant.placement import SYMMETRIC_INT8
 from edgekit.runtime.artifact import ModelEntry
+from edgekit.runtime.graph_nms import GraphNms
 
 BUILD_SCRIPT = "tensorrt_build.sh"
+#: the fp32 graph with NMS appended (``nms = "graph"``); ``model.onnx`` stays the artifact's host-NMS baseline
+ONNX_FP32_NMS = "model_nms.onnx"
 INT8_ONNX = ONNX_INT8
 #: the family whose command is the manifest's ``build_command`` (JetPack 6.1+, the current JetPack)
 DEFAULT_FAMILY = "10.x"
@@ -82,6 +85,8 @@ class TensorRtBuilder(BackendBuilder):
                  for family in VERSIONS.values()}
         needed = {plan.onnx for plan in plans.values()} | {plan.calib_cache for plan in plans.values()}
         self._write_sources(source, needed, sink)
+        if source.graph_nms is not None:
+            plans = self._append_nms(source, source.graph_nms, plans, sink)
         commands = {name: shlex.join(["trtexec", *trtexec_command(plan, family_version)])
                     for (name, plan), family_version in zip(plans.items(), _FAMILY_VERSIONS)}
         script = sink(BUILD_SCRIPT)
@@ -96,7 +101,28 @@ class TensorRtBuilder(BackendBuilder):
                                               for name, plan in plans.items()},
                                    "batch": {"dynamic": dynamic, "static": static_batch,
                                              "min": 1, "opt": default.opt_batch, "max": default.max_batch},
-                                   "dla_core": dla_core, "workspace_mib": workspace})
+                                   "dla_core": dla_core, "workspace_mib": workspace,
+                                   **({"graph_nms": source.graph_nms.to_dict()} if source.graph_nms else {})})
+
+    def _append_nms(self, source: BuildSource, graph_nms: GraphNms, plans: dict[str, Any],
+                    sink: FileSink) -> dict[str, Any]:
+        """Every ONNX a plan parses gets the NMS tail (``convert/graph_nms``): ``model.onnx`` (the artifact's
+        baseline, which stays as it is) as ``model_nms.onnx``, the build-only graphs (fp16, Q/DQ) in place. The
+        tail stays float32 in each: the strongly typed fp16 graph keeps fp32 outputs, and TensorRT runs the
+        decode and NMS at the precision of its inputs."""
+        from dataclasses import replace
+
+        from edgekit.convert.graph_nms import append_nms, output_shapes
+
+        fp32 = onnx.load(str(source.onnx_path))
+        shapes = output_shapes(fp32, source.spec)
+        renamed = {}
+        for name in sorted({plan.onnx for plan in plans.values()}):
+            target = ONNX_FP32_NMS if name == ONNX_FP32 else name
+            model = fp32 if name == ONNX_FP32 else onnx.load(str(sink(name)))
+            onnx.save(append_nms(model, source.spec, graph_nms, shapes), str(sink(target)))
+            renamed[name] = target
+        return {family: replace(plan, onnx=renamed[plan.onnx]) for family, plan in plans.items()}
 
     def _write_sources(self, source: BuildSource, needed: set[str | None], sink: FileSink) -> None:
         if ONNX_FP16 in needed:
