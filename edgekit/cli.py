@@ -790,7 +790,9 @@ def inspect(artifact: str, family: str | None, names: str | None) -> None:
     for entry in manifest.models:
         status = entry.status(path)
         waiting = "" if status == READY else f"  ({status}: {entry.build_hint()})"
-        click.echo(f"  {entry.backend:<12} {entry.precision:<6} {entry.file}{waiting}")
+        graph_nms = entry.graph_nms
+        nms = f"  (NMS in the graph: {graph_nms.describe()})" if graph_nms is not None else ""
+        click.echo(f"  {entry.backend:<12} {entry.precision:<6} {entry.file}{nms}{waiting}")
     if manifest.runtime:
         click.echo(f"runtime: {json.dumps(manifest.runtime, sort_keys=True)}  (the device's defaults)")
     click.echo("files:")

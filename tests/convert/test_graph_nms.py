@@ -242,3 +242,5 @@ def test_cli_nms_graph_converts_for_tensorrt(fastestdet_dir, tmp_path, capsys):
     assert "nms     in the graph for tensorrt (score > 0.25, IoU 0.45, per class, top-1000, at most 300 boxes)" in out
     entry = read_manifest(tmp_path / "out").find("tensorrt", "fp32")
     assert entry.graph_nms is not None and entry.file == "model_nms.onnx"
+    code, out, err = run_cli(["inspect", tmp_path / "out"], capsys)
+    assert code == 0 and "model_nms.onnx  (NMS in the graph: score > 0.25, IoU 0.45, per class" in out, out + err
