@@ -338,9 +338,11 @@ def _build_target(source_model: BuildSource, target: Target, precision: str, int
         if target.nms == "graph":  # the target's model ends in NMS (convert/graph_nms); the baselines stay raw
             from edgekit.runtime.graph_nms import GraphNms
 
-            graph_nms = GraphNms.from_postprocess(spec.postprocess)
+            graph_nms = GraphNms.from_postprocess(spec.postprocess).capped(builder.max_graph_topk)
             source_model = replace(source_model, graph_nms=graph_nms)
-            progress(f"nms     in the graph for {target.backend} ({graph_nms.describe()})")
+            capped = (f"; top-k {spec.postprocess.pre_nms_topk} capped to {graph_nms.pre_nms_topk}, the largest "
+                      f"{target.backend}'s TopK takes" if graph_nms.pre_nms_topk < spec.postprocess.pre_nms_topk else "")
+            progress(f"nms     in the graph for {target.backend} ({graph_nms.describe()}{capped})")
         entry = builder.build(source_model, precision, writer.path, options)
         entries.append(entry)
         parity[f"{entry.backend}/{entry.precision}"] = _check_backend(entry, writer, spec, reference, reference_name,

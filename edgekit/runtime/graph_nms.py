@@ -54,13 +54,27 @@ class GraphNms:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> GraphNms:
+        expected = ("expected conf_threshold and iou_threshold in [0, 1], class_agnostic true/false, pre_nms_topk "
+                    "and max_detections >= 1")
         try:
-            return cls(conf_threshold=float(data["conf_threshold"]), iou_threshold=float(data["iou_threshold"]),
-                       class_agnostic=bool(data["class_agnostic"]), pre_nms_topk=int(data["pre_nms_topk"]),
-                       max_detections=int(data["max_detections"]))
+            agnostic = data["class_agnostic"]
+            if not isinstance(agnostic, bool):  # bool("false") is True: a string must not pass
+                raise TypeError(f"class_agnostic is {agnostic!r}")
+            nms = cls(conf_threshold=float(data["conf_threshold"]), iou_threshold=float(data["iou_threshold"]),
+                      class_agnostic=agnostic, pre_nms_topk=int(data["pre_nms_topk"]),
+                      max_detections=int(data["max_detections"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise SpecError(f"{source}: graph_nms is malformed ({type(exc).__name__}: {exc}); expected "
-                            "conf_threshold, iou_threshold, class_agnostic, pre_nms_topk, max_detections") from None
+            raise SpecError(f"{source}: graph_nms is malformed ({type(exc).__name__}: {exc}); {expected}") from None
+        if not (0.0 <= nms.conf_threshold <= 1.0 and 0.0 <= nms.iou_threshold <= 1.0 and nms.pre_nms_topk >= 1
+                and nms.max_detections >= 1):
+            raise SpecError(f"{source}: graph_nms {nms.to_dict()}; {expected}")
+        return nms
+
+    def capped(self, max_topk: int | None) -> GraphNms:
+        """This NMS with its pre-NMS top-k at most ``max_topk`` (a backend's limit; None: unchanged)."""
+        if max_topk is None or self.pre_nms_topk <= max_topk:
+            return self
+        return replace(self, pre_nms_topk=max_topk)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -118,11 +118,46 @@ def test_a_run_the_graph_cannot_serve_is_refused_in_one_line(change, message):
     assert "\n" not in str(exc_info.value) and str(exc_info.value).startswith("m: NMS is in the graph")
 
 
-def test_graph_nms_round_trips_through_a_dict():
+def test_graph_nms_round_trips_through_a_dict_and_refuses_a_malformed_one():
+    from edgekit.errors import SpecError
+
     nms = GraphNms(0.3, 0.5, True, 200, 50)
     assert GraphNms.from_dict(json.loads(json.dumps(nms.to_dict())), "x") == nms
-    with pytest.raises(Exception, match=r"x: graph_nms is malformed \(KeyError"):
+    with pytest.raises(SpecError, match=r"x: graph_nms is malformed \(KeyError"):
         GraphNms.from_dict({"conf_threshold": 0.3}, "x")
+    with pytest.raises(SpecError, match=r"x: graph_nms is malformed \(TypeError: class_agnostic is 'false'\)"):
+        GraphNms.from_dict({**nms.to_dict(), "class_agnostic": "false"}, "x")  # bool("false") would be True
+    for bad in ({"iou_threshold": 1.5}, {"conf_threshold": float("nan")}, {"pre_nms_topk": 0}):
+        with pytest.raises(SpecError, match=r"x: graph_nms \{.+\}; expected conf_threshold and iou_threshold in"):
+            GraphNms.from_dict({**nms.to_dict(), **bad}, "x")
+
+
+def test_a_top_k_above_tensorrt_s_limit_is_capped_and_said(tmp_path):
+    """Ultralytics models ask for top-30000 candidates; TensorRT's TopK takes K <= 3840: the graph gets 3840, the
+    manifest records it (the host then runs the same top-k), and the progress line says so (a hostile pass found
+    an uncapped K = 25200 that every TensorRT would refuse on the device)."""
+    from edgekit.convert.chain import convert
+    from edgekit.models.loading import load_checkpoint
+    from edgekit.targets import load_target
+    from tests.conftest import SHARED_DIR
+
+    checkpoint = SHARED_DIR / "models" / "ultralytics" / "yolov5n.pt"
+    if not checkpoint.is_file():
+        pytest.skip("../shared/models/ultralytics is not present")
+    model = load_checkpoint(checkpoint)
+    assert model.spec.postprocess.pre_nms_topk > 3840
+    lines: list[str] = []
+    manifest = convert(model, dataclasses.replace(load_target("jetson-orin-nano"), nms="graph"), tmp_path / "art",
+                       precision="fp32", input_size=(320, 320), progress=lines.append)
+    entry = manifest.find("tensorrt", "fp32")
+    assert entry.graph_nms is not None and entry.graph_nms.pre_nms_topk == 3840
+    assert any(f"top-k {model.spec.postprocess.pre_nms_topk} capped to 3840" in line for line in lines), lines
+    graph = onnx.load(str(tmp_path / "art" / entry.file))
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.graph.initializer}
+    constants.update({node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t) for node in graph.graph.node
+                      if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+    [top_k] = [node for node in graph.graph.node if node.op_type == "TopK"]
+    assert int(constants[top_k.input[1]].reshape(-1)[0]) == 3840  # 6300 candidates at 320 px, 3840 kept
 
 
 # --- a real model, converted for a TensorRT target with nms = "graph" ------------------------------------

@@ -88,6 +88,8 @@ class BackendBuilder(ABC):
     tools: ClassVar[tuple[str, ...]] = ()
     #: the runnable file is built on the device (TensorRT): not run or checked on the converter host
     builds_on_device: ClassVar[bool] = False
+    #: the largest pre-NMS top-k the backend's engine takes when NMS is in the graph (None: no limit)
+    max_graph_topk: ClassVar[int | None] = None
 
     @property
     def int8_placement(self) -> str:

@@ -61,6 +61,9 @@ class TensorRtBuilder(BackendBuilder):
     precisions = ("fp32", "fp16", "int8")
     qdq_placement = SYMMETRIC_INT8  # TensorRT accepts only symmetric int8 (zero point 0)
     builds_on_device = True  # an engine is tied to its GPU and TensorRT version: the device builds it
+    #: ITopKLayer takes K <= 3840 (TensorRT's operator limits, 8.5 to 11.x); the INMSLayer after it considers up to
+    #: 5000 boxes per image on every GPU JetPack 5+ runs on (2000 only on SM 5.3 / 6.2: Nano, TX2, JetPack 4)
+    max_graph_topk = 3840
     tools = ()  # nothing TensorRT-side runs on the converter host; the device build records its version
     profile_options: ClassVar[Mapping[str, ProfileOption]] = {
         "workspace_mib": ProfileOption(int, "builder workspace (--memPoolSize=workspace:<MiB>)"),
@@ -114,6 +117,10 @@ class TensorRtBuilder(BackendBuilder):
 
         from edgekit.convert.graph_nms import append_nms, output_shapes
 
+        if self.max_graph_topk is not None and graph_nms.pre_nms_topk > self.max_graph_topk:
+            raise ConversionError(f"tensorrt build: NMS in the graph with top-{graph_nms.pre_nms_topk} candidates; "
+                                  f"TensorRT's TopK takes at most {self.max_graph_topk} (cap it with "
+                                  "GraphNms.capped)")
         fp32 = onnx.load(str(source.onnx_path))
         shapes = output_shapes(fp32, source.spec)
         renamed = {}
