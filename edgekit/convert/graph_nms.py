@@ -89,7 +89,8 @@ class NmsTail(torch.nn.Module):
         return rows, top_scores[:, 0]
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's ONNX (default domain) opset."""
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
@@ -129,24 +130,23 @@ def nms_tail(spec: ModelSpec, nms: GraphNms, shapes: list[tuple[int, ...]], opse
                               f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
-def append_nms(model: onnx.ModelProto, spec: ModelSpec, nms: GraphNms,
-               shapes: list[tuple[int, ...]] | None = None) -> onnx.ModelProto:
-    """``model`` (image -> raw head outputs) with the NMS tail appended: image -> (rows, batch marker).
-
-    ``shapes``: the raw outputs' shapes at batch 1 (None: measured with :func:`output_shapes`). The model's
-    metadata (the embedded spec) is dropped: the result's outputs are not that spec's.
+def append_nms(model: onnx.ModelProto, spec: ModelSpec, tail: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (image -> raw head outputs) with ``tail`` (:func:`nms_tail` of the same spec, at the model's
+    opset) appended: image -> (rows, batch marker). One tail serves every form of a model (fp32, fp16, Q/DQ): it
+    is traced once. The model's metadata (the embedded spec) is dropped: the result's outputs are not that spec's.
     """
-    shapes = shapes if shapes is not None else output_shapes(model, spec)
-    tail = nms_tail(spec, nms, shapes, _default_opset(model))
+    if default_opset(tail) != default_opset(model):
+        raise ConversionError(f"nms = \"graph\": the NMS tail is at opset {default_opset(tail)}, the model at "
+                              f"{default_opset(model)}")
+    tail = compose.add_prefix(tail, TAIL_PREFIX)  # a copy: the caller's tail stays as it is
     tail.ir_version = model.ir_version
-    tail = compose.add_prefix(tail, TAIL_PREFIX)
     head = onnx.ModelProto()
     head.CopyFrom(model)
     del head.metadata_props[:]
     try:
         merged = compose.merge_models(head, tail, io_map=[(name, TAIL_PREFIX + name)
                                                           for name in spec.head.output_names])
-    except Exception as exc:  # an opset / IR mismatch the export above should have prevented
+    except Exception as exc:  # an IR mismatch or a name the raw outputs lack
         raise ConversionError(f"nms = \"graph\": cannot append NMS to the graph ({first_line(exc)})") from None
     for output in merged.graph.output:  # the contract's names, not the prefixed ones
         output.name = output.name[len(TAIL_PREFIX):] if output.name.startswith(TAIL_PREFIX) else output.name

@@ -115,19 +115,20 @@ class TensorRtBuilder(BackendBuilder):
         decode and NMS at the precision of its inputs."""
         from dataclasses import replace
 
-        from edgekit.convert.graph_nms import append_nms, output_shapes
+        from edgekit.convert.graph_nms import append_nms, default_opset, nms_tail, output_shapes
 
         if self.max_graph_topk is not None and graph_nms.pre_nms_topk > self.max_graph_topk:
             raise ConversionError(f"tensorrt build: NMS in the graph with top-{graph_nms.pre_nms_topk} candidates; "
                                   f"TensorRT's TopK takes at most {self.max_graph_topk} (cap it with "
                                   "GraphNms.capped)")
         fp32 = onnx.load(str(source.onnx_path))
-        shapes = output_shapes(fp32, source.spec)
+        # one tail for every form (the fp16 and Q/DQ writers keep the fp32 graph's opset and raw outputs)
+        tail = nms_tail(source.spec, graph_nms, output_shapes(fp32, source.spec), default_opset(fp32))
         renamed = {}
         for name in sorted({plan.onnx for plan in plans.values()}):
             target = ONNX_FP32_NMS if name == ONNX_FP32 else name
             model = fp32 if name == ONNX_FP32 else onnx.load(str(sink(name)))
-            onnx.save(append_nms(model, source.spec, graph_nms, shapes), str(sink(target)))
+            onnx.save(append_nms(model, source.spec, tail), str(sink(target)))
             renamed[name] = target
         return {family: replace(plan, onnx=renamed[plan.onnx]) for family, plan in plans.items()}
 
