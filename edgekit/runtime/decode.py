@@ -36,6 +36,8 @@ import numpy as np
 
 from edgekit.errors import OutputError, SpecError
 from edgekit.registry import DecoratorRegistry
+from edgekit.runtime.graph_nms import HEAD_KIND as GRAPH_NMS_HEAD
+from edgekit.runtime.graph_nms import ROW_COLUMNS
 from edgekit.spec import ModelSpec
 
 
@@ -720,7 +722,7 @@ def decode_yolox_flat(outputs: Sequence[np.ndarray], spec: ModelSpec,
 
 # --- NMS inside the graph (edgekit.convert.graph_nms; the contract in edgekit.runtime.graph_nms) -----------
 
-@register_decoder("nms_rows")
+@register_decoder(GRAPH_NMS_HEAD)
 def decode_nms_rows(outputs: Sequence[np.ndarray], spec: ModelSpec,
                     score_threshold: float | None = None) -> Candidates:
     """In-graph NMS output: ``[S, 8]`` rows (image index, x1, y1, x2, y2, score, class, rank) and ``[B]`` (its
@@ -730,11 +732,12 @@ def decode_nms_rows(outputs: Sequence[np.ndarray], spec: ModelSpec,
     """
     _check_count(outputs, 2, spec, "[S, 8] kept rows and the [B] batch marker")
     rows = _as_float32(outputs[0])
-    _check_shape(rows, 0, spec, (None, 8), "[S, 8] (image, x1, y1, x2, y2, score, class, rank)")
-    batch = int(np.asarray(outputs[1]).shape[0]) if np.asarray(outputs[1]).ndim == 1 else -1
-    if batch < 1:
+    _check_shape(rows, 0, spec, (None, ROW_COLUMNS), "[S, 8] (image, x1, y1, x2, y2, score, class, rank)")
+    marker = np.asarray(outputs[1])
+    if marker.ndim != 1 or marker.shape[0] < 1:
         raise OutputError(f"head 'nms_rows' output 1 ({_output_name(spec, 1)!r}): expected shape [B], got "
-                          f"{tuple(np.asarray(outputs[1]).shape)}")
+                          f"{tuple(marker.shape)}")
+    batch = int(marker.shape[0])
     image = rows[:, 0].astype(np.int64)
     labels = rows[:, 6].astype(np.int64)
     bad = (image != rows[:, 0]) | (image < 0) | (image >= batch) | (labels != rows[:, 6]) | (labels < 0) \
@@ -751,9 +754,9 @@ def decode_nms_rows(outputs: Sequence[np.ndarray], spec: ModelSpec,
     scores = np.zeros((batch, width), np.float32)
     kept_labels = np.zeros((batch, width), np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sorted_rows = rows[order]
-    slot = np.arange(len(rows)) - starts[image[order]]  # position of each row within its image
-    boxes[image[order], slot] = sorted_rows[:, 1:5]
-    scores[image[order], slot] = sorted_rows[:, 5]
-    kept_labels[image[order], slot] = labels[order]
+    sorted_rows, sorted_image = rows[order], image[order]
+    slot = np.arange(len(rows)) - starts[sorted_image]  # position of each row within its image
+    boxes[sorted_image, slot] = sorted_rows[:, 1:5]
+    scores[sorted_image, slot] = sorted_rows[:, 5]
+    kept_labels[sorted_image, slot] = labels[order]
     return Candidates(boxes, scores, kept_labels)
