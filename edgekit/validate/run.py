@@ -24,6 +24,7 @@ from edgekit.runtime.artifact import AWAITS_DEVICE_BUILD, read_manifest
 from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.detections import Detections
 from edgekit.runtime.detector import Detector
+from edgekit.runtime.graph_nms import host_postprocess
 from edgekit.validate.agreement import AgreementResult, agreement
 from edgekit.validate.coco_eval import MapResult, evaluate_detections
 from edgekit.validate.datasets import Dataset, map_to_model_classes
@@ -211,15 +212,18 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
                 report.skipped.append((name, "backend not installed here" if not available else
                                        f"engine not built yet (on the device: {entry.build_hint()})"))
                 continue
+            protocol = map_postprocess(manifest.spec)
             graph_nms = entry.graph_nms
-            refused = graph_nms.admits(map_postprocess(manifest.spec)) if graph_nms is not None else None
-            if refused is not None:  # mAP needs the protocol's thresholds; this model's NMS has its own baked in
-                report.skipped.append((name, f"{refused} (the mAP protocol runs NMS at IoU {MAP_IOU_THRESHOLD:g}, "
-                                             f"score > {MAP_CONF_THRESHOLD:g}); a --nms host build of the same "
-                                             "model measures the engine's drift"))
-                continue
+            if graph_nms is not None:  # mAP needs the protocol's thresholds; this model's NMS has its own baked in
+                refused = graph_nms.admits(protocol)
+                if refused is not None:
+                    report.skipped.append((name, f"{refused} (the mAP protocol runs NMS at IoU "
+                                                 f"{MAP_IOU_THRESHOLD:g}, score > {MAP_CONF_THRESHOLD:g}); a --nms host "
+                                                 "build of the same model measures the engine's drift"))
+                    continue
+                protocol = host_postprocess(graph_nms, protocol, name)  # the graph did the NMS: not again here
             with Detector.load(artifact, backend=entry.backend, precision=entry.precision, threads=threads) as detector:
-                detector.postprocess_spec = map_postprocess(manifest.spec)
+                detector.postprocess_spec = protocol
                 run = run_detector(detector, dataset, name, progress)
             # a device-built entry's size is its engine's, not the ONNX it was built from
             report.runs.append(replace(run, size_bytes=sum((artifact / f).stat().st_size

@@ -279,3 +279,37 @@ def test_cli_nms_graph_converts_for_tensorrt(fastestdet_dir, tmp_path, capsys):
     assert entry.graph_nms is not None and entry.file == "model_nms.onnx"
     code, out, err = run_cli(["inspect", tmp_path / "out"], capsys)
     assert code == 0 and "model_nms.onnx  (NMS in the graph: score > 0.25, IoU 0.45, per class" in out, out + err
+
+
+def test_validate_runs_a_graph_nms_model_built_at_the_map_protocol_without_a_second_nms(nms_artifact, tmp_path):
+    """When the graph's thresholds are the mAP protocol's, validate runs the model, with the host's NMS off (the
+    graph did it): its mAP equals the host-NMS baseline's on the same float graph."""
+    from edgekit.convert.graph_nms import append_nms, default_opset, nms_tail, output_shapes
+    from edgekit.runtime.artifact import sha256_file
+    from edgekit.validate.datasets import load_dataset
+    from edgekit.validate.run import map_postprocess, validate_artifacts
+    from tests.conftest import SHARED_DIR
+
+    coco8 = SHARED_DIR / "datasets" / "coco8"
+    if not (coco8 / "data.yaml").is_file():
+        pytest.skip("../shared/datasets/coco8 is not present")
+    out, manifest = nms_artifact
+    copy = tmp_path / "artifact"
+    shutil.copytree(out, copy)
+    nms = GraphNms.from_postprocess(map_postprocess(manifest.spec))
+    fp32 = onnx.load(str(copy / "model.onnx"))
+    tail = nms_tail(manifest.spec, nms, output_shapes(fp32, manifest.spec), default_opset(fp32))
+    onnx.save(append_nms(fp32, manifest.spec, tail), str(copy / "model_map_nms.onnx"))
+    data = json.loads((copy / "edgekit.json").read_text())
+    data["files"]["model_map_nms.onnx"] = sha256_file(copy / "model_map_nms.onnx")
+    data["models"].append({"backend": "onnxruntime", "precision": "fp16", "file": "model_map_nms.onnx",
+                           "options": {"graph_nms": nms.to_dict()}})
+    (copy / "edgekit.json").write_text(json.dumps(data))
+    darknet_names = {"motorcycle": "motorbike", "airplane": "aeroplane", "couch": "sofa", "potted plant": "pottedplant",
+                     "dining table": "diningtable", "tv": "tvmonitor"}
+    report = validate_artifacts([copy], load_dataset(coco8), backends=("onnxruntime",), class_map=darknet_names)
+    assert not report.skipped
+    baseline, graph = report.run("onnxruntime/fp32").metrics, report.run("onnxruntime/fp16").metrics
+    assert baseline is not None and graph is not None and baseline.map_50_95 > 0
+    assert graph.map_50_95 == pytest.approx(baseline.map_50_95, abs=1e-6)
+    assert graph.map_50 == pytest.approx(baseline.map_50, abs=1e-6)
