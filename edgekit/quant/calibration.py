@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import CalibrationError, InputError
+from edgekit.runtime.artifact import sha256_file
 from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image, open_image, preprocess
 from edgekit.spec import ModelSpec
 
@@ -60,7 +61,6 @@ __all__ = [
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(sorted(IMAGE_SUFFIXES))
 
 _EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
-_HASH_CHUNK = 1 << 20
 
 WarnFn = Callable[[str], None]
 
@@ -103,14 +103,6 @@ class CalibrationImages:
 
 def content_hash(file_hashes: Iterable[str]) -> str:
     return hashlib.sha256("".join(f"{h}\n" for h in sorted(file_hashes)).encode("ascii")).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _scan(folder: Path) -> tuple[list[Path], int]:
@@ -362,7 +354,7 @@ def overlapping_images(
     pairs: list[tuple[Path, Path]] = []
     for path in _expand_eval_paths(eval_paths):
         try:
-            sha = _file_sha256(path)
+            sha = sha256_file(path)
         except OSError:
             continue
         if sha in by_hash:

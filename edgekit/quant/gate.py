@@ -206,14 +206,15 @@ def agreement_gate(onnx_path: Path, spec: ModelSpec, images: list[Path], source:
         return AgreementGate(onnx_path, spec, _spaced(others), f"{source} (not calibrated on)")
     natural_dir = default_calibration_dir() / "natural"
     if natural_dir.is_dir():
-        natural = unseen(find_calibration_images(natural_dir, warn=lambda message: None).paths)
+        found = find_calibration_images(natural_dir, warn=lambda message: None)  # hashes every file already
+        natural = [path for path, digest in zip(found.paths, found.sha256) if digest not in calibrated]
         if len(natural) >= MIN_GATE_IMAGES:
             held_out = AgreementGate(onnx_path, spec, _spaced(natural), NATURAL_SOURCE)
             if held_out.fp32_boxes() >= MIN_HELD_OUT_BOXES:
                 return held_out
     # nothing unseen to judge on: the calibration images themselves, unseen ones first, and the manifest says so
     judged = _spaced(others + [path for path in images if path not in others])
-    seen = len(judged) - len([path for path in judged if path in others])
+    seen = sum(path not in others for path in judged)
     return AgreementGate(onnx_path, spec, judged, f"{source} ({seen} of {len(judged)} calibrated on: fewer than "
                                                   f"{MIN_GATE_IMAGES} unseen images to judge on)")
 
