@@ -340,7 +340,7 @@ def _build_target(source_model: BuildSource, target: Target, precision: str, int
 
             graph_nms = GraphNms.from_postprocess(spec.postprocess).capped(builder.max_graph_topk)
             source_model = replace(source_model, graph_nms=graph_nms)
-            capped = (f"; top-k {spec.postprocess.pre_nms_topk} capped to {graph_nms.pre_nms_topk}, the largest "
+            capped = (f"; top-k {spec.postprocess.pre_nms_topk} capped to {graph_nms.pre_nms_topk}, the largest K "
                       f"{target.backend}'s TopK takes" if graph_nms.pre_nms_topk < spec.postprocess.pre_nms_topk else "")
             progress(f"nms     in the graph for {target.backend} ({graph_nms.describe()}{capped})")
         entry = builder.build(source_model, precision, writer.path, options)
