@@ -313,3 +313,14 @@ def test_validate_runs_a_graph_nms_model_built_at_the_map_protocol_without_a_sec
     assert baseline is not None and graph is not None and baseline.map_50_95 > 0
     assert graph.map_50_95 == pytest.approx(baseline.map_50_95, abs=1e-6)
     assert graph.map_50 == pytest.approx(baseline.map_50, abs=1e-6)
+
+
+def test_a_tail_of_another_opset_is_refused(nms_artifact):
+    from edgekit.convert.graph_nms import append_nms, output_shapes
+
+    out, manifest = nms_artifact
+    fp32 = onnx.load(str(out / "model.onnx"))
+    tail = nms_tail(manifest.spec, GraphNms.from_postprocess(manifest.spec.postprocess),
+                    output_shapes(fp32, manifest.spec), 18)
+    with pytest.raises(ConversionError, match=r"nms = \"graph\": the NMS tail is at opset 18, the model at 17"):
+        append_nms(fp32, manifest.spec, tail)
