@@ -193,7 +193,7 @@ def _open_detector(model: str, backend: str | None, precision: str | None, threa
             raise InputError(f"{path}: --precision {precision}: a third-party ONNX file runs as it is (fp32); "
                              f"convert it for other precisions (edgekit convert {path.name} --target …)")
         # a third-party ONNX file: its metadata/layout (or --family, --names) describe it, the file gives the tensor names
-        detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads or 0, mode=mode)
+        detector = Detector.from_third_party_onnx(path, spec, backend=backend, threads=threads, mode=mode)
         detector.postprocess_spec = detector.postprocess_spec.with_thresholds(conf, iou)
         return detector
     return Detector.load(path, backend=backend, precision=precision, threads=threads,

@@ -83,7 +83,8 @@ class Detector:
         third-party export that describes itself (see ``edgekit.runtime.onnx_import``).
 
         Every file the chosen model needs is checked against its recorded sha256. ``threads``: the backend's
-        inference threads; None = the artifact's (its target profile's ``threads``), 0 = the backend's default.
+        inference threads per request; None = the artifact's (its target profile's ``threads``; in throughput mode one
+        per request where the backend does not split its cores itself), 0 = the backend's default.
         ``mode`` is what :meth:`stream` defaults to and how the backend is compiled: "latency" (one request at a
         time) or "throughput" (several requests in flight; OpenVINO compiles with its THROUGHPUT hint).
         """
@@ -118,14 +119,16 @@ class Detector:
 
     @classmethod
     def from_third_party_onnx(cls, path: str | Path, spec: ModelSpec, backend: str = "onnxruntime",
-                              threads: int = 0, mode: str = "latency") -> Detector:
+                              threads: int | None = None, mode: str = "latency") -> Detector:
         """Run an ONNX file exported by someone else, described by ``spec`` (e.g. a family's spec).
 
         The spec's input and output names are replaced by the file's own, in the file's order, so
         the count of outputs must match the head kind's contract. ``mode``: as in :meth:`load`.
         """
         _check_mode(mode)
-        runner = get_runner_class(backend).from_artifact(Path(path), _mode_options({}, mode), threads=threads)
+        runner_class = get_runner_class(backend)
+        runner = runner_class.from_artifact(Path(path), _mode_options({}, mode),
+                                            threads=_request_threads(runner_class, mode, threads, 0))
         runner.activate()
         inputs = [i.name for i in runner.input_specs()]
         outputs = runner.output_names()
@@ -369,16 +372,16 @@ def _check_mode(mode: str) -> None:
 
 
 def _request_threads(runner_class: type[Runner], mode: str, requested: int | None, default: int) -> int:
-    """Inference threads per request: ``requested`` when given (> 0), else ``default`` (the artifact's profile)
-    in latency mode. In throughput mode a backend that does not split its cores between requests itself runs one
-    request per core (:meth:`Detector.optimal_requests`), so each gets one thread: several each oversubscribe the
-    cores (yolov8n 320 px on ONNX Runtime, 2 cores, 2 requests: 52-55 frames/s with the default threads per
-    session, 70 with one; benchmarks/RESULTS.md "Video")."""
-    if requested:
+    """Inference threads per request: ``requested`` when given (0 = the backend's own default, as ``--threads``
+    says), else ``default`` (the artifact's profile) in latency mode. Not given, in throughput mode, a backend that
+    does not split its cores between requests itself runs one request per core (:meth:`Detector.optimal_requests`),
+    so each gets one thread: several each oversubscribe the cores (yolov8n 320 px on ONNX Runtime, 2 cores, 2
+    requests: 52-55 frames/s with the default threads per session, 70 with one; benchmarks/RESULTS.md "Video")."""
+    if requested is not None:
         return requested
     if mode == "throughput" and not runner_class.schedules_own_streams:
         return 1
-    return default if requested is None else 0
+    return default
 
 
 def _mode_options(options: dict, mode: str) -> dict:

@@ -206,12 +206,13 @@ def test_pipeline_stage_error_is_raised_in_the_consumer():
 
 
 @pytest.mark.parametrize("mode, requested, expected", [("latency", None, 3), ("latency", 0, 0), ("latency", 2, 2),
-                                                         ("throughput", None, 1), ("throughput", 0, 1),
+                                                         ("throughput", None, 1), ("throughput", 0, 0),
                                                          ("throughput", 2, 2)])
 def test_throughput_mode_gives_each_request_one_thread_unless_asked(tmp_path, mode, requested, expected):
     """Throughput mode runs one request per core on ONNX Runtime / ncnn: one thread each, not the artifact's
-    latency threads (3 here) per request, which oversubscribe the cores; an explicit --threads is kept. OpenVINO
-    splits its cores into streams itself and keeps its settings."""
+    latency threads (3 here) per request, which oversubscribe the cores; an explicit --threads is kept, and
+    --threads 0 means the backend's own default in either mode, as its help says. OpenVINO splits its cores into
+    streams itself and keeps its settings."""
     import json
 
     from tests.helpers import fastestdet_like_artifact
@@ -224,3 +225,18 @@ def test_throughput_mode_gives_each_request_one_thread_unless_asked(tmp_path, mo
         assert detector.runner.threads == expected
     assert get_runner_class("openvino").schedules_own_streams
     assert not get_runner_class("onnxruntime").schedules_own_streams and not get_runner_class("ncnn").schedules_own_streams
+
+
+@pytest.mark.parametrize("mode, requested, expected", [("latency", None, 0), ("latency", 2, 2),
+                                                         ("throughput", None, 1), ("throughput", 0, 0),
+                                                         ("throughput", 2, 2)])
+def test_a_third_party_onnx_takes_threads_as_an_artifact_does(tmp_path, mode, requested, expected):
+    """``Detector.from_third_party_onnx`` (``detect``/``validate`` of someone else's ONNX) follows the same rule as
+    :meth:`Detector.load`; it used to pass ``--threads`` through unchanged, so throughput mode oversubscribed the
+    cores with the backend's default threads in every request."""
+    from edgekit.runtime.artifact import spec_from_onnx
+    from tests.helpers import fastestdet_like_artifact
+
+    model = fastestdet_like_artifact(tmp_path / "art") / "model.onnx"
+    with Detector.from_third_party_onnx(model, spec_from_onnx(model), mode=mode, threads=requested) as detector:
+        assert detector.runner.threads == expected
