@@ -1,6 +1,7 @@
 """Calibrate an exported graph once, for every backend of an artifact.
 
-    calibration images -> calibrate (observer) -> [sensitivity -> partial quantisation] -> CalibrationResult
+    calibration images -> calibrate (observer) -> [sensitivity -> partial quantisation] -> head-output choice
+        -> CalibrationResult
 
 Used by ``convert`` when the precision is int8. The result is saved in the artifact
 (``calibration.json``) and every backend builder emits its int8 model from it.
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
+
+import numpy as np
 
 from edgekit.errors import CalibrationError
 from edgekit.quant.calibration import (
@@ -121,7 +124,9 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
             # all of them: the gate picks its images among those the cache was not made from
             gate_paths = list(find_calibration_images(options.calib_dir, force=True, warn=lambda message: None).paths)
         return result, {"method": result.method, "cache": str(options.cache), "images": result.num_images,
-                        "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers)}, \
+                        "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers),
+                        "head_outputs": {"quantize": result.quantize_head_outputs,
+                                         "reason": "as the calibration cache says"}}, \
             (*gate_images([], gate_paths), frozenset(result.image_sha256s) if result.image_sha256s else None)
     folder = Path(options.calib_dir) if options.calib_dir else default_calibration_dir()
     method = options.method or default_method
@@ -142,7 +147,31 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
         result, partial = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars, placement)
         record["partial_quantization"] = partial
     record["float_layers"] = dict(result.float_layers)
+    result, record["head_outputs"] = _choose_head_outputs(onnx_path, spec, result, calib_set, progress)
     return result, record, (*gate_images(holdout, calib_set.paths), frozenset(calib_set.sha256))
+
+
+def _first_tensors(calib_set: CalibrationImages, spec: ModelSpec, count: int) -> list[np.ndarray]:
+    """The network inputs of the first ``count`` calibration images (float32 [1,3,H,W])."""
+    tensors = []
+    for tensor in calibration_tensors(calib_set, spec):
+        tensors.append(tensor)
+        if len(tensors) == count:
+            break
+    return tensors
+
+
+def _choose_head_outputs(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_set: CalibrationImages,
+                         progress: Progress) -> tuple[CalibrationResult, dict[str, Any]]:
+    """Whether ONNX Runtime's int8 graph requantises the head outputs (``quant.head_outputs``), measured on the
+    first calibration images with the layers the result keeps in float."""
+    from edgekit.quant.head_outputs import choose_head_outputs
+
+    choice = choose_head_outputs(onnx_path, spec, result, lambda: _first_tensors(calib_set, spec, SENSITIVITY_IMAGES))
+    if choice.images:
+        progress(f"int8    {choice.reason}")
+    summary = choice.summary()
+    return replace(result, quantize_head_outputs=choice.quantize, notes={**result.notes, "head_outputs": summary}), summary
 
 
 def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[CalibrationImages, list[Path]]:
@@ -188,11 +217,7 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
         judge: MapJudge | AgreementJudge = MapJudge(onnx_path, spec, dataset)
     else:
         judge = AgreementJudge(onnx_path, spec, holdout)
-    tensors = []
-    for tensor in calibration_tensors(calib_set, spec):
-        tensors.append(tensor)
-        if len(tensors) == SENSITIVITY_IMAGES:
-            break
+    tensors = _first_tensors(calib_set, spec, SENSITIVITY_IMAGES)
     progress(f"int8    sensitivity of {len(result.layers)} layers on {len(tensors)} images ({placement} Q/DQ)")
     ranking = layer_sensitivity(onnx_path, result, placement, tensors, progress=bars)
     partial = partial_quantize(onnx_path, result, placement, judge, cast(float, options.drift_budget), ranking,  # set: the caller's check

@@ -38,7 +38,9 @@ fp32 latency while ``quantize_static`` reached 0.61x. So, as ``quantize_static``
 the int8 body is quantised once where it is produced, with its own calibrated range (INTEGER_OPS), the
 outputs of SHARED_ENCODING_OPS reusing their input's encoding, a Relu folded into the Q after it
 (FUSED_ACTIVATIONS), and every reader takes the DQ output (a float reader would block the producer's
-fusion). Head conv outputs and everything after them stay float (``_head_conv_outputs``). See
+fusion). Head conv outputs and everything after them stay float (``head_conv_outputs``) unless the
+calibration result says the model loses nothing by quantising them (``result.quantize_head_outputs``, measured by
+``quant.head_outputs``): then the head's integer region reaches the graph outputs, as ``quantize_static``'s does. See
 ``_integer_region``; tests/quant/test_ort_placement.py checks ORT's optimised graph.
 
 Weights are always int8, symmetric, per output channel (``DequantizeLinear`` with ``axis``: opset
@@ -164,7 +166,8 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
     initializers = {init.name: init for init in graph.initializer}
     wanted = {layer.name: layer for layer in result.quantized_layers}
     builder = _Builder(model)
-    head_outputs = _head_conv_outputs(model)
+    # the head convs' outputs are requantised only where calibration measured that it costs nothing (quant.head_outputs)
+    head_outputs = set() if result.quantize_head_outputs else head_conv_outputs(model)
     ranges = result.activation_ranges
 
     def range_of(tensor: str) -> tuple[float, float]:
@@ -336,12 +339,13 @@ def _fit_int32_bias(weight_scales: np.ndarray, bias: np.ndarray, input_scale: fl
     return np.maximum(weight_scales.astype(np.float64), needed).astype(np.float32)
 
 
-def _head_conv_outputs(model: onnx.ModelProto) -> set[str]:
+def head_conv_outputs(model: onnx.ModelProto) -> set[str]:
     """Outputs of the convs that reach a graph output without passing through another conv.
 
     Their outputs are the raw head tensors (class logits, box distributions): re-quantising them to
     8 bits would put the coarsest rounding of the whole network on the numbers the decoder reads,
-    so the output Q/DQ placement leaves them in float (the conv still takes int8 input and weights).
+    so the output Q/DQ placement leaves them in float (the conv still takes int8 input and weights) unless
+    ``CalibrationResult.quantize_head_outputs`` says otherwise.
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -391,7 +395,7 @@ def _integer_region(model: onnx.ModelProto, result: CalibrationResult,
 
     ``encoding`` names the tensor whose scale and zero point the tensor uses: itself, or for the outputs of
     SHARED_ENCODING_OPS the encoding of their data input. The region grows from the graph input and the
-    outputs of quantised convs (not head convs, see ``_head_conv_outputs``): an INTEGER_OPS node joins when every
+    outputs of quantised convs (not head convs, see ``head_conv_outputs``): an INTEGER_OPS node joins when every
     input is in it (an initializer input keeps the node in float) and its output has a calibrated range. Graph
     outputs stay float. Then only what an integer kernel reads or writes is kept: a quantised conv's input and
     output (QLinearConv needs the Q after it), and the inputs/outputs of region ops some kept tensor depends on.

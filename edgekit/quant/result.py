@@ -9,6 +9,9 @@ Everything is keyed by the names in the fp32 ONNX graph the artifact carries (``
 - ``layers``: every quantisable layer (Conv / ConvTranspose node) with its input, output and
   weight names and the per-output-channel symmetric int8 weight scales ``max|W_c| / 127``.
 - ``float_layers``: layer name -> why it stays in float (sensitivity ranking, user choice).
+- ``quantize_head_outputs``: whether placements that requantise conv outputs (ONNX Runtime's) requantise the
+  head convs' outputs too (the raw class logits / box tensors the decoder reads); measured per model
+  (``quant.head_outputs``), False in a cache written before the choice existed.
 
 ``model_sha256`` is the sha256 of the fp32 ONNX file the result was computed on: a cached result
 is refused for any other model (``check_model``).
@@ -87,6 +90,8 @@ class CalibrationResult:
     #: sorted sha256 of each calibration image's bytes: a reused cache says which images it was made from, so the
     #: int8 gate can judge on others (empty: a cache written before they were recorded)
     image_sha256s: tuple[str, ...] = ()
+    #: requantise the head convs' outputs where the placement requantises conv outputs (see the module docstring)
+    quantize_head_outputs: bool = False
 
     # -- queries -------------------------------------------------------------------------------
     def layer(self, name: str) -> QuantLayer:
@@ -124,7 +129,7 @@ class CalibrationResult:
                 "layers": [layer.to_dict() for layer in self.layers],
                 "float_layers": dict(self.float_layers),
                 "notes": {k: v for k, v in self.notes.items() if k not in VOLATILE_NOTES},
-                "image_sha256s": sorted(self.image_sha256s)}
+                "image_sha256s": sorted(self.image_sha256s), "quantize_head_outputs": self.quantize_head_outputs}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "calibration result") -> CalibrationResult:
@@ -140,7 +145,9 @@ class CalibrationResult:
                          activation_ranges=ranges, layers=tuple(QuantLayer.from_dict(d) for d in data["layers"]),
                          float_layers={str(k): str(v) for k, v in data.get("float_layers", {}).items()},
                          notes=dict(data.get("notes", {})),
-                         image_sha256s=_sha256_list(data.get("image_sha256s", []), source))
+                         image_sha256s=_sha256_list(data.get("image_sha256s", []), source),
+                         quantize_head_outputs=_boolean(data.get("quantize_head_outputs", False),
+                                                        "quantize_head_outputs", source))
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CalibrationError(f"{source}: malformed calibration result ({type(exc).__name__}: {exc})") from None
         result.check_values(source)
@@ -281,6 +288,13 @@ def int8_symmetric(lo: float, hi: float) -> float:
 
 
 _SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _boolean(value: Any, key: str, source: str) -> bool:
+    """A JSON true/false, nothing else: ``"false"`` or ``0`` in a hand-edited cache must not read as a choice."""
+    if not isinstance(value, bool):
+        raise CalibrationError(f"{source}: {key} is {value!r}; expected true or false")
+    return value
 
 
 def _sha256_list(value: Any, source: str) -> tuple[str, ...]:

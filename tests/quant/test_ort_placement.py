@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from edgekit.quant.placement import FUSED_UINT8
-from edgekit.quant.qdq import _head_conv_outputs, write_qdq
+from edgekit.quant.qdq import head_conv_outputs, write_qdq
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -24,7 +24,7 @@ FLOAT_BODY_OPS = ("Sigmoid", "Mul", "Add", "MaxPool", "QuickGelu", "FusedConv")
 def tiny(tiny_yolov8_calibrated):
     """conftest's calibrated tiny yolov8 (C2f, SPPF, FPN Resize) with the number of its head convs."""
     path, result, tensors = tiny_yolov8_calibrated
-    return path, result, len(_head_conv_outputs(onnx.load(str(path)))), tensors
+    return path, result, len(head_conv_outputs(onnx.load(str(path)))), tensors
 
 
 def executed_ops(path, folder, name: str) -> Counter:
@@ -64,7 +64,7 @@ def test_onnxruntime_runs_the_body_in_integer_arithmetic_like_quantize_static(ti
     write_qdq(path, result, FUSED_UINT8, tmp_path / "edgekit.onnx")
     ours = executed_ops(tmp_path / "edgekit.onnx", tmp_path, "edgekit")
     fp32 = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
-    # every conv but the heads is an integer QLinearConv; the heads (float outputs, see _head_conv_outputs) are not
+    # every conv but the heads is an integer QLinearConv; the heads (float outputs, see head_conv_outputs) are not
     assert ours["QLinearConv"] == fp32["Conv"] - heads, ours
     assert ours["Conv"] == heads, ours
     # SiLU as QLinearSigmoid + QLinearMul, residual Add, C2f/SPPF Concat on uint8; MaxPool on uint8 (NHWC)
