@@ -42,6 +42,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import interleaved
+
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -148,24 +150,6 @@ def profile_by_layer_type(models: dict[str, Path], tensor: np.ndarray, threads: 
 
 
 # --- timing --------------------------------------------------------------------------------------
-
-
-def interleaved(calls: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Run every call once per round, the order rotating (and reversing) round by round; ms per call."""
-    names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for run in range(runs + warmup):
-        shift = run % len(names)
-        order = names[shift:] + names[:shift]
-        if run % 2:
-            order.reverse()
-        for name in order:
-            started = time.perf_counter()
-            calls[name]()
-            elapsed = (time.perf_counter() - started) * 1000
-            if run >= warmup:
-                times[name].append(elapsed)
-    return times
 
 
 def p90(values: Sequence[float]) -> float:

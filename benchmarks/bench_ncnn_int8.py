@@ -2,7 +2,7 @@
 
 Converts a checkpoint for raspberry-pi-5 at ``--imgsz`` twice with ``edgekit convert`` (fp32, and int8
 calibrated with ``--calib-method``), then times both through ``NcnnRunner`` (what ``Detector`` runs) for every
-thread count in one loop whose order rotates each round: medians, p90s, int8 / fp32 per thread count. It also
+thread count in one interleaved loop (``benchmarks.timing``: a random order and a settle pause per call): medians, p90s, int8 / fp32 per thread count. It also
 says what the int8 model holds for ncnn to execute: layer types, int8 convolutions, requantised ones
 (``int8_scale_term > 100``: int8 output handed to the next int8 convolution) and the separate activation
 layers in between, and whether ncnn's own ``ncnn2table`` / ``ncnn2int8`` tools are installed.
@@ -18,11 +18,12 @@ import os
 import shutil
 import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import interleaved
 
 
 def load() -> str:
@@ -105,14 +106,10 @@ def main() -> None:
 
     before = load()
     keys = list(runners)
-    for key in keys:  # warm-up: first-call allocations and kernel packing
-        runners[key].infer(feeds)
-    times: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
-    for run in range(args.runs):
-        for key in keys[run % len(keys):] + keys[:run % len(keys)]:
-            started = time.perf_counter()
-            runners[key].infer(feeds)
-            times[key].append((time.perf_counter() - started) * 1000)
+    # one warm-up round (first-call allocations and kernel packing); random order and a settle pause per call
+    by_name = interleaved({f"{label} @{threads}": (lambda r=runners[(label, threads)]: r.infer(feeds))
+                           for label, threads in keys}, args.runs, warmup=1)
+    times = {(label, threads): by_name[f"{label} @{threads}"] for label, threads in keys}
     after = load()
 
     def p90(values: list[float]) -> float:
