@@ -2,7 +2,8 @@
 
 Converts a checkpoint for raspberry-pi-5 at ``--imgsz`` twice with ``edgekit convert`` (fp32, and int8
 calibrated with ``--calib-method``), then times both through ``NcnnRunner`` (what ``Detector`` runs) for every
-thread count in one interleaved loop (``benchmarks.timing``: a random order and a settle pause per call): medians, p90s, int8 / fp32 per thread count. It also
+thread count in one interleaved loop (``benchmarks.timing``: a random order and a settle pause per call):
+medians, p90s, int8 / fp32 per thread count. It also
 says what the int8 model holds for ncnn to execute: layer types, int8 convolutions, requantised ones
 (``int8_scale_term > 100``: int8 output handed to the next int8 convolution) and the separate activation
 layers in between, and whether ncnn's own ``ncnn2table`` / ``ncnn2int8`` tools are installed.
