@@ -1,6 +1,6 @@
 """Calibrate an exported graph once, for every backend of an artifact.
 
-    calibration images -> calibrate (observer) -> [sensitivity -> partial quantisation] -> head-output choice
+    calibration images -> calibrate (observer) -> [sensitivity -> partial quantisation -> head-output choice]
         -> CalibrationResult
 
 Used by ``convert`` when the precision is int8. The result is saved in the artifact
@@ -26,6 +26,7 @@ from edgekit.quant.calibration import (
     warn_if_overlapping,
 )
 from edgekit.quant.collect import calibrate
+from edgekit.quant.head_outputs import WITHOUT_BUDGET, HeadOutputChoice, cached_choice
 from edgekit.quant.observers import DEFAULT_PERCENTILE
 from edgekit.quant.placement import QdqPlacement
 from edgekit.quant.result import CalibrationResult
@@ -125,8 +126,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
             gate_paths = list(find_calibration_images(options.calib_dir, force=True, warn=lambda message: None).paths)
         return result, {"method": result.method, "cache": str(options.cache), "images": result.num_images,
                         "images_sha256": result.images_sha256, "float_layers": dict(result.float_layers),
-                        "head_outputs": {"quantize": result.quantize_head_outputs,
-                                         "reason": "as the calibration cache says"}}, \
+                        "head_outputs": cached_choice(result).summary()}, \
             (*gate_images([], gate_paths), frozenset(result.image_sha256s) if result.image_sha256s else None)
     folder = Path(options.calib_dir) if options.calib_dir else default_calibration_dir()
     method = options.method or default_method
@@ -143,11 +143,16 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
     record: dict[str, Any] = {"method": method, "calibration_dir": str(folder), "images": len(calib_set.paths),
                               "skipped_images": len(found.skipped), "images_sha256": calib_set.content_sha256,
                               "calibration_seconds": result.notes.get("seconds")}
+    choice = WITHOUT_BUDGET
     if options.drift_budget is not None:
-        result, partial = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars, placement)
+        result, partial, choice = _partial(onnx_path, spec, result, calib_set, holdout, options, progress, bars,
+                                           placement)
         record["partial_quantization"] = partial
+        progress(f"int8    {choice.reason}")
+    result = replace(result, quantize_head_outputs=choice.quantize,
+                     notes={**result.notes, "head_outputs": choice.summary()})
     record["float_layers"] = dict(result.float_layers)
-    result, record["head_outputs"] = _choose_head_outputs(onnx_path, spec, result, calib_set, progress)
+    record["head_outputs"] = choice.summary()
     return result, record, (*gate_images(holdout, calib_set.paths), frozenset(calib_set.sha256))
 
 
@@ -159,19 +164,6 @@ def _first_tensors(calib_set: CalibrationImages, spec: ModelSpec, count: int) ->
         if len(tensors) == count:
             break
     return tensors
-
-
-def _choose_head_outputs(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_set: CalibrationImages,
-                         progress: Progress) -> tuple[CalibrationResult, dict[str, Any]]:
-    """Whether ONNX Runtime's int8 graph requantises the head outputs (``quant.head_outputs``), measured on the
-    first calibration images with the layers the result keeps in float."""
-    from edgekit.quant.head_outputs import choose_head_outputs
-
-    choice = choose_head_outputs(onnx_path, spec, result, lambda: _first_tensors(calib_set, spec, SENSITIVITY_IMAGES))
-    if choice.images:
-        progress(f"int8    {choice.reason}")
-    summary = choice.summary()
-    return replace(result, quantize_head_outputs=choice.quantize, notes={**result.notes, "head_outputs": summary}), summary
 
 
 def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[CalibrationImages, list[Path]]:
@@ -206,7 +198,10 @@ def _split_holdout(found: CalibrationImages, options: Int8Options) -> tuple[Cali
 
 def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_set: CalibrationImages,
              holdout: list[Path], options: Int8Options, progress: Progress, bars,
-             placement: QdqPlacement | str = JUDGE_PLACEMENT) -> tuple[CalibrationResult, dict]:
+             placement: QdqPlacement | str = JUDGE_PLACEMENT) -> tuple[CalibrationResult, dict, HeadOutputChoice]:
+    """The --drift-budget search, then (by the same judge) whether ONNX Runtime's graph may requantise its head
+    outputs (``quant.head_outputs``)."""
+    from edgekit.quant.head_outputs import choose_head_outputs
     from edgekit.quant.sensitivity import AgreementJudge, MapJudge, layer_sensitivity, partial_quantize
 
     if options.drift_data is not None:
@@ -225,4 +220,4 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
     if not partial.met:
         progress(f"warning drift budget {options.drift_budget:g} not met: best {partial.drift:.2f} points with "
                  f"{len(partial.result.float_layers)} layers in float")
-    return partial.result, partial.summary()
+    return partial.result, partial.summary(), choose_head_outputs(onnx_path, partial, judge)

@@ -39,8 +39,10 @@ the int8 body is quantised once where it is produced, with its own calibrated ra
 outputs of SHARED_ENCODING_OPS reusing their input's encoding, a Relu folded into the Q after it
 (FUSED_ACTIVATIONS), and every reader takes the DQ output (a float reader would block the producer's
 fusion). Head conv outputs and everything after them stay float (``head_conv_outputs``) unless the
-calibration result says the model loses nothing by quantising them (``result.quantize_head_outputs``, measured by
-``quant.head_outputs``): then the head's integer region reaches the graph outputs, as ``quantize_static``'s does. See
+calibration result says to quantise them (``result.quantize_head_outputs``: only where a drift budget's judge
+measured that within the budget, ``quant.head_outputs``): then the head convs fuse into QLinearConv as well, and
+the integer region stops only at the graph outputs, which stay float (``quantize_static`` also quantises a
+Concat that writes one). See
 ``_integer_region``; tests/quant/test_ort_placement.py checks ORT's optimised graph.
 
 Weights are always int8, symmetric, per output channel (``DequantizeLinear`` with ``axis``: opset

@@ -10,7 +10,7 @@ Everything is keyed by the names in the fp32 ONNX graph the artifact carries (``
   weight names and the per-output-channel symmetric int8 weight scales ``max|W_c| / 127``.
 - ``float_layers``: layer name -> why it stays in float (sensitivity ranking, user choice).
 - ``quantize_head_outputs``: whether placements that requantise conv outputs (ONNX Runtime's) requantise the
-  head convs' outputs too (the raw class logits / box tensors the decoder reads); measured per model
+  head convs' outputs too (the raw class logits / box tensors the decoder reads); only within a drift budget
   (``quant.head_outputs``), False in a cache written before the choice existed.
 
 ``model_sha256`` is the sha256 of the fp32 ONNX file the result was computed on: a cached result
@@ -184,6 +184,8 @@ class CalibrationResult:
         if self.num_images < 1:
             raise CalibrationError(f"{source}: num_images is {self.num_images}; expected the number of calibration "
                                    "images (>= 1)")
+        if "head_outputs" in self.notes:
+            _check_head_choice_note(self.notes["head_outputs"], self.quantize_head_outputs, source)
         if self.image_sha256s:
             # the list decides which images the int8 gate may call held out: it must be the set the cache names
             from edgekit.quant.calibration import content_hash
@@ -288,6 +290,17 @@ def int8_symmetric(lo: float, hi: float) -> float:
 
 
 _SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _check_head_choice_note(note: Any, quantize: bool, source: str) -> None:
+    """``notes.head_outputs`` (why ``quantize_head_outputs`` is what it is, ``quant.head_outputs``) must be the record
+    calibration wrote, and agree with the flag: a cache edited to flip one of them is refused."""
+    if not (isinstance(note, dict) and isinstance(note.get("quantize"), bool) and isinstance(note.get("reason"), str)):
+        raise CalibrationError(f"{source}: notes.head_outputs is not the record calibration writes "
+                               "({\"quantize\": true|false, \"reason\": \"...\"})")
+    if note["quantize"] != quantize:
+        raise CalibrationError(f"{source}: quantize_head_outputs is {str(quantize).lower()} but notes.head_outputs "
+                               f"says {str(note['quantize']).lower()}: the file was edited; recalibrate")
 
 
 def _boolean(value: Any, key: str, source: str) -> bool:

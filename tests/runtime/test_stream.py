@@ -227,7 +227,7 @@ def test_throughput_mode_gives_each_request_one_thread_unless_asked(tmp_path, mo
     assert not get_runner_class("onnxruntime").schedules_own_streams and not get_runner_class("ncnn").schedules_own_streams
 
 
-@pytest.mark.parametrize("mode, requested, expected", [("latency", None, 0), ("latency", 2, 2),
+@pytest.mark.parametrize("mode, requested, expected", [("latency", None, 0), ("latency", 0, 0), ("latency", 2, 2),
                                                          ("throughput", None, 1), ("throughput", 0, 0),
                                                          ("throughput", 2, 2)])
 def test_a_third_party_onnx_takes_threads_as_an_artifact_does(tmp_path, mode, requested, expected):
