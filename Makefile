@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 
 # Lint and type checks run first: a finding fails `make test` like a failing test.
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check edgekit tests
+	$(VENV)/bin/ruff check edgekit tests benchmarks
 	$(VENV)/bin/mypy edgekit
 
 test: lint

@@ -6,8 +6,8 @@
    quantisation of that fp32 OpenVINO model (``nncf.quantize(model, nncf.Dataset(tensors))``, preset
    performance, the same calibration tensors), and NCNN fp32 and int8 (``edgekit convert`` for
    raspberry-pi-5 at this size; int8 from the same calibration result, skipped with a note when it
-   fails), all through edgekit's runners. All models are timed in one interleaved run (the model order
-   rotates every run) on the same preprocessed tensor; medians and p90s. What OpenVINO really executes is read from
+   fails), all through edgekit's runners. All models are timed in one interleaved run (``benchmarks.timing``:
+   a random order and a settle pause per call) on the same preprocessed tensor; medians and p90s. What OpenVINO really executes is read from
    ``compiled.get_runtime_model()`` (runtime precision per layer type) and, with ``--profile``, from
    OpenVINO's per-layer performance counters.
 2. Calibration time for ``--calib-images`` (300) images at ``--imgsz`` with

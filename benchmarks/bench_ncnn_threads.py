@@ -42,7 +42,7 @@ def _median_ms(artifact: Path, threads: int, blocktime: int, runs: int) -> float
     tensor = probe_input(manifest.spec)
     with runner:
         # The block time is not a runner option (edgekit leaves ncnn's default); set it on the live net.
-        runner._net.opt.openmp_blocktime = blocktime  # noqa: SLF001 - a benchmark probing ncnn itself
+        runner._net.opt.openmp_blocktime = blocktime
         feeds = {runner.input_specs()[0].name: tensor}
         times = []
         for run in range(runs + 3):

@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgekit.runtime.nms import postprocess  # noqa: E402
+from benchmarks.timing import interleaved
+from edgekit.runtime.nms import postprocess
 
 NUM_CLASSES = 80
 IMAGE_SIZE = 640
@@ -100,22 +99,11 @@ def ort_nms_session():
 
 
 def median_ms(fns: dict, runs: int, warmup: int) -> dict:
-    """Median wall time per callable in ms. Repetitions are interleaved, in a fresh random order each
-    round, so machine drift and after-effects of the previous call hit every callable alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {name: [] for name in fns}
-    names = list(fns)
-    rng = random.Random(0)
-    for _ in range(runs):
-        rng.shuffle(names)
-        for name in names:
-            fn = fns[name]
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    """Median wall time per callable in ms, interleaved in a fresh random order each round
+    (``benchmarks.timing``), so machine drift and after-effects of the previous call hit every callable alike.
+    No settle pause: NMS is numpy on the calling thread, no worker pool is left spinning."""
+    times = interleaved(fns, runs, warmup, settle_ms=0.0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

@@ -35,13 +35,14 @@ import io
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import interleaved
 
 
 def calibrate_batchnorm(model, seed: int = 0, size: int = 160, batches: int = 2):
@@ -130,20 +131,11 @@ def node_count(path: Path) -> int:
 
 
 def measure(runners: dict, x: np.ndarray, runs: int, warmup: int = 3, seed: int = 0) -> dict[str, float]:
-    """Median milliseconds per runner; runs interleaved, in a fresh (seeded) random order each round so
-    that no runner systematically follows another (a predecessor's thread pool winding down costs the
-    next one)."""
-    times: dict[str, list[float]] = {key: [] for key in runners}
-    keys = list(runners)
-    rng = np.random.default_rng(seed)
-    for run in range(warmup + runs):
-        for key in rng.permutation(keys):
-            start = time.perf_counter()
-            runners[key](x)
-            elapsed = time.perf_counter() - start
-            if run >= warmup:
-                times[key].append(elapsed)
-    return {key: statistics.median(values) * 1000 for key, values in times.items()}
+    """Median milliseconds per runner, interleaved (``benchmarks.timing``: a fresh seeded random order each round
+    and a settle pause per call, so that a predecessor's thread pool winding down costs no runner systematically)."""
+    times = interleaved({key: (lambda runner=runner: runner(x)) for key, runner in runners.items()}, runs, warmup,
+                        seed=seed)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 _CHECK_COST = """

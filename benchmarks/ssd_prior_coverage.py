@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgekit.models import ssd  # noqa: E402
-from edgekit.runtime.decode import ssd_priors  # noqa: E402
-from edgekit.runtime.nms import box_iou  # noqa: E402
-from edgekit.validate.datasets import load_dataset  # noqa: E402
+from edgekit.models import ssd
+from edgekit.runtime.decode import ssd_priors
+from edgekit.runtime.nms import box_iou
+from edgekit.validate.datasets import load_dataset
 
 SCALE_SETS = ((0.1, 0.25, 0.45, 0.7, 0.95), (0.05, 0.15, 0.3, 0.5, 0.75))
 

@@ -24,9 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgekit.runtime.backends import get_runner_class  # noqa: E402
-from tests.models.test_ultralytics_backends import (BACKENDS, CASES, CONFS, TARGETS, ULTRA,  # noqa: E402
-                                                    backend_predictions, convert_checkpoint, parity_row)
+from edgekit.runtime.backends import get_runner_class
+from tests.models.test_ultralytics_backends import (
+    BACKENDS,
+    CASES,
+    CONFS,
+    TARGETS,
+    ULTRA,
+    backend_predictions,
+    convert_checkpoint,
+    parity_row,
+)
 
 
 def main() -> int:
