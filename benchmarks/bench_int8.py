@@ -169,10 +169,13 @@ def latency_section(args, tmp: Path, model, calib_tensors_for: Callable) -> dict
 
     size = (args.imgsz, args.imgsz)
     art = tmp / "intel-int8"
-    say(f"[latency] convert intel-cpu int8 at {size} ({args.latency_calib_images} calibration images, mse)")
+    say(f"[latency] convert intel-cpu int8 at {size} ({args.latency_calib_images} calibration images, mse"
+        f"{'' if args.drift_budget is None else f', --drift-budget {args.drift_budget:g}'})")
     convert(model, load_target("intel-cpu"), art, precision="int8", input_size=size,
-            int8=Int8Options(images=args.latency_calib_images, method="mse", force=True))
+            int8=Int8Options(images=args.latency_calib_images, method="mse", force=True,
+                             drift_budget=args.drift_budget))
     manifest = read_manifest(art)
+    say(f"[latency] ONNX Runtime head outputs: {manifest.info['int8']['head_outputs']['reason']}")
     spec = manifest.spec
     onnx_path = art / "model.onnx"
     tensors = calib_tensors_for(spec, args.latency_calib_images)
@@ -542,6 +545,9 @@ def main() -> None:
     parser.add_argument("--latency-calib-images", type=int, default=32,
                         help="calibration images for the latency models (ranges do not change latency)")
     parser.add_argument("--calib-images", type=int, default=300)
+    parser.add_argument("--drift-budget", type=float, default=None,
+                        help="--drift-budget of the latency model's conversion (ONNX Runtime may then requantise its "
+                             "head outputs, quant.head_outputs)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--profile", action="store_true", help="OpenVINO per-layer profile of both int8 models")
     parser.add_argument("--profile-runs", type=int, default=20)

@@ -294,6 +294,12 @@ def _target_precision(target: Target | str, precision: str | None, int8: Int8Opt
     precision = precision or target.precision
     if precision not in target.precisions:
         raise ConversionError(f"--precision {precision}: target {target.name!r} supports {', '.join(target.precisions)}")
+    if precision == "int8" and int8 is not None:
+        # click's FloatRange lets nan through (every comparison with it is false), and a nan budget or percentile
+        # would judge nothing and write invalid JSON into the manifest
+        for flag, value in (("--drift-budget", int8.drift_budget), ("--percentile", int8.percentile)):
+            if value is not None and not math.isfinite(value):
+                raise ConversionError(f"{flag} {value}: expected a finite number")
     if precision == "int8" and int8 is not None and int8.cache is None and int8.calib_dir is not None:
         from edgekit.quant.calibration import check_calibration_folder
 

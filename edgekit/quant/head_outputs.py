@@ -37,13 +37,17 @@ from edgekit.quant.sensitivity import DriftJudge, PartialQuantization
 
 @dataclass(frozen=True)
 class HeadOutputChoice:
-    """``CalibrationResult.quantize_head_outputs`` and why (the manifest's ``info.int8.head_outputs``)."""
+    """``CalibrationResult.quantize_head_outputs`` and why (the manifest's ``info.int8.head_outputs``, the cache's
+    ``notes.head_outputs``). ``drift``: the judged drift of ONNX Runtime's graph with requantised heads (points;
+    None when not judged), ``budget`` the ``--drift-budget`` it was judged against."""
 
     quantize: bool
     reason: str
+    drift: float | None = None
+    budget: float | None = None
 
     def summary(self) -> dict:
-        return {"quantize": self.quantize, "reason": self.reason}
+        return {"quantize": self.quantize, "reason": self.reason, "drift": self.drift, "budget": self.budget}
 
 
 #: the record of a calibration without ``--drift-budget``
@@ -67,23 +71,25 @@ def choose_head_outputs(onnx_path: str | Path, partial: PartialQuantization, jud
     onnx_path = Path(onnx_path)
     if not partial.met:
         return HeadOutputChoice(False, f"head outputs kept float: the {partial.budget:g}-point drift budget was not "
-                                       "met with float heads")
+                                       "met with float heads", budget=float(partial.budget))
     if not requantisable_heads(onnx.load(str(onnx_path), load_external_data=False), partial.result):
         return HeadOutputChoice(False, "no int8 head conv output between the body and the graph outputs")
     with tempfile.TemporaryDirectory(prefix="edgekit-head-outputs-") as tmp:
         path = Path(tmp) / "requantised_heads.onnx"
         write_qdq(onnx_path, replace(partial.result, quantize_head_outputs=True), FUSED_UINT8, path)
         drift = judge.drift(path)
-    within = drift <= partial.budget
+    within = drift <= partial.budget  # False for a NaN drift
     verdict = "requantised" if within else "kept float"
     return HeadOutputChoice(within, f"head outputs {verdict}: ONNX Runtime's graph with them requantised drifts "
-                                    f"{drift:.2f} points (budget {partial.budget:g})")
+                                    f"{drift:.2f} points (budget {partial.budget:g})",
+                            round(float(drift), 4), float(partial.budget))
 
 
 def cached_choice(result: CalibrationResult) -> HeadOutputChoice:
-    """The choice a calibration cache records (``notes.head_outputs``, checked against the flag when it loaded), or,
-    for a cache written before the choice existed, heads float and why."""
+    """The choice a calibration cache records (``notes.head_outputs``: ``CalibrationResult.check_values`` refused the
+    cache on load unless it is the record calibration writes and agrees with the flag), or, for a cache written
+    before the choice existed (no record, flag false), heads float and why."""
     recorded = result.notes.get("head_outputs")
-    if not isinstance(recorded, dict):
+    if recorded is None:
         return HeadOutputChoice(False, "head outputs kept float: the calibration cache predates the choice")
-    return HeadOutputChoice(result.quantize_head_outputs, str(recorded["reason"]))
+    return HeadOutputChoice(result.quantize_head_outputs, recorded["reason"], recorded["drift"], recorded["budget"])

@@ -168,7 +168,8 @@ def _insert_qdq(model: onnx.ModelProto, result: CalibrationResult, placement: Qd
     initializers = {init.name: init for init in graph.initializer}
     wanted = {layer.name: layer for layer in result.quantized_layers}
     builder = _Builder(model)
-    # the head convs' outputs are requantised only where calibration measured that it costs nothing (quant.head_outputs)
+    # the head convs' outputs are requantised only where a drift budget's judge measured that within the budget
+    # (quant.head_outputs); only placements that requantise conv outputs (ONNX Runtime's) read this set
     head_outputs = set() if result.quantize_head_outputs else head_conv_outputs(model)
     ranges = result.activation_ranges
 

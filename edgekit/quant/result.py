@@ -186,6 +186,9 @@ class CalibrationResult:
                                    "images (>= 1)")
         if "head_outputs" in self.notes:
             _check_head_choice_note(self.notes["head_outputs"], self.quantize_head_outputs, source)
+        elif self.quantize_head_outputs:
+            raise CalibrationError(f"{source}: quantize_head_outputs is true but notes.head_outputs (the drift "
+                                   "budget's judgement behind it) is missing: the file was edited; recalibrate")
         if self.image_sha256s:
             # the list decides which images the int8 gate may call held out: it must be the set the cache names
             from edgekit.quant.calibration import content_hash
@@ -292,15 +295,30 @@ def int8_symmetric(lo: float, hi: float) -> float:
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
+#: the keys of ``notes.head_outputs`` (``quant.head_outputs.HeadOutputChoice.summary``)
+HEAD_CHOICE_KEYS = ("quantize", "reason", "drift", "budget")
+
+
 def _check_head_choice_note(note: Any, quantize: bool, source: str) -> None:
     """``notes.head_outputs`` (why ``quantize_head_outputs`` is what it is, ``quant.head_outputs``) must be the record
-    calibration wrote, and agree with the flag: a cache edited to flip one of them is refused."""
-    if not (isinstance(note, dict) and isinstance(note.get("quantize"), bool) and isinstance(note.get("reason"), str)):
-        raise CalibrationError(f"{source}: notes.head_outputs is not the record calibration writes "
-                               "({\"quantize\": true|false, \"reason\": \"...\"})")
+    calibration wrote and agree with the flag: requantised heads need a judged drift within a budget. A cache
+    edited to flip either is refused (nothing else ties the flag to a judgement)."""
+    def number_or_none(value: Any) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+
+    if not (isinstance(note, dict) and sorted(note) == sorted(HEAD_CHOICE_KEYS) and isinstance(note["quantize"], bool)
+            and isinstance(note["reason"], str) and number_or_none(note["drift"]) and number_or_none(note["budget"])):
+        raise CalibrationError(f"{source}: notes.head_outputs is not the record calibration writes (exactly "
+                               f"{', '.join(HEAD_CHOICE_KEYS)}: true|false, text, points or null, points or null)")
     if note["quantize"] != quantize:
         raise CalibrationError(f"{source}: quantize_head_outputs is {str(quantize).lower()} but notes.head_outputs "
                                f"says {str(note['quantize']).lower()}: the file was edited; recalibrate")
+    requantised = note["reason"].startswith("head outputs requantised")
+    judged_within = note["drift"] is not None and note["budget"] is not None and note["drift"] <= note["budget"]
+    if quantize != requantised or (quantize and not judged_within):
+        raise CalibrationError(f"{source}: notes.head_outputs does not support quantize_head_outputs = "
+                               f"{str(quantize).lower()} (reason {note['reason'][:60]!r}, drift {note['drift']}, "
+                               f"budget {note['budget']}): the file was edited; recalibrate")
 
 
 def _boolean(value: Any, key: str, source: str) -> bool:

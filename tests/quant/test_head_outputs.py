@@ -90,6 +90,7 @@ def test_heads_are_requantised_only_within_the_budget(tiny_yolov8_calibrated, dr
     choice = choose_head_outputs(path, partial(result), judge)
     assert judge.judged == [True]
     assert choice.quantize is quantize
+    assert (choice.drift, choice.budget) == (drift, 0.4)
     assert f"drifts {drift:.2f} points (budget 0.4)" in choice.reason
     assert ("requantised" if quantize else "kept float") in choice.reason
 
@@ -173,17 +174,44 @@ def test_convert_ships_the_graph_the_budget_judged(tmp_path, budget, quantize):
     assert CalibrationResult.load(art / "calibration.json").quantize_head_outputs is quantize
     built = held_out_judge(art).drift(art / "model_int8.onnx")
     assert built <= budget
-    if quantize:
-        assert f"drifts {built:.2f} points" in info["head_outputs"]["reason"]
+    if quantize:  # the figure that describes the shipped model is the head choice's own
+        assert info["head_outputs"]["drift"] == pytest.approx(built, abs=1e-3)
     else:
         assert built == pytest.approx(info["partial_quantization"]["drift"], abs=1e-3)
     ops = executed_ops(art / "model_int8.onnx", tmp_path, "built")
     heads = len(head_conv_outputs(onnx.load(str(art / "model.onnx"))))
     float_layers = len(info["float_layers"])  # every quantisable layer of this model is a Conv
     assert ops["Conv"] == (0 if quantize else heads) + float_layers, Counter(ops)
+    # reused as a cache (one calibration for several targets): the same graph, the same record
+    reused = convert_from_cache(tmp_path / "reused", art / "calibration.json").info["int8"]
+    assert reused["head_outputs"] == info["head_outputs"]
+    assert (tmp_path / "reused" / "model_int8.onnx").read_bytes() == (art / "model_int8.onnx").read_bytes()
 
 
-def test_without_a_budget_heads_stay_float(tiny_yolov8_calibrated, tmp_path):
+def convert_from_cache(out, cache):
+    from edgekit.convert.chain import convert
+    from edgekit.models.loading import load_checkpoint
+    from edgekit.quant.pipeline import Int8Options
+    from tests.conftest import ZOO_DIR
+
+    return convert(load_checkpoint(ZOO_DIR / "yolov8.pt"), "onnxruntime-cpu", out, precision="int8",
+                   int8=Int8Options(cache=cache))
+
+
+def test_only_onnx_runtime_placement_reads_the_flag(tiny_yolov8_calibrated, tmp_path):
+    """OpenVINO's producer-side and the symmetric (TensorRT / NCNN) placements never requantise conv outputs: the
+    flag leaves their graphs byte for byte as they were, while ONNX Runtime's changes."""
+    from edgekit.quant.placement import PRODUCER_SIDE_UINT8, SYMMETRIC_INT8
+
+    path, result, _ = tiny_yolov8_calibrated
+    for placement in (PRODUCER_SIDE_UINT8, SYMMETRIC_INT8, FUSED_UINT8):
+        write_qdq(path, result, placement, tmp_path / "float.onnx")
+        write_qdq(path, replace(result, quantize_head_outputs=True), placement, tmp_path / "requantised.onnx")
+        same = (tmp_path / "float.onnx").read_bytes() == (tmp_path / "requantised.onnx").read_bytes()
+        assert same is (placement is not FUSED_UINT8), placement.name
+
+
+def test_without_a_budget_heads_stay_float(tmp_path):
     import torch
 
     from edgekit.convert.chain import convert
@@ -202,7 +230,7 @@ def test_without_a_budget_heads_stay_float(tiny_yolov8_calibrated, tmp_path):
 
 def test_the_flag_round_trips_and_an_old_cache_keeps_heads_float(tiny_yolov8_calibrated, tmp_path):
     _, result, _ = tiny_yolov8_calibrated
-    chosen = HeadOutputChoice(True, "head outputs requantised: test")
+    chosen = HeadOutputChoice(True, "head outputs requantised: test", 0.3, 0.4)
     saved = replace(result, quantize_head_outputs=True,
                     notes={**result.notes, "head_outputs": chosen.summary()}).save(tmp_path / "calibration.json")
     reloaded = CalibrationResult.load(saved)
@@ -227,16 +255,52 @@ def test_a_flag_that_is_not_true_or_false_is_refused(tiny_yolov8_calibrated, tmp
         CalibrationResult.load(tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda data: data.update(quantize_head_outputs=True), "quantize_head_outputs is true but notes.head_outputs says false"),
-    (lambda data: data["notes"]["head_outputs"].update(quantize=True), "is false but notes.head_outputs says true"),
-    (lambda data: data["notes"]["head_outputs"].update(quantize="true"), "not the record"),
-    (lambda data: data["notes"].update(head_outputs="requantised"), "not the record"),
+REQUANTISED = HeadOutputChoice(True, "head outputs requantised: ONNX Runtime's graph with them requantised drifts "
+                                     "0.30 points (budget 0.4)", 0.3, 0.4)
+
+
+@pytest.mark.parametrize("choice, edit, message", [
+    (WITHOUT_BUDGET, lambda data: data.update(quantize_head_outputs=True),
+     "quantize_head_outputs is true but notes.head_outputs says false"),
+    (WITHOUT_BUDGET, lambda data: data["notes"]["head_outputs"].update(quantize=True),
+     "is false but notes.head_outputs says true"),
+    (WITHOUT_BUDGET, lambda data: data["notes"]["head_outputs"].update(quantize="true"), "not the record"),
+    (WITHOUT_BUDGET, lambda data: data["notes"].update(head_outputs="requantised"), "not the record"),
+    (WITHOUT_BUDGET, lambda data: data["notes"]["head_outputs"].update(images=8), "not the record"),  # 4f6eb82's
+    (REQUANTISED, lambda data: data["notes"].pop("head_outputs"), "true but notes.head_outputs .* is missing"),
+    (REQUANTISED, lambda data: (data.update(quantize_head_outputs=False),
+                                data["notes"]["head_outputs"].update(quantize=False)), "does not support"),
+    (REQUANTISED, lambda data: data["notes"]["head_outputs"].update(drift=0.5), "does not support"),
+    (REQUANTISED, lambda data: data["notes"]["head_outputs"].update(budget=None), "does not support"),
+    (REQUANTISED, lambda data: data["notes"]["head_outputs"].update(drift=float("nan")), "not the record"),
 ])
-def test_a_cache_edited_to_flip_the_choice_is_refused(tiny_yolov8_calibrated, tmp_path, edit, message):
+def test_a_cache_edited_to_flip_the_choice_is_refused(tiny_yolov8_calibrated, tmp_path, choice, edit, message):
     _, result, _ = tiny_yolov8_calibrated
-    data = replace(result, notes={**result.notes, "head_outputs": WITHOUT_BUDGET.summary()}).to_dict()
+    data = replace(result, quantize_head_outputs=choice.quantize,
+                   notes={**result.notes, "head_outputs": choice.summary()}).to_dict()
+    CalibrationResult.from_dict(json.loads(json.dumps(data)))  # unedited: loads
     edit(data)
     (tmp_path / "edited.json").write_text(json.dumps(data))
     with pytest.raises(CalibrationError, match=message):
         CalibrationResult.load(tmp_path / "edited.json")
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--drift-budget", "nan", "--drift-budget nan: expected a finite number"),
+    ("--drift-budget", "inf", "--drift-budget inf: expected a finite number"),
+    ("--percentile", "nan", "--percentile nan: expected a finite number"),
+    ("--percentile", "inf", "'--percentile': inf is not in the range"),  # click's own range check catches this one
+])
+def test_a_budget_or_percentile_that_is_not_a_number_is_refused(tmp_path, capsys, flag, value, fragment):
+    """click's FloatRange lets nan through; a nan budget judged nothing and wrote invalid JSON into the manifest."""
+    from tests.conftest import ZOO_DIR
+    from tests.helpers import one_error_line, run_cli
+
+    out = tmp_path / "art"
+    args = ["convert", ZOO_DIR / "yolov8.pt", "--target", "onnxruntime-cpu", "--precision", "int8", flag, value,
+            "-o", out]
+    if flag == "--percentile":
+        args += ["--calib-method", "percentile"]
+    code, _, err = run_cli(args, capsys)
+    one_error_line(code, err, fragment)
+    assert not out.exists()
