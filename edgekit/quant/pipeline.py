@@ -213,7 +213,9 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
     else:
         judge = AgreementJudge(onnx_path, spec, holdout)
     tensors = _first_tensors(calib_set, spec, SENSITIVITY_IMAGES)
-    progress(f"int8    sensitivity of {len(result.layers)} layers on {len(tensors)} images ({placement} Q/DQ)")
+    placement_name = placement if isinstance(placement, str) else placement.name
+    progress(f"int8    sensitivity of {len(result.layers)} layers on {len(tensors)} images ({placement_name} Q/DQ "
+             "placement)")
     ranking = layer_sensitivity(onnx_path, result, placement, tensors, progress=bars)
     partial = partial_quantize(onnx_path, result, placement, judge, cast(float, options.drift_budget), ranking,  # set: the caller's check
                                max_float_fraction=options.max_float_fraction, progress=progress)

@@ -138,14 +138,14 @@ def test_head_convs_kept_float_leave_nothing_to_choose(tiny_yolov8_calibrated):
     assert not choice.quantize and judge.judged == [] and "no int8 head conv output" in choice.reason
 
 
-def convert_zoo_yolov8(out, budget):
+def convert_zoo_yolov8(out, budget, progress=lambda line: None):
     from edgekit.convert.chain import convert
     from edgekit.models.loading import load_checkpoint
     from edgekit.quant.pipeline import Int8Options
     from tests.conftest import ZOO_DIR
 
     return convert(load_checkpoint(ZOO_DIR / "yolov8.pt"), "onnxruntime-cpu", out, precision="int8",
-                   int8=Int8Options(method="minmax", images=60, drift_budget=budget))
+                   int8=Int8Options(method="minmax", images=60, drift_budget=budget), progress=progress)
 
 
 def held_out_judge(art):
@@ -168,8 +168,13 @@ def test_convert_ships_the_graph_the_budget_judged(tmp_path, budget, quantize):
     the same held-out images, is within the budget either way, and the manifest, the cache and what ORT executes
     all say the same."""
     art = tmp_path / "art"
-    info = convert_zoo_yolov8(art, budget).info["int8"]
+    lines: list[str] = []
+    info = convert_zoo_yolov8(art, budget, lines.append).info["int8"]
     assert info["partial_quantization"]["met"] is True
+    # what the user reads: the placement by name, and the head choice with its judged drift
+    assert any(line.endswith("images (onnxruntime Q/DQ placement)") for line in lines), lines
+    assert not any("QdqPlacement(" in line for line in lines)
+    assert f"int8    {info['head_outputs']['reason']}" in lines
     assert info["head_outputs"]["quantize"] is quantize, info["head_outputs"]
     assert CalibrationResult.load(art / "calibration.json").quantize_head_outputs is quantize
     built = held_out_judge(art).drift(art / "model_int8.onnx")
