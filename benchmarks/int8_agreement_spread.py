@@ -43,9 +43,9 @@ from edgekit.quant.sensitivity import AgreementJudge, layer_sensitivity  # noqa:
 from edgekit.runtime.artifact import spec_from_onnx  # noqa: E402
 from edgekit.runtime.backends.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from edgekit.runtime.backends.openvino import OpenVinoRunner  # noqa: E402
+from tests.quant.test_int8_yolov5n import COCO8, FASTESTDET_IMAGES  # noqa: E402
 
 NATURAL = REPO / "edgekit" / "zoo" / "calibration" / "natural"
-SHARED = REPO.parent / "shared"
 #: (label, placement, runner class that executes it)
 BACKENDS = (("onnxruntime", FUSED_UINT8, OnnxRuntimeRunner), ("openvino", PRODUCER_SIDE_UINT8, OpenVinoRunner),
             ("symmetric int8 (ncnn/TensorRT arithmetic, in ORT)", SYMMETRIC_INT8, OnnxRuntimeRunner))
@@ -53,10 +53,9 @@ HOLDOUT_STRIDE = 7  # every 7th of 54 images: 8 held out, 46 calibrate (convert'
 
 
 def photos() -> list[Path]:
-    found = sorted((SHARED / "datasets" / "coco8" / "images").rglob("*.jpg"))
-    found += sorted((SHARED / "models" / "fastestdet" / "images").glob("*.jpg"))
+    found = sorted((COCO8 / "images").rglob("*.jpg")) + sorted(FASTESTDET_IMAGES.glob("*.jpg"))
     if len(found) != 13:
-        raise SystemExit(f"expected the 13 real photos under {SHARED}, found {len(found)}")
+        raise SystemExit(f"expected the 13 real photos in {COCO8} and {FASTESTDET_IMAGES}, found {len(found)}")
     return found
 
 

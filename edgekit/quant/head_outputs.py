@@ -31,7 +31,7 @@ import onnx
 
 from edgekit.quant.placement import FUSED_UINT8
 from edgekit.quant.qdq import head_conv_outputs, write_qdq
-from edgekit.quant.result import CalibrationResult
+from edgekit.quant.result import HEAD_CHOICE_KEYS, REQUANTISED_REASON, CalibrationResult
 from edgekit.quant.sensitivity import DriftJudge, PartialQuantization
 
 
@@ -47,7 +47,7 @@ class HeadOutputChoice:
     budget: float | None = None
 
     def summary(self) -> dict:
-        return {"quantize": self.quantize, "reason": self.reason, "drift": self.drift, "budget": self.budget}
+        return dict(zip(HEAD_CHOICE_KEYS, (self.quantize, self.reason, self.drift, self.budget)))
 
 
 #: the record of a calibration without ``--drift-budget``
@@ -79,8 +79,8 @@ def choose_head_outputs(onnx_path: str | Path, partial: PartialQuantization, jud
         write_qdq(onnx_path, replace(partial.result, quantize_head_outputs=True), FUSED_UINT8, path)
         drift = judge.drift(path)
     within = drift <= partial.budget  # False for a NaN drift
-    verdict = "requantised" if within else "kept float"
-    return HeadOutputChoice(within, f"head outputs {verdict}: ONNX Runtime's graph with them requantised drifts "
+    verdict = REQUANTISED_REASON if within else "head outputs kept float"
+    return HeadOutputChoice(within, f"{verdict}: ONNX Runtime's graph with them requantised drifts "
                                     f"{drift:.2f} points (budget {partial.budget:g})",
                             round(float(drift), 4), float(partial.budget))
 

@@ -26,7 +26,7 @@ from edgekit.quant.calibration import (
     warn_if_overlapping,
 )
 from edgekit.quant.collect import calibrate
-from edgekit.quant.head_outputs import WITHOUT_BUDGET, HeadOutputChoice, cached_choice
+from edgekit.quant.head_outputs import WITHOUT_BUDGET, HeadOutputChoice, cached_choice, choose_head_outputs
 from edgekit.quant.observers import DEFAULT_PERCENTILE
 from edgekit.quant.placement import QdqPlacement
 from edgekit.quant.result import CalibrationResult
@@ -201,7 +201,6 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
              placement: QdqPlacement | str = JUDGE_PLACEMENT) -> tuple[CalibrationResult, dict, HeadOutputChoice]:
     """The --drift-budget search, then (by the same judge) whether ONNX Runtime's graph may requantise its head
     outputs (``quant.head_outputs``)."""
-    from edgekit.quant.head_outputs import choose_head_outputs
     from edgekit.quant.sensitivity import AgreementJudge, MapJudge, layer_sensitivity, partial_quantize
 
     if options.drift_data is not None:

@@ -295,8 +295,10 @@ def int8_symmetric(lo: float, hi: float) -> float:
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
-#: the keys of ``notes.head_outputs`` (``quant.head_outputs.HeadOutputChoice.summary``)
+#: the keys of ``notes.head_outputs`` (``quant.head_outputs.HeadOutputChoice.summary`` writes them)
 HEAD_CHOICE_KEYS = ("quantize", "reason", "drift", "budget")
+#: how the reason of a requantising choice begins (``quant.head_outputs`` writes it, the cache check reads it)
+REQUANTISED_REASON = "head outputs requantised"
 
 
 def _check_head_choice_note(note: Any, quantize: bool, source: str) -> None:
@@ -313,7 +315,7 @@ def _check_head_choice_note(note: Any, quantize: bool, source: str) -> None:
     if note["quantize"] != quantize:
         raise CalibrationError(f"{source}: quantize_head_outputs is {str(quantize).lower()} but notes.head_outputs "
                                f"says {str(note['quantize']).lower()}: the file was edited; recalibrate")
-    requantised = note["reason"].startswith("head outputs requantised")
+    requantised = note["reason"].startswith(REQUANTISED_REASON)
     judged_within = note["drift"] is not None and note["budget"] is not None and note["drift"] <= note["budget"]
     if quantize != requantised or (quantize and not judged_within):
         raise CalibrationError(f"{source}: notes.head_outputs does not support quantize_head_outputs = "

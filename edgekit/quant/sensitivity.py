@@ -37,8 +37,7 @@ class LayerSensitivity:
     error: float  # mean relative L2 output error with only this layer in int8
 
 
-def ort_session(path: Path):
-    """An ONNX Runtime CPU session of the graph at ``path`` (warnings silenced), for measuring outputs."""
+def _session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -46,10 +45,9 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def run_outputs(onnx_session, tensors: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
-    """Every output of ``onnx_session`` for each tensor: [image][output] arrays."""
-    name = onnx_session.get_inputs()[0].name
-    return [onnx_session.run(None, {name: t}) for t in tensors]
+def _run(session, tensors: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: t}) for t in tensors]
 
 
 def output_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
@@ -67,7 +65,7 @@ def layer_sensitivity(onnx_path: str | Path, result: CalibrationResult, placemen
     tensors: a few float32 [1,3,H,W] network inputs (e.g. 8 calibration images).
     """
     onnx_path = Path(onnx_path)
-    reference = run_outputs(ort_session(onnx_path), tensors)
+    reference = _run(_session(onnx_path), tensors)
     names = [layer.name for layer in result.layers]
     scores = []
     with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as tmp:
@@ -76,7 +74,7 @@ def layer_sensitivity(onnx_path: str | Path, result: CalibrationResult, placemen
         for name in iterator:
             alone = result.with_float_layers({other: "" for other in names if other != name})
             write_qdq(onnx_path, alone, placement, path)
-            scores.append(LayerSensitivity(name, output_error(reference, run_outputs(ort_session(path), tensors))))
+            scores.append(LayerSensitivity(name, output_error(reference, _run(_session(path), tensors))))
     return sorted(scores, key=lambda s: -s.error)
 
 
