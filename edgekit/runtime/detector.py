@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -318,6 +318,7 @@ class FrameStream:
 
     def __iter__(self) -> Iterator[tuple[Frame, Detections]]:
         self._started = time.perf_counter()
+        results: Generator[tuple[Frame, Detections], None, None] | None = None
         try:
             if self.mode == "latency":
                 results = self._sequential()
@@ -330,9 +331,14 @@ class FrameStream:
                 self.frames += 1
                 yield frame, detections
         finally:
+            # The pipeline's threads stop first (closing its generator joins them): a consumer that breaks out
+            # would otherwise release the source while the decode thread is still reading it, and leave
+            # inference workers running into a detector its caller closes next.
+            if results is not None:
+                results.close()
             self.close()
 
-    def _sequential(self) -> Iterator[tuple[Frame, Detections]]:
+    def _sequential(self) -> Generator[tuple[Frame, Detections], None, None]:
         """Latency mode: every stage of a frame in this thread, one request at a time."""
         d = self.detector
         frames = iter(self.source)

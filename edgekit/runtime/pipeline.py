@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,7 @@ class Pipeline:
         self.clock = clock if clock is not None else StageClock()
         self.source_name = source_name
 
-    def run(self, items: Iterable[Any]) -> Iterator[Any]:
+    def run(self, items: Iterable[Any]) -> Generator[Any, None, None]:
         stop = threading.Event()
         stage_error: list[BaseException] = []
         source_error: list[BaseException] = []

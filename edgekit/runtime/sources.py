@@ -191,15 +191,23 @@ class VideoFileSource(Source):
         self.frame_size = _frame_size(self._capture)
         count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count: int | None = int(count) if 0 < count < 1e9 else None
+        # A pipeline reads frames in its own thread and may still be inside read() when the consumer stops
+        # and closes the source; releasing FFmpeg's decoder under a running read is a use-after-free (a crash,
+        # not an exception). Reads and the release take turns on this lock.
+        self._capture_lock = threading.Lock()
+        self._released = False
 
     def _frames(self) -> Iterator[Frame]:
         index = 0
         while True:
-            ok, bgr = self._capture.read()
+            with self._capture_lock:
+                if self._released:
+                    return  # closed by the consumer: no frame, no note
+                ok, bgr = self._capture.read()
+                # the presentation time of the frame just read (variable frame rates included)
+                msec = self._capture.get(cv2.CAP_PROP_POS_MSEC) if ok and bgr is not None else -1.0
             if not ok or bgr is None:
                 break
-            # the presentation time of the frame just read (variable frame rates included)
-            msec = self._capture.get(cv2.CAP_PROP_POS_MSEC)
             timestamp = msec / 1000.0 if msec >= 0 else (index / self.fps if self.fps else 0.0)
             yield Frame(_to_rgb(bgr), index, timestamp, str(self.path))
             index += 1
@@ -210,7 +218,9 @@ class VideoFileSource(Source):
                               "announces (truncated file?)")
 
     def close(self) -> None:
-        self._capture.release()
+        with self._capture_lock:
+            self._released = True
+            self._capture.release()
 
 
 # --- cameras and streams ---------------------------------------------------------------------------

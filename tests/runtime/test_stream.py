@@ -137,12 +137,27 @@ def test_stalled_stream_delivers_what_came_then_raises(mode, frames, fastestdet_
     assert 1 <= len(got) <= 4
 
 
-def test_breaking_out_of_a_stream_stops_its_threads(video, fastestdet_dir):
+def test_breaking_out_of_a_stream_stops_its_threads(video, fastestdet_dir, monkeypatch):
+    """The pipeline's threads are joined before the stream releases its source: the decode thread must not be
+    inside FFmpeg's read() when the capture is released (a use-after-free: segfaults seen), nor inference workers
+    running when the caller closes the detector right after the loop."""
+    from edgekit.runtime.sources import VideoFileSource
+
+    running_at_release: list[list[str]] = []
+    release = VideoFileSource.close
+
+    def recording_close(source: VideoFileSource) -> None:
+        running_at_release.append([t.name for t in threading.enumerate() if t.name.startswith("edgekit-pipeline")
+                                   and t.name != "edgekit-pipeline-source"])
+        release(source)
+
+    monkeypatch.setattr(VideoFileSource, "close", recording_close)
     before = threading.active_count()
     with open_detector(fastestdet_dir, "onnxruntime", "throughput") as detector:
         stream = detector.stream(str(video))
         for _, _ in stream:  # the loop's generator is dropped (and closed) at the break
             break
+    assert running_at_release == [[]]
     deadline = time.monotonic() + 5
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
