@@ -12,6 +12,7 @@ truth for skips); the model is the bundled trained zoo fixture, converted once p
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,98 @@ def test_openvino_throughput_runner_lends_one_request_per_concurrent_call(artifa
             thread.join()
     assert not errors, f"{len(errors)} thread(s) failed, first: {errors[0]!r}"
     assert not wrong, f"{len(wrong)} of {THREADS * ROUNDS} calls returned another input's outputs: {wrong[:5]}"
+
+
+class _GatedRunner:
+    """A Runner whose ``_infer`` blocks until released, recording whether ``_deactivate`` ever ran while a call was
+    inside ``_infer`` (built here, not mocked: it is a real Runner subclass with the base class's lifecycle)."""
+
+    @staticmethod
+    def make(tmp_path: Path):
+        from edgekit.runtime.backends.base import Runner, TensorSpec
+
+        class GatedRunner(Runner):
+            name = "gated"
+
+            def __init__(self) -> None:
+                super().__init__(tmp_path / "gated.model")
+                self.entered = threading.Event()
+                self.release = threading.Event()
+                self.inside = 0
+                self.released_under_a_call = False
+
+            def _activate(self) -> None:
+                pass
+
+            def _deactivate(self) -> None:
+                self.released_under_a_call |= self.inside > 0
+
+            def input_specs(self) -> list[TensorSpec]:
+                return [TensorSpec("x", np.dtype(np.float32), (1,))]
+
+            def output_names(self) -> list[str]:
+                return ["y"]
+
+            def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                self.inside += 1
+                self.entered.set()
+                self.release.wait(10)
+                self.inside -= 1
+                return {"y": feeds["x"] * 2}
+
+        return GatedRunner()
+
+
+def test_deactivate_waits_for_the_calls_in_flight_in_other_threads(tmp_path):
+    """ncnn's ``Net.clear()`` and TensorRT's buffer frees release native memory: a deactivate (``Detector.close``)
+    while another thread's call runs on it was a use-after-free. Deactivate now waits for every call in flight."""
+    runner = _GatedRunner.make(tmp_path)
+    outputs: list[dict] = []
+    caller = threading.Thread(target=lambda: outputs.append(runner.infer({"x": np.ones(1, np.float32)})))
+    caller.start()
+    assert runner.entered.wait(10)
+    closer = threading.Thread(target=runner.deactivate)
+    closer.start()
+    closer.join(timeout=0.3)
+    assert closer.is_alive(), "deactivate returned while another thread's call was still running"
+    runner.release.set()
+    caller.join(timeout=10)
+    closer.join(timeout=10)
+    assert not closer.is_alive() and not runner.is_active
+    assert not runner.released_under_a_call
+    np.testing.assert_array_equal(outputs[0]["y"], [2.0])
+    runner.release.set()
+    assert runner.infer({"x": np.ones(1, np.float32)})["y"][0] == 2.0  # a later call activates again
+
+
+@pytest.mark.parametrize("backend", backend_names())
+def test_closing_a_shared_detector_while_threads_run_it_waits_for_them(backend, artifacts, images):
+    """The real backends: threads keep detecting while the Detector is closed again and again under them; every
+    call still returns its own image's detections (the runner activates again on the next call)."""
+    if not get_runner_class(backend).is_available():
+        pytest.skip(f"{backend} is not installed")
+    with Detector.load(artifacts(backend), backend=backend, conf_threshold=0.25) as detector:
+        serial = [detector.detect(image) for image in images[:2]]
+        stop = threading.Event()
+        wrong: list[int] = []
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            try:
+                while not stop.is_set():
+                    if not _same(serial[index], detector.detect(images[index])):
+                        wrong.append(index)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for _ in range(6):
+            detector.close()
+            time.sleep(0.02)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, f"{backend}: first error {errors[0]!r}"
+    assert not wrong

@@ -7,10 +7,11 @@ so a backend module only has to move arrays in and out of its library.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
@@ -57,7 +58,9 @@ class Runner(ABC):
     Threads: an active runner may be shared; ``infer`` may be called from many threads at once
     and each call gets its own inputs' outputs. Every backend's ``_infer`` must keep that promise
     (per-call or pooled backend objects, or a lock around the one it has); activation happens once
-    under a lock. Deactivating while other threads are still inferring is the caller's error.
+    under a lock. ``deactivate`` waits for the calls in flight in other threads to return before it releases
+    anything: some backends free native memory explicitly (ncnn's ``Net.clear()``, TensorRT's device buffers), and
+    freeing it under a running call is a use-after-free, a crash rather than an exception.
     """
 
     #: backend name used by Detector.load(backend=...), CLI flags and target profiles
@@ -75,6 +78,8 @@ class Runner(ABC):
         self._active = False
         # re-entrant: a backend's _activate may call methods that activate() on their own
         self._lifecycle_lock = threading.RLock()
+        self._calls_done = threading.Condition(self._lifecycle_lock)
+        self._calls_in_flight = 0
 
     @classmethod
     def from_artifact(cls, model_path: Path, options: Mapping[str, object], threads: int = 0) -> Runner:
@@ -111,7 +116,10 @@ class Runner(ABC):
         return self
 
     def deactivate(self) -> None:
+        """Release the backend objects, after every call in flight in other threads has returned."""
         with self._lifecycle_lock:
+            while self._calls_in_flight:
+                self._calls_done.wait()
             if self._active:
                 self._deactivate()
                 self._active = False
@@ -130,9 +138,24 @@ class Runner(ABC):
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model. feeds: input name -> array; returns output name -> array (numpy, backend dtype)."""
-        if not self._active:
-            self.activate()
-        return self._infer(self.check_feeds(feeds))
+        with self.in_use():
+            return self._infer(self.check_feeds(feeds))
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Activate if needed and count one call in flight until the block ends (``deactivate`` waits for it).
+        Every entry point that runs the backend objects goes through here."""
+        with self._lifecycle_lock:
+            if not self._active:
+                self.activate()
+            self._calls_in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lifecycle_lock:
+                self._calls_in_flight -= 1
+                if not self._calls_in_flight:
+                    self._calls_done.notify_all()
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Names, dtypes and shapes against input_specs(); returns contiguous arrays. Raises InputError."""
@@ -165,7 +188,7 @@ class Runner(ABC):
 
     def _live(self, handle: _Handle | None) -> _Handle:
         """``handle``, a backend object ``_activate`` made and ``_deactivate`` drops, checked: None means the runner
-        was deactivated under this call (by another thread: the caller's error, see the class docstring)."""
+        was deactivated before a call that did not go through :meth:`in_use` took its handle."""
         if handle is None:
             raise EdgekitError(f"{self.model_path.name}: the {self.name} runner was deactivated while in use "
                                "(deactivate() only after every infer() has returned)")

@@ -232,9 +232,10 @@ class OpenVinoRunner(Runner):
         stream of images; Detector does not use it yet (it runs one batch at a time).
         Each feed is checked exactly like :meth:`infer`'s.
         """
-        if not self._active:
-            self.activate()
-        checked = [self.check_feeds(feeds) for feeds in feeds_list]
+        with self.in_use():
+            return self._infer_many([self.check_feeds(feeds) for feeds in feeds_list], jobs)
+
+    def _infer_many(self, checked: list[dict[str, np.ndarray]], jobs: int) -> list[dict[str, np.ndarray]]:
         if not checked:
             return []
         if jobs <= 0:
