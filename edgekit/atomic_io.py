@@ -127,25 +127,44 @@ class Terminated(BaseException):
     ``except Exception`` blocks of conversion code do not swallow it and every cleanup runs."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated("terminated")
-
-
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """For the duration: SIGTERM raises ``Terminated`` and SIGINT raises KeyboardInterrupt (also in
     processes that started with SIGINT at its default). Handlers are restored on exit; outside the
-    main thread (where Python cannot install handlers) this does nothing."""
+    main thread (where Python cannot install handlers) this does nothing.
+
+    A library may catch the exception a handler raised and raise its own instead: a SIGTERM that landed in
+    ONNX Runtime's session creation came out as "initialization failed", which conversion code reported as a
+    model ONNX Runtime cannot run (exit 2, a wrong reason). So the handlers record the signal, and an exception
+    other than Terminated / KeyboardInterrupt leaving the block after a signal is raised as the signal's own
+    exception (the library's one chained as its cause).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[int] = []
+
+    def on_terminate(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise Terminated("terminated")
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     if previous[signal.SIGTERM] in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _raise_terminated)
-    if previous[signal.SIGINT] in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, on_terminate)
+    if previous[signal.SIGINT] in (signal.SIG_DFL, None, signal.default_int_handler):
+        signal.signal(signal.SIGINT, on_interrupt)
     try:
         yield
+    except (Terminated, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        if not received:
+            raise
+        raise (Terminated("terminated") if received[0] == signal.SIGTERM else KeyboardInterrupt()) from exc
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -262,6 +262,47 @@ def test_export_with_force_replaces_and_sigterm_prints_one_line(tmp_path, capsys
     assert _leftovers(tmp_path, "art") == []  # no fresh artifact, no partial, no lock file
 
 
+def _signal_wrapped_by_a_library(signum: int):
+    """A stand-in for a library call that catches the exception a signal handler raised inside it and raises its own:
+    ONNX Runtime's session creation turned a SIGTERM that landed in it into "initialization failed" (CI, a829acf)."""
+
+    def call(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises here, at the next bytecode
+        except BaseException as exc:
+            raise RuntimeError("initialization failed") from exc
+        raise AssertionError("the signal handler did not run")
+
+    return call
+
+
+@pytest.mark.parametrize("signum, exception", [(signal.SIGTERM, "Terminated"), (signal.SIGINT, "KeyboardInterrupt")])
+def test_interruptible_raises_the_signal_a_library_wrapped(signum, exception):
+    from edgekit.atomic_io import interruptible
+
+    with pytest.raises(BaseException) as raised, interruptible():
+        _signal_wrapped_by_a_library(signum)()
+    assert type(raised.value).__name__ == exception
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="not a signal"), interruptible():  # without a signal, an error stays
+        raise RuntimeError("not a signal")
+
+
+def test_sigterm_inside_onnx_runtime_is_reported_as_an_interrupt_not_a_model_error(tmp_path, capsys, monkeypatch):
+    """The export's ONNX passes run the graph in ONNX Runtime; a SIGTERM whose exception ORT wraps was reported as
+    "error: ONNX passes: ONNX Runtime cannot run the input model (initialization failed)", exit 2. It is an
+    interrupt: one line, exit 130, nothing written."""
+    from edgekit.convert.passes.pipeline import OnnxSession
+
+    monkeypatch.setattr(OnnxSession, "evaluate", _signal_wrapped_by_a_library(signal.SIGTERM))
+    out = tmp_path / "art"
+    code, _, err = run_cli(["export", ZOO_DIR / "yolov8.pt", "-o", out], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 130 and lines == ["error: interrupted"], err
+    assert not out.exists() and _leftovers(tmp_path, "art") == []
+
+
 def test_swap_without_rename_exchange_falls_back_to_two_renames(tmp_path, monkeypatch):
     """Where renameat2(RENAME_EXCHANGE) is unavailable (other kernels / file systems) the old folder is
     renamed aside and the new one renamed in; the result is the same, and nothing is left behind."""
