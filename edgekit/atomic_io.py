@@ -127,6 +127,18 @@ class Terminated(BaseException):
     ``except Exception`` blocks of conversion code do not swallow it and every cleanup runs."""
 
 
+class _RecordingHandler:
+    """A signal handler that records the signal in ``received`` and raises its exception: ``Terminated`` for
+    SIGTERM, KeyboardInterrupt for SIGINT."""
+
+    def __init__(self, received: list[int]) -> None:
+        self.received = received
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        raise Terminated("terminated") if signum == signal.SIGTERM else KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """For the duration: SIGTERM raises ``Terminated`` and SIGINT raises KeyboardInterrupt (also in
@@ -142,21 +154,15 @@ def interruptible() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-
-    def on_terminate(signum: int, frame: object) -> None:
-        received.append(signum)
-        raise Terminated("terminated")
-
-    def on_interrupt(signum: int, frame: object) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
-
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # nested blocks share the outermost block's record: the exception may leave only through an inner block (the
+    # outer one can be a resource its framework closes without the exception)
+    outer = [h.received for h in previous.values() if isinstance(h, _RecordingHandler)]
+    received: list[int] = outer[0] if outer else []
     if previous[signal.SIGTERM] in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, on_terminate)
+        signal.signal(signal.SIGTERM, _RecordingHandler(received))
     if previous[signal.SIGINT] in (signal.SIG_DFL, None, signal.default_int_handler):
-        signal.signal(signal.SIGINT, on_interrupt)
+        signal.signal(signal.SIGINT, _RecordingHandler(received))
     try:
         yield
     except (Terminated, KeyboardInterrupt):

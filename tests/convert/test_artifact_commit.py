@@ -289,6 +289,21 @@ def test_interruptible_raises_the_signal_a_library_wrapped(signum, exception):
         raise RuntimeError("not a signal")
 
 
+def test_a_nested_block_raises_the_signal_when_the_outer_one_is_closed_without_the_exception():
+    """The CLI holds the outer block as a click resource (``claim_destination``), which older click closes without
+    the exception; the artifact writer's inner block, through which it does pass, must know of the signal."""
+    from edgekit.atomic_io import Terminated, interruptible
+
+    outer = interruptible()
+    outer.__enter__()
+    try:
+        with pytest.raises(Terminated), interruptible():
+            _signal_wrapped_by_a_library(signal.SIGTERM)()
+    finally:
+        outer.__exit__(None, None, None)
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+
+
 def test_sigterm_inside_onnx_runtime_is_reported_as_an_interrupt_not_a_model_error(tmp_path, capsys, monkeypatch):
     """The export's ONNX passes run the graph in ONNX Runtime; a SIGTERM whose exception ORT wraps was reported as
     "error: ONNX passes: ONNX Runtime cannot run the input model (initialization failed)", exit 2. It is an
