@@ -136,7 +136,12 @@ class _RecordingHandler:
 
     def __call__(self, signum: int, frame: object) -> None:
         self.received.append(signum)
-        raise Terminated("terminated") if signum == signal.SIGTERM else KeyboardInterrupt
+        raise _signal_exception(signum)
+
+
+def _signal_exception(signum: int) -> BaseException:
+    """What ``interruptible`` raises for a signal: ``Terminated`` for SIGTERM, KeyboardInterrupt for SIGINT."""
+    return Terminated("terminated") if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
@@ -170,7 +175,7 @@ def interruptible() -> Iterator[None]:
     except BaseException as exc:
         if not received:
             raise
-        raise (Terminated("terminated") if received[0] == signal.SIGTERM else KeyboardInterrupt()) from exc
+        raise _signal_exception(received[0]) from exc
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -195,14 +195,13 @@ class VideoFileSource(Source):
         # and closes the source; releasing FFmpeg's decoder under a running read is a use-after-free (a crash,
         # not an exception). Reads and the release take turns on this lock.
         self._capture_lock = threading.Lock()
-        self._released = False
 
     def _frames(self) -> Iterator[Frame]:
         index = 0
         while True:
             with self._capture_lock:
-                if self._released:
-                    return  # closed by the consumer: no frame, no note
+                if not self._capture.isOpened():
+                    return  # released by the consumer: no frame, no note
                 ok, bgr = self._capture.read()
                 # the presentation time of the frame just read (variable frame rates included)
                 msec = self._capture.get(cv2.CAP_PROP_POS_MSEC) if ok and bgr is not None else -1.0
@@ -219,7 +218,6 @@ class VideoFileSource(Source):
 
     def close(self) -> None:
         with self._capture_lock:
-            self._released = True
             self._capture.release()
 
 

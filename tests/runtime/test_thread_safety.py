@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from edgekit.runtime.backends import backend_names, get_runner_class
+from edgekit.runtime.backends.base import Runner, TensorSpec
 from edgekit.runtime.detector import Detector
 from edgekit.runtime.preprocess import load_image
 
@@ -149,50 +150,43 @@ def test_openvino_throughput_runner_lends_one_request_per_concurrent_call(artifa
     assert not wrong, f"{len(wrong)} of {THREADS * ROUNDS} calls returned another input's outputs: {wrong[:5]}"
 
 
-class _GatedRunner:
+class GatedRunner(Runner):
     """A Runner whose ``_infer`` blocks until released, recording whether ``_deactivate`` ever ran while a call was
-    inside ``_infer`` (built here, not mocked: it is a real Runner subclass with the base class's lifecycle)."""
+    inside ``_infer`` (built here, not mocked: a real Runner subclass with the base class's lifecycle)."""
 
-    @staticmethod
-    def make(tmp_path: Path):
-        from edgekit.runtime.backends.base import Runner, TensorSpec
+    name = "gated"
 
-        class GatedRunner(Runner):
-            name = "gated"
+    def __init__(self, model_path: Path) -> None:
+        super().__init__(model_path)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.inside = 0
+        self.released_under_a_call = False
 
-            def __init__(self) -> None:
-                super().__init__(tmp_path / "gated.model")
-                self.entered = threading.Event()
-                self.release = threading.Event()
-                self.inside = 0
-                self.released_under_a_call = False
+    def _activate(self) -> None:
+        pass
 
-            def _activate(self) -> None:
-                pass
+    def _deactivate(self) -> None:
+        self.released_under_a_call |= self.inside > 0
 
-            def _deactivate(self) -> None:
-                self.released_under_a_call |= self.inside > 0
+    def input_specs(self) -> list[TensorSpec]:
+        return [TensorSpec("x", np.dtype(np.float32), (1,))]
 
-            def input_specs(self) -> list[TensorSpec]:
-                return [TensorSpec("x", np.dtype(np.float32), (1,))]
+    def output_names(self) -> list[str]:
+        return ["y"]
 
-            def output_names(self) -> list[str]:
-                return ["y"]
-
-            def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                self.inside += 1
-                self.entered.set()
-                self.release.wait(10)
-                self.inside -= 1
-                return {"y": feeds["x"] * 2}
-
-        return GatedRunner()
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.inside += 1
+        self.entered.set()
+        self.release.wait(10)
+        self.inside -= 1
+        return {"y": feeds["x"] * 2}
 
 
 def test_deactivate_waits_for_the_calls_in_flight_in_other_threads(tmp_path):
     """ncnn's ``Net.clear()`` and TensorRT's buffer frees release native memory: a deactivate (``Detector.close``)
     while another thread's call runs on it was a use-after-free. Deactivate now waits for every call in flight."""
-    runner = _GatedRunner.make(tmp_path)
+    runner = GatedRunner(tmp_path / "gated.model")
     outputs: list[dict] = []
     caller = threading.Thread(target=lambda: outputs.append(runner.infer({"x": np.ones(1, np.float32)})))
     caller.start()

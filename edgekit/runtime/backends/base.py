@@ -146,8 +146,7 @@ class Runner(ABC):
         """Activate if needed and count one call in flight until the block ends (``deactivate`` waits for it).
         Every entry point that runs the backend objects goes through here."""
         with self._lifecycle_lock:
-            if not self._active:
-                self.activate()
+            self.activate()
             self._calls_in_flight += 1
         try:
             yield
