@@ -51,10 +51,12 @@ SAME_BOX_SCORE = 0.03
 #: min(precision, recall) at AGREEMENT_IOU of an int8 model's boxes vs its fp32 model's, below which the
 #: build fails. Measured on 24 images, every layer int8 (no --drift-budget), ORT / OpenVINO / NCNN: the six
 #: zoo fixtures at their own size (bundled set, target method mse) 0.87-0.97, lowest ssd ORT 0.870;
-#: FastestDet 352 (natural photos) 0.711 / 0.796 / 0.773. Broken caches (every range x1e-3; every range
-#: ±1e30, past the cache check) 0.000-0.001 on every model and backend. 0.5 leaves >= 0.2 below the worst
-#: good build, 0.5 above the broken.
-INT8_AGREEMENT_FLOOR = 0.5
+#: FastestDet 352 (natural photos) 0.711 / 0.796 / 0.773; the real yolov5n at 640 (minmax on the natural
+#: photos, its 8 held out: 9 fp32 boxes) 0.462-0.545 from calibrations whose ranges agree to 1e-5 (the
+#: observation engine's float rounding), a model that agrees 0.93-0.97 with its fp32 boxes on the 13 real photos.
+#: Broken caches (every range x1e-3; every range ±1e30, past the cache check) 0.000-0.001 on every model and
+#: backend. 0.25 leaves >= 0.2 below the worst good build, 0.25 above the broken (0.5 refused that yolov5n).
+INT8_AGREEMENT_FLOOR = 0.25
 
 
 def tensor_tolerance(precision: str) -> float | None:

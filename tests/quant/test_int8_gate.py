@@ -6,9 +6,10 @@ Runtime Q/DQ model; OpenVINO and NCNN go through the same ``_gate_int8`` call, m
 report). The oracle of the gate is the fp32 graph's own detections (``AgreementJudge``, the matcher
 ``--drift-budget`` uses); of the cache checks, the fp32 graph's observed activations and weights.
 
-Floor measurements (``quant.gate.AGREEMENT_FLOOR`` = 0.5, min(precision, recall) at IoU 0.5, 24 images, all
+Floor measurements (``quant.gate.AGREEMENT_FLOOR`` = 0.25, min(precision, recall) at IoU 0.5, 24 images, all
 layers int8): yolov8 fixture good builds ORT 0.93 / OpenVINO 0.97 / NCNN 0.96, all six fixtures 0.87-0.97,
-FastestDet 0.71-0.80; ranges x1e-3 and ±1e30 0.000-0.001 on every model and backend (see quant/gate.py).
+FastestDet 0.71-0.80, the real yolov5n on 8 natural photos 0.46-0.55; ranges x1e-3 and ±1e30 0.000-0.001 on every
+model and backend (see edgekit/tolerances.py).
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ def test_a_cache_with_shrunken_ranges_passes_validation_but_fails_the_agreement_
     (tmp_path / "out").mkdir()
     with pytest.raises(ConversionError, match=r"^build onnxruntime/int8: agreement with fp32 0\.0\d\d \(precision "
                                               r".+, recall .+ at IoU 0.5 on \d+ bundled calibration set[^;]*; \d+ fp32 "
-                                              r"boxes\) is below the floor 0.5") as exc_info:
+                                              r"boxes\) is below the floor 0.25") as exc_info:
         _convert(model, tmp_path / "out" / "art", cache=cache)
     _one_line(exc_info)
     assert os.listdir(tmp_path / "out") == []  # no artifact, no temporary folder
@@ -330,7 +331,7 @@ def test_the_gate_measures_any_runner_against_the_fp32_graph(good, tmp_path):
     record = gate.measure(OnnxRuntimeRunner(out / "model.onnx"))
     assert record["fp32_boxes"] > 0
     assert (record["agreement"], record["precision"], record["recall"], record["map50_drift"]) == (1.0, 1.0, 1.0, 0.0)
-    assert math.isclose(record["floor"], 0.5)
+    assert math.isclose(record["floor"], 0.25)
 
 
 @pytest.mark.parametrize("images,spared", [(0, 0), (39, 0), (40, 8), (71, 8), (72, 9), (191, 23), (192, 24),
