@@ -2,8 +2,9 @@
 
     calibration.py   image folders -> preprocessed float32 [1,3,H,W] tensors (exactly the runtime's
                      preprocessing), guards (too few images, overlap with the evaluation set)
-    collect.py       runs the fp32 ONNX graph in ONNX Runtime and observes every quantisable layer's
-                     input/output tensors
+    collect.py       observes every quantisable layer's input/output tensors over the images, in one pass
+    observation.py   the fp32 ONNX graph with each observed tensor's per-image summary computed inside it
+                     (min, max, channel means, a sample), run by OpenVINO when installed, else ONNX Runtime
     observers.py     minmax | percentile | entropy (KL) | mse: a histogram -> a clipping range
     result.py        CalibrationResult: activation ranges, per-channel weight scales, layers kept
                      in float; JSON in the artifact, refused when it belongs to another model

@@ -1,10 +1,10 @@
 """Calibration: run the fp32 ONNX graph on the calibration images and observe every quantisable layer.
 
 The graph is the one the artifact ships (``model.onnx``: passes applied, BN folded), so the ranges
-and weight scales are measured on exactly the tensors every emitter quantises. ONNX Runtime runs
-it with every observed tensor (``observed_tensors``) added as a graph output, in ONE pass over the
-images for every method: each tensor's exact min/max and, when the observer needs it, a histogram
-of a subsample of ``|x|`` that grows with the range (``observers.TensorStats.observe``).
+and weight scales are measured on exactly the tensors every emitter quantises. The graph runs with a summary of
+every observed tensor (``observed_tensors``) computed inside it (``quant.observation``: OpenVINO when installed, else
+ONNX Runtime), in ONE pass over the images for every method: each tensor's exact min/max and, when the observer
+needs it, a histogram of a subsample of ``|x|`` that grows with the range (``observers.OnePassStats``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import onnx
 from onnx import numpy_helper
 
 from edgekit.errors import CalibrationError
-from edgekit.quant.observers import DEFAULT_PERCENTILE, TensorStats, make_observer, needs_histogram
+from edgekit.quant.observation import ObservationRun, observation_graph, split
+from edgekit.quant.observers import DEFAULT_PERCENTILE, OnePassStats, make_observer, needs_histogram
 from edgekit.quant.result import CalibrationResult, QuantLayer, file_sha256, weight_scales
 
 #: operators quantised in int8 (the layers that carry nearly all of a detector's arithmetic)
@@ -88,27 +89,13 @@ def layer_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
-def _observation_session(model: onnx.ModelProto, tensor_names: list[str], optimize: bool = False):
-    """An ONNX Runtime session returning ``tensor_names`` besides the model outputs.
-
-    ``optimize``: ORT's basic graph optimisations (constant folding, redundant-node removal) are safe with every
-    observed tensor kept as an output; the extended / layout levels fuse Conv + activation and reorder to NCHWc,
-    which the extra outputs block or undo with a reorder per output (measured slower than no optimisation here).
-    """
-    import onnxruntime as ort
-
-    observed = onnx.ModelProto()
-    observed.CopyFrom(model)
-    existing = {o.name for o in observed.graph.output}
-    for name in tensor_names:
-        if name not in existing:
-            observed.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-            existing.add(name)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    options.log_severity_level = 3
-    return ort.InferenceSession(observed.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+def _graph_order(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, int]:
+    """Each tensor's position in the graph: graph inputs first, then by producing node (ONNX's node list is
+    topologically sorted), so the first non-finite tensor in this order is where a NaN or infinity arose."""
+    position = {value.name: -1 for value in model.graph.input}
+    for index, node in enumerate(model.graph.node):
+        position.update((output, index) for output in node.output)
+    return {name: position.get(name, len(model.graph.node)) for name in names}
 
 
 def _sigmoid(x: float) -> float:
@@ -133,7 +120,7 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
 
     tensors: returns a fresh iterable of float32 [1,3,H,W] inputs (the preprocessed calibration
     images); called once: every method observes in one pass (the exact range of every tensor and, for the
-    clipping methods, a growing histogram of a subsample, ``TensorStats.observe``).
+    clipping methods, a growing histogram of a subsample, ``OnePassStats``).
     Returns the backend-neutral CalibrationResult (nothing kept in float yet).
     """
     onnx_path = Path(onnx_path)
@@ -142,41 +129,46 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
     if not layers:
         raise CalibrationError(f"{onnx_path.name}: no Conv layer with constant weights to quantise")
     observe = make_observer(method, percentile)
-    histogram = needs_histogram(method)
     input_name = model.graph.input[0].name
     names = observed_tensors(model, layers)
-    session = _observation_session(model, names)
-    stats = {name: TensorStats() for name in names}
+    # bias correction needs each layer input's per-channel mean over the images
+    observation = observation_graph(model, names, {layer.input for layer in layers}, needs_histogram(method))
+    run = ObservationRun(observation)
+    one_pass = OnePassStats(len(names), observation.histogram)
+    order = _graph_order(model, names)  # a NaN or an infinity is reported where it first appears
     started = time.perf_counter()
-    # per-channel sums of each layer input's mean over the images: for bias correction
-    layer_inputs = {layer.input for layer in layers}
-    channel_sums: dict[str, np.ndarray] = {}
+    channel_sums, channel_counts = np.zeros(0, np.float64), np.zeros(0, np.int64)
     count = 0
     iterator: Iterable[np.ndarray] = tensors()
     if progress:
         iterator = progress(iterator, f"calibrate ({method})")
-    for tensor in iterator:
-        outputs = session.run(names, {input_name: np.ascontiguousarray(tensor, np.float32)})
-        for name, value in zip(names, outputs):
-            if not stats[name].observe(value, histogram):
-                raise CalibrationError(f"calibration: tensor {name!r} is not finite on calibration image {count}")
-            if name in layer_inputs and value.ndim >= 2:
-                # sum over everything but the channel axis, as [C, N*H*W] rows (a contiguous reduction)
-                rows = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
-                channel_sums[name] = channel_sums.get(name, 0.0) + rows.sum(axis=1, dtype=np.float64) / rows.shape[1]
+    inputs = (np.ascontiguousarray(tensor, np.float32) for tensor in iterator)
+    for summary in run.summaries(inputs):
+        bad = one_pass.observe(summary.minimum, summary.maximum, summary.samples, summary.sample_sizes)
+        means = dict(zip(observation.mean_names, split(summary.channel_means, summary.channel_counts)))
+        bad |= [not np.isfinite(means[name]).all() if name in means else False for name in names]
+        if bad.any():
+            name = min((names[k] for k in np.flatnonzero(bad)), key=order.__getitem__)
+            raise CalibrationError(f"calibration: tensor {name!r} is not finite on calibration image {count}")
+        if not np.isfinite(summary.output_sums).all():
+            output = observation.output_names[int(np.flatnonzero(~np.isfinite(summary.output_sums))[0])]
+            raise CalibrationError(f"calibration: model output {output!r} is not finite on calibration image {count}")
+        channel_sums = channel_sums + summary.channel_means if count else summary.channel_means.astype(np.float64)
+        channel_counts = summary.channel_counts
         count += 1
     if count == 0:
         raise CalibrationError("calibration: the calibration source yielded no images")
+    stats = dict(zip(names, one_pass.finish()))
     ranges = {}
     for name, tensor_stats in stats.items():
-        tensor_stats.finish()
         # The network input (normalised pixels) has an exactly known range: never clip it.
         ranges[name] = (tensor_stats.lo, tensor_stats.hi) if name == input_name else observe(tensor_stats)
     ranges.update(derived_ranges(model, ranges))
-    layers = [replace(layer, input_mean=tuple(float(m) for m in channel_sums[layer.input] / count))
-              if layer.input in channel_sums else layer for layer in layers]
+    input_means = dict(zip(observation.mean_names, split(channel_sums / count, channel_counts)))
+    layers = [replace(layer, input_mean=tuple(float(m) for m in input_means[layer.input]))
+              if layer.input in input_means else layer for layer in layers]
     return CalibrationResult(model_sha256=file_sha256(onnx_path), method=method, num_images=num_images or count,
                              images_sha256=images_sha256, activation_ranges=ranges, layers=tuple(layers),
-                             notes={"seconds": round(time.perf_counter() - started, 2),
+                             notes={"seconds": round(time.perf_counter() - started, 2), "observed_with": run.engine,
                                     **({"percentile": percentile} if method == "percentile" else {}),
                                     "observed_ranges": {n: [s.lo, s.hi] for n, s in sorted(stats.items())}})

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from edgekit.errors import CalibrationError, ConversionError
+from edgekit.quant.observation import ObservationRun, observation_graph
 from edgekit.quant.result import INT8_MAX, CalibrationResult
 from edgekit.spec import ModelSpec
 from edgekit.tolerances import INT8_AGREEMENT_FLOOR
@@ -82,19 +83,14 @@ def probe_tensors(spec: ModelSpec, folder: Path | None) -> list[np.ndarray]:
 
 
 def observed_absmax(onnx_path: Path, names: Sequence[str], tensors: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
-    """For each tensor name: (max |x|, max - min) over ``tensors``, the fp32 graph run by ONNX Runtime."""
-    from edgekit.quant.collect import _observation_session
-
+    """For each tensor name: (max |x|, max - min) over ``tensors``, observed as calibration observes them."""
     model = onnx.load(str(onnx_path))
-    session = _observation_session(model, list(names))
-    input_name = model.graph.input[0].name
-    lo = dict.fromkeys(names, math.inf)
-    hi = dict.fromkeys(names, -math.inf)
-    for tensor in tensors:
-        for name, value in zip(names, session.run(list(names), {input_name: np.ascontiguousarray(tensor, np.float32)})):
-            lo[name] = min(lo[name], float(np.min(value)))
-            hi[name] = max(hi[name], float(np.max(value)))
-    return {n: (max(abs(lo[n]), abs(hi[n])), hi[n] - lo[n]) for n in names}
+    run = ObservationRun(observation_graph(model, names, (), histogram=False))
+    lo = np.full(len(names), math.inf)
+    hi = np.full(len(names), -math.inf)
+    for summary in run.summaries(np.ascontiguousarray(tensor, np.float32) for tensor in tensors):
+        lo, hi = np.minimum(lo, summary.minimum), np.maximum(hi, summary.maximum)
+    return {n: (max(abs(float(lo[k])), abs(float(hi[k]))), float(hi[k] - lo[k])) for k, n in enumerate(names)}
 
 
 def check_result_against_model(result: CalibrationResult, onnx_path: Path, tensors: Sequence[np.ndarray],

@@ -138,38 +138,39 @@ def test_head_convs_kept_float_leave_nothing_to_choose(tiny_yolov8_calibrated):
     assert not choice.quantize and judge.judged == [] and "no int8 head conv output" in choice.reason
 
 
-def convert_zoo_yolov8(out, budget, progress=lambda line: None):
+def convert_zoo_yolov8(out, budget, images, progress=lambda line: None):
     from edgekit.convert.chain import convert
     from edgekit.models.loading import load_checkpoint
     from edgekit.quant.pipeline import Int8Options
     from tests.conftest import ZOO_DIR
 
     return convert(load_checkpoint(ZOO_DIR / "yolov8.pt"), "onnxruntime-cpu", out, precision="int8",
-                   int8=Int8Options(method="minmax", images=60, drift_budget=budget), progress=progress)
+                   int8=Int8Options(method="minmax", images=images, drift_budget=budget), progress=progress)
 
 
-def held_out_judge(art):
-    """The agreement judge the search used: every 5th of the 60 bundled calibration images."""
+def held_out_judge(art, images):
+    """The agreement judge the search used: every 5th of the first ``images`` bundled calibration images."""
     from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
     from edgekit.quant.pipeline import HOLDOUT_FRACTION
     from edgekit.quant.sensitivity import AgreementJudge
 
-    found = find_calibration_images(default_calibration_dir(), limit=60, force=True, warn=lambda message: None)
+    found = find_calibration_images(default_calibration_dir(), limit=images, force=True, warn=lambda message: None)
     stride = round(1 / HOLDOUT_FRACTION)
     held_out = [path for index, path in enumerate(found.paths) if index % stride == stride - 1]
     return AgreementJudge(art / "model.onnx", spec_from_onnx(art / "model.onnx"), held_out)
 
 
-@pytest.mark.parametrize("budget, quantize", [(0.4, False), (2.0, True)])
-def test_convert_ships_the_graph_the_budget_judged(tmp_path, budget, quantize):
-    """The trained fixture at 160 px, 60 bundled images, minmax: with a 0.4-point budget the search meets it with
-    two layers float (0.38) and requantised heads drift 0.49, over it; with 2 it is met with every layer int8
-    (1.39) and requantised heads drift 1.55, within it. The shipped ONNX Runtime model's drift, judged again on
-    the same held-out images, is within the budget either way, and the manifest, the cache and what ORT executes
-    all say the same."""
+@pytest.mark.parametrize("budget, images, quantize", [(0.4, 70, False), (2.0, 60, True)])
+def test_convert_ships_the_graph_the_budget_judged(tmp_path, budget, images, quantize):
+    """The trained fixture at 160 px, minmax on bundled images: from 70 images a 0.4-point budget is met with every
+    layer int8 (0.20) and requantised heads drift 0.91, over it; from 60, a 2-point budget is met with every layer
+    int8 (1.42) and requantised heads drift 1.42, within it (the figures are the progress lines of
+    ``convert_zoo_yolov8``; they move with the calibration's float rounding, so the margins are 0.2-0.6 points).
+    The shipped ONNX Runtime model's drift, judged again on the same held-out images, is within the budget either
+    way, and the manifest, the cache and what ORT executes all say the same."""
     art = tmp_path / "art"
     lines: list[str] = []
-    info = convert_zoo_yolov8(art, budget, lines.append).info["int8"]
+    info = convert_zoo_yolov8(art, budget, images, lines.append).info["int8"]
     assert info["partial_quantization"]["met"] is True
     # what the user reads: the placement by name, and the head choice with its judged drift
     assert any(line.endswith("images (onnxruntime Q/DQ placement)") for line in lines), lines
@@ -177,7 +178,7 @@ def test_convert_ships_the_graph_the_budget_judged(tmp_path, budget, quantize):
     assert f"int8    {info['head_outputs']['reason']}" in lines
     assert info["head_outputs"]["quantize"] is quantize, info["head_outputs"]
     assert CalibrationResult.load(art / "calibration.json").quantize_head_outputs is quantize
-    built = held_out_judge(art).drift(art / "model_int8.onnx")
+    built = held_out_judge(art, images).drift(art / "model_int8.onnx")
     assert built <= budget
     if quantize:  # the figure that describes the shipped model is the head choice's own
         assert info["head_outputs"]["drift"] == pytest.approx(built, abs=1e-3)

@@ -21,6 +21,7 @@ from edgekit.quant import observers
 from edgekit.quant.observers import (
     HISTOGRAM_BINS,
     HISTOGRAM_SAMPLES,
+    OnePassStats,
     TensorStats,
     entropy_threshold,
     make_observer,
@@ -414,13 +415,19 @@ def test_large_tensors_are_subsampled_for_the_histogram_but_not_for_the_range():
 # ------------------------------------------------------------------------------ one pass (collect.calibrate)
 
 
-def one_pass(*chunks: np.ndarray) -> TensorStats:
-    """What collect.calibrate does image by image: range and growing histogram together, then ``finish``."""
-    stats = TensorStats()
+def one_pass_stats(*chunks: np.ndarray) -> OnePassStats:
+    """What collect.calibrate does image by image: range and growing histogram together (one tensor)."""
+    stats = OnePassStats(1, histogram=True)
     for chunk in chunks:
-        assert stats.observe(np.asarray(chunk, np.float32), histogram=True)
-    stats.finish()
+        chunk = np.asarray(chunk, np.float32).ravel()
+        assert not stats.observe([chunk.min()], [chunk.max()], chunk, [chunk.size]).any()
     return stats
+
+
+def one_pass(*chunks: np.ndarray) -> TensorStats:
+    """``one_pass_stats``, then ``finish``: the observers' input."""
+    (tensor,) = one_pass_stats(*chunks).finish()
+    return tensor
 
 
 def test_one_pass_histogram_without_growth_is_the_two_pass_histogram_exactly():
@@ -437,10 +444,11 @@ def test_one_pass_histogram_that_grows_keeps_every_count_and_every_threshold():
     rng = np.random.default_rng(7)
     chunks = [rng.laplace(0.0, scale, 9000).astype(np.float32) for scale in (0.1, 1.0, 1.0, 10.0)]
     chunks[2][17] = 120.0
-    two, one = stats_of(*chunks), one_pass(*chunks)
+    two, growing = stats_of(*chunks), one_pass_stats(*chunks)
+    (one,) = growing.finish()
     assert (one.lo, one.hi) == (two.lo, two.hi) and one.hi == 120.0
-    assert one.histogram.sum() == pytest.approx(4 * 9000)  # nothing subsampled below ONE_PASS_SAMPLES, nothing lost
-    assert one.wide_top / 2 < one.absmax <= one.wide_top     # bins never wider than the final ones
+    assert one.histogram.sum() == pytest.approx(4 * 9000)  # every sample binned, nothing lost
+    assert growing.wide_top[0] / 2 < one.absmax <= growing.wide_top[0]  # bins never wider than the final ones
     bin_width = one.absmax / HISTOGRAM_BINS
     assert abs(percentile_threshold(one, 99.0) - percentile_threshold(two, 99.0)) <= 2 * bin_width
     # mse picks among 256 candidates (8 bins apart): the same one or a neighbour
@@ -448,10 +456,33 @@ def test_one_pass_histogram_that_grows_keeps_every_count_and_every_threshold():
     assert abs(entropy_threshold(one) - entropy_threshold(two)) <= 0.02 * one.absmax
 
 
+def test_one_pass_bins_many_tensors_at_once_exactly_as_one_by_one():
+    """collect.calibrate hands every tensor's sample of an image over as one vector cut by sizes: three tensors of
+    different spreads, sample sizes and growth (one all zeros at first) give exactly the histograms each gets
+    alone."""
+    rng = np.random.default_rng(11)
+    images = [[rng.normal(0, 1, 500), np.zeros(40), rng.laplace(0, 5, 1200)],
+              [rng.normal(0, 3, 500), rng.normal(0, 0.1, 40), rng.laplace(0, 5, 1200)],
+              [rng.normal(0, 30, 500), rng.normal(0, 7, 40), rng.laplace(0, 0.5, 1200)]]
+    images = [[np.asarray(chunk, np.float32) for chunk in image] for image in images]
+    together = OnePassStats(3, histogram=True)
+    for image in images:
+        assert not together.observe([c.min() for c in image], [c.max() for c in image], np.concatenate(image),
+                                    [c.size for c in image]).any()
+    for k, tensor in enumerate(together.finish()):
+        alone = one_pass(*(image[k] for image in images))
+        assert (tensor.lo, tensor.hi) == (alone.lo, alone.hi)
+        np.testing.assert_array_equal(tensor.histogram, alone.histogram)
+    assert together.wide_top.tolist() != [together.wide_top[0]] * 3  # the three grew differently
+
+
 def test_one_pass_reports_non_finite_values_and_zeros_then_values():
-    stats = TensorStats()
-    assert not stats.observe(np.float32([1.0, np.nan]), histogram=True)
-    assert not stats.observe(np.float32([1.0, -np.inf]), histogram=False)
+    stats = OnePassStats(2, histogram=True)
+    finite = np.float32([1.0, 2.0])
+    assert stats.observe([0.5, 1.0], [1.0, 2.0], np.float32([1.0, 1.0, np.nan]), [1, 2]).tolist() == [False, True]
+    assert stats.observe([-math.inf, 1.0], [1.0, 2.0], finite, [1, 1]).tolist() == [True, False]
+    assert stats.observe([0.0, 1.0], [math.nan, 2.0], finite, [1, 1]).tolist() == [True, False]
+    assert np.isinf(stats.lo).all() and np.isinf(stats.hi).all()  # an image with a non-finite value records nothing
     zeros_first = one_pass(np.zeros(64), np.float32([0.0, 1.0, -3.0]))
     assert zeros_first.histogram[0] == 65 and zeros_first.histogram.sum() == pytest.approx(67)
     assert one_pass(np.zeros(8)).histogram[0] == 8
