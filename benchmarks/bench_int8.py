@@ -66,8 +66,9 @@ def ov_fp32_ir(onnx_path: Path, spec, xml_path: Path) -> Path:
     return write_ir(BuildSource(onnx_path, spec), xml_path, compress_to_fp16=False)
 
 
-def nncf_quantize(fp32_xml: Path, tensors: Sequence[np.ndarray], out_xml: Path) -> float:
-    """NNCF's default post-training quantisation of the fp32 IR (preset performance); returns seconds."""
+def nncf_quantize(fp32_xml: Path, tensors: Sequence[np.ndarray], out_xml: Path | None) -> float:
+    """NNCF's default post-training quantisation of the fp32 IR (preset performance), saved to ``out_xml`` unless
+    None; returns the seconds of ``quantize``."""
     import nncf
     import openvino as ov
 
@@ -76,7 +77,8 @@ def nncf_quantize(fp32_xml: Path, tensors: Sequence[np.ndarray], out_xml: Path) 
     quantized = nncf.quantize(model, nncf.Dataset(list(tensors)), preset=nncf.QuantizationPreset.PERFORMANCE,
                               subset_size=len(tensors))
     seconds = time.perf_counter() - started
-    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    if out_xml is not None:
+        ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return seconds
 
 
@@ -421,6 +423,9 @@ class CyclicImages:
 
 
 def calibration_section(args, onnx_path: Path, spec, tmp: Path) -> dict:
+    """Every method and NNCF's ``quantize`` timed whole, ``--calib-rounds`` rounds in a random order per round
+    (``benchmarks.timing.interleaved``, 2 s pause before each call); medians. NNCF's call reads the fp32 IR and
+    quantises (no save); edgekit's builds its observation graph and calibrates, preprocessing included."""
     from edgekit.quant.collect import calibrate
 
     source = CyclicImages(spec, args.calib_images)
@@ -428,44 +433,59 @@ def calibration_section(args, onnx_path: Path, spec, tmp: Path) -> dict:
     started = time.perf_counter()
     tensors = list(source())
     preprocess_seconds = time.perf_counter() - started
-    rows = []
-    for method in args.methods:
-        say(f"[calibration] {method} on {args.calib_images} images at {spec.input_size} (load {load()})")
-        started = time.perf_counter()
-        result = calibrate(onnx_path, source, method=method)
-        seconds = time.perf_counter() - started
-        rows.append({"method": method, "seconds": seconds, "passes": 1, "load": load(), "layers": len(result.layers),
-                     "tensors": len(result.activation_ranges)})
-    nncf_row = None
+    results: dict[str, object] = {}
+
+    def edgekit_call(method: str) -> Callable[[], object]:
+        def call():
+            say(f"[calibration] {method} on {args.calib_images} images at {spec.input_size} (load {load()})")
+            results[method] = calibrate(onnx_path, source, method=method)
+        return call
+
+    calls = {method: edgekit_call(method) for method in args.methods}
     if not args.skip_nncf_calibration:
-        say(f"[calibration] nncf.quantize on the same {len(tensors)} tensors (load {load()})")
         fp32_xml = tmp / "ov_fp32.xml"
         if not fp32_xml.is_file():
             ov_fp32_ir(onnx_path, spec, fp32_xml)
-        nncf_row = {"seconds": nncf_quantize(fp32_xml, tensors, tmp / "ov_nncf_calib.xml"), "load": load()}
-    return {"rows": rows, "preprocess_seconds": preprocess_seconds, "count": len(tensors),
+
+        def nncf_call():
+            say(f"[calibration] nncf.quantize on the same {len(tensors)} tensors (load {load()})")
+            nncf_quantize(fp32_xml, tensors, None)
+
+        calls["nncf"] = nncf_call
+    times = interleaved(calls, runs=args.calib_rounds, warmup=0, settle_ms=2000)
+    rows = [{"method": method, "seconds": statistics.median(times[method]) / 1000, "passes": 1,
+             "spread": (min(times[method]) / 1000, max(times[method]) / 1000),
+             "layers": len(results[method].layers), "tensors": len(results[method].activation_ranges),
+             "engine": results[method].notes.get("observed_with", "")} for method in args.methods]
+    nncf_row = None
+    if "nncf" in times:
+        nncf_row = {"seconds": statistics.median(times["nncf"]) / 1000,
+                    "spread": (min(times["nncf"]) / 1000, max(times["nncf"]) / 1000)}
+    return {"rows": rows, "preprocess_seconds": preprocess_seconds, "count": len(tensors), "rounds": args.calib_rounds,
             "distinct": len(source.images), "nncf": nncf_row, "uptime": (uptime_before, uptime())}
 
 
 def format_calibration(section: dict, spec) -> str:
     count = section["count"]
     nncf = section["nncf"]["seconds"] if section["nncf"] else None
-    lines = ["| method | passes over the images | tensors observed | seconds | ms per image | vs NNCF | load at end |",
+    lines = ["| method | observed by | tensors observed | seconds (median) | min - max | ms per image | vs NNCF |",
              "|---|---|---|---|---|---|---|"]
     for row in section["rows"]:
         ratio = f"**{row['seconds'] / nncf:.2f}×**" if nncf else ""
-        lines.append(f"| edgekit {row['method']} | {row['passes']} | {row['tensors']} | {row['seconds']:.1f} | "
-                     f"{row['seconds'] * 1000 / count / row['passes']:.0f} | {ratio} | {row['load']} |")
+        lines.append(f"| edgekit {row['method']} | {row['engine']} | {row['tensors']} | {row['seconds']:.1f} | "
+                     f"{row['spread'][0]:.1f} - {row['spread'][1]:.1f} | {row['seconds'] * 1000 / count:.0f} | "
+                     f"{ratio} |")
     if section["nncf"]:
-        lines.append(f"| NNCF `quantize` (default: statistics + fast bias correction) | 1 + bias correction | | "
-                     f"{section['nncf']['seconds']:.1f} | {nncf * 1000 / count:.0f} | 1.00× | {section['nncf']['load']} |")
+        low, high = section["nncf"]["spread"]
+        lines.append(f"| NNCF `quantize` (default: statistics + fast bias correction) | OpenVINO | | {nncf:.1f} | "
+                     f"{low:.1f} - {high:.1f} | {nncf * 1000 / count:.0f} | 1.00× |")
     lines.append("")
     lines.append(f"{count} tensors at {spec.input_size[0]}×{spec.input_size[1]}: the {section['distinct']} bundled "
-                 f"images, then the same images flipped horizontally (in memory). The images are decoded once "
-                 f"beforehand; edgekit's times include preprocessing on every pass, as ``convert`` does (letterbox + "
-                 f"normalise of all {count}: {section['preprocess_seconds']:.1f} s, measured alone); NNCF was given "
-                 f"the {count} preprocessed tensors. `uptime` before: `{section['uptime'][0]}`; after: "
-                 f"`{section['uptime'][1]}`.")
+                 f"images, then the same images flipped horizontally (in memory). {section['rounds']} rounds, every "
+                 f"calibration once per round in a random order. The images are decoded once beforehand; edgekit's "
+                 f"times include preprocessing, as ``convert`` does (letterbox + normalise of all {count}: "
+                 f"{section['preprocess_seconds']:.1f} s, measured alone); NNCF was given the {count} preprocessed "
+                 f"tensors. `uptime` before: `{section['uptime'][0]}`; after: `{section['uptime'][1]}`.")
     return "\n".join(lines)
 
 
@@ -545,6 +565,7 @@ def main() -> None:
     parser.add_argument("--latency-calib-images", type=int, default=32,
                         help="calibration images for the latency models (ranges do not change latency)")
     parser.add_argument("--calib-images", type=int, default=300)
+    parser.add_argument("--calib-rounds", type=int, default=3, help="interleaved rounds of the calibration timing")
     parser.add_argument("--drift-budget", type=float, default=None,
                         help="--drift-budget of the latency model's conversion (ONNX Runtime may then requantise its "
                              "head outputs, quant.head_outputs)")

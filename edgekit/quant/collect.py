@@ -9,9 +9,11 @@ needs it, a histogram of a subsample of ``|x|`` that grows with the range (``obs
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,33 +133,45 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
     observe = make_observer(method, percentile)
     input_name = model.graph.input[0].name
     names = observed_tensors(model, layers)
-    # bias correction needs each layer input's per-channel mean over the images
-    observation = observation_graph(model, names, {layer.input for layer in layers}, needs_histogram(method))
-    run = ObservationRun(observation)
-    one_pass = OnePassStats(len(names), observation.histogram)
     order = _graph_order(model, names)  # a NaN or an infinity is reported where it first appears
     started = time.perf_counter()
+    iterator = iter(tensors())
+    first = next(iterator, None)
+    if first is None:
+        raise CalibrationError("calibration: the calibration source yielded no images")
+    # bias correction needs each layer input's per-channel mean over the images
+    observation = observation_graph(model, names, {layer.input for layer in layers}, needs_histogram(method),
+                                    np.shape(first))
+    run = ObservationRun(observation)
+    one_pass = OnePassStats(len(names), observation.histogram)
     channel_sums, channel_counts = np.zeros(0, np.float64), np.zeros(0, np.int64)
     count = 0
-    iterator: Iterable[np.ndarray] = tensors()
+    images: Iterable[np.ndarray] = itertools.chain([first], iterator)
     if progress:
-        iterator = progress(iterator, f"calibrate ({method})")
-    inputs = (np.ascontiguousarray(tensor, np.float32) for tensor in iterator)
-    for summary in run.summaries(inputs):
-        bad = one_pass.observe(summary.minimum, summary.maximum, summary.samples, summary.sample_sizes)
-        means = dict(zip(observation.mean_names, split(summary.channel_means, summary.channel_counts)))
-        bad |= [not np.isfinite(means[name]).all() if name in means else False for name in names]
-        if bad.any():
-            name = min((names[k] for k in np.flatnonzero(bad)), key=order.__getitem__)
-            raise CalibrationError(f"calibration: tensor {name!r} is not finite on calibration image {count}")
-        if not np.isfinite(summary.output_sums).all():
-            output = observation.output_names[int(np.flatnonzero(~np.isfinite(summary.output_sums))[0])]
-            raise CalibrationError(f"calibration: model output {output!r} is not finite on calibration image {count}")
-        channel_sums = channel_sums + summary.channel_means if count else summary.channel_means.astype(np.float64)
-        channel_counts = summary.channel_counts
-        count += 1
-    if count == 0:
-        raise CalibrationError("calibration: the calibration source yielded no images")
+        images = progress(images, f"calibrate ({method})")
+    inputs = (np.ascontiguousarray(tensor, np.float32) for tensor in images)
+    with closing(run.summaries(inputs)) as summaries:  # an error below stops the engine's requests at once
+        for summary in summaries:
+            samples = (split(summary.samples, summary.sample_sizes)
+                       if summary.samples is not None and summary.sample_sizes is not None else None)
+            bad = one_pass.observe(summary.minimum, summary.maximum, samples)
+            # the tensors ReduceMin / ReduceMax may have hidden a NaN in: their means or sums carry it
+            non_finite = {name for name, means in zip(observation.mean_names, split(summary.channel_means,
+                                                                                    summary.channel_counts))
+                          if not np.isfinite(means).all()}
+            non_finite |= {name for name, check in zip(observation.check_names, summary.finite_checks)
+                           if not np.isfinite(check)}
+            non_finite |= {names[k] for k in np.flatnonzero(bad)}
+            if non_finite:
+                name = min(non_finite, key=order.__getitem__)
+                raise CalibrationError(f"calibration: tensor {name!r} is not finite on calibration image {count}")
+            if not np.isfinite(summary.output_sums).all():
+                output = observation.output_names[int(np.flatnonzero(~np.isfinite(summary.output_sums))[0])]
+                raise CalibrationError(f"calibration: model output {output!r} is not finite on calibration image "
+                                       f"{count}")
+            channel_sums = channel_sums + summary.channel_means if count else summary.channel_means.astype(np.float64)
+            channel_counts = summary.channel_counts
+            count += 1
     stats = dict(zip(names, one_pass.finish()))
     ranges = {}
     for name, tensor_stats in stats.items():
@@ -170,5 +184,6 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
     return CalibrationResult(model_sha256=file_sha256(onnx_path), method=method, num_images=num_images or count,
                              images_sha256=images_sha256, activation_ranges=ranges, layers=tuple(layers),
                              notes={"seconds": round(time.perf_counter() - started, 2), "observed_with": run.engine,
+                                    **({"observation_fallback": run.fallback} if run.fallback else {}),
                                     **({"percentile": percentile} if method == "percentile" else {}),
                                     "observed_ranges": {n: [s.lo, s.hi] for n, s in sorted(stats.items())}})

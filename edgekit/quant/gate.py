@@ -32,7 +32,6 @@ import numpy as np
 import onnx
 
 from edgekit.errors import CalibrationError, ConversionError
-from edgekit.quant.observation import ObservationRun, observation_graph
 from edgekit.quant.result import INT8_MAX, CalibrationResult
 from edgekit.spec import ModelSpec
 from edgekit.tolerances import INT8_AGREEMENT_FLOOR
@@ -82,15 +81,37 @@ def probe_tensors(spec: ModelSpec, folder: Path | None) -> list[np.ndarray]:
     return tensors + [probe_input(spec, seed) for seed in PROBE_NOISE_SEEDS]
 
 
+def tensors_out_session(model: onnx.ModelProto, names: Sequence[str]) -> Any:
+    """An ONNX Runtime session returning every tensor of ``names`` whole besides the model outputs, graph optimisation
+    off (the extended levels fuse Conv + activation, which extra outputs block or undo with a reorder each)."""
+    import onnxruntime as ort
+
+    observed = onnx.ModelProto()
+    observed.CopyFrom(model)
+    existing = {o.name for o in observed.graph.output}
+    observed.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                                 for name in dict.fromkeys(names) if name not in existing)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(observed.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def observed_absmax(onnx_path: Path, names: Sequence[str], tensors: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
-    """For each tensor name: (max |x|, max - min) over ``tensors``, observed as calibration observes them."""
+    """For each tensor name: (max |x|, max - min) over ``tensors``, the fp32 graph run by ONNX Runtime.
+
+    The whole tensors, reduced in numpy: this check of a calibration result must not share calibration's in-graph
+    observation (``quant.observation``), or a defect there would pass its own check."""
     model = onnx.load(str(onnx_path))
-    run = ObservationRun(observation_graph(model, names, (), histogram=False))
-    lo = np.full(len(names), math.inf)
-    hi = np.full(len(names), -math.inf)
-    for summary in run.summaries(np.ascontiguousarray(tensor, np.float32) for tensor in tensors):
-        lo, hi = np.minimum(lo, summary.minimum), np.maximum(hi, summary.maximum)
-    return {n: (max(abs(float(lo[k])), abs(float(hi[k]))), float(hi[k] - lo[k])) for k, n in enumerate(names)}
+    session = tensors_out_session(model, list(names))
+    input_name = model.graph.input[0].name
+    lo = dict.fromkeys(names, math.inf)
+    hi = dict.fromkeys(names, -math.inf)
+    for tensor in tensors:
+        for name, value in zip(names, session.run(list(names), {input_name: np.ascontiguousarray(tensor, np.float32)})):
+            lo[name] = min(lo[name], float(np.min(value)))
+            hi[name] = max(hi[name], float(np.max(value)))
+    return {n: (max(abs(lo[n]), abs(hi[n])), hi[n] - lo[n]) for n in names}
 
 
 def check_result_against_model(result: CalibrationResult, onnx_path: Path, tensors: Sequence[np.ndarray],

@@ -23,7 +23,7 @@ a finer step. That trade is what the methods differ in:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +34,9 @@ HISTOGRAM_BINS = 2048
 #: int8 symmetric levels on one side (TensorRT's KL uses 128 target bins)
 QUANT_LEVELS = 128
 DEFAULT_PERCENTILE = 99.99
-#: values per tensor and image that go into the histogram (see TensorStats.observe_histogram)
+#: values per tensor and image that go into the two-pass histogram (see TensorStats.observe_histogram)
 HISTOGRAM_SAMPLES = 1 << 16
-#: one-pass calibration (TensorStats.observe): the bins of the growing histogram (twice HISTOGRAM_BINS: see
-#: ``observe``)
+#: the bins of OnePassStats' growing histograms (twice HISTOGRAM_BINS: see OnePassStats)
 WIDE_BINS = 2 * HISTOGRAM_BINS
 
 
@@ -84,20 +83,19 @@ class TensorStats:
         self.histogram += np.bincount(index, minlength=HISTOGRAM_BINS)
 
 
-
 class OnePassStats:
     """One-pass statistics of N tensors at once, image by image: exact ranges and growing histograms of |x|.
 
     Per image each tensor gives its exact ``lo`` / ``hi`` and, for the histogram methods, a sample of its values
-    (``quant.observation``: fixed-stride subsamples, concatenated). The histogram cannot wait for the final range,
+    (``quant.observation``: fixed-stride subsamples). The histogram cannot wait for the final range,
     so tensor ``k``'s covers ``[0, wide_top[k]]`` with WIDE_BINS bins and, when a value beyond ``wide_top[k]``
     arrives, ``wide_top[k]`` doubles (``j`` times) and every ``2^j`` neighbouring bins merge into one: exact, no
     count moves across a value boundary. ``wide_top`` starts at the first absmax, so at the end
     ``absmax > wide_top / 2`` and the bins are no wider than ``absmax / HISTOGRAM_BINS``: ``finish`` redistributes
     them onto the observers' HISTOGRAM_BINS bins over ``[0, absmax]`` (counts split in proportion to overlap).
-    Each tensor is binned on its own slice of the image's samples: one ``bincount`` over all N tensors (tensor
-    ``k``'s bins at offset ``k * WIDE_BINS``) was measured 1.6x slower alone and 2.5x slower beside the engine's
-    threads (its arrays of every sample outgrow the cache; 150 slices of <= 16k values do not).
+    Each tensor is binned on its own: one ``bincount`` over all N tensors (tensor ``k``'s bins at offset
+    ``k * WIDE_BINS``) was measured 1.6x slower alone and 2.5x slower beside the engine's threads (its arrays of
+    every sample outgrow the cache; 150 samples of ~16k values do not).
     """
 
     def __init__(self, count: int, histogram: bool) -> None:
@@ -107,32 +105,28 @@ class OnePassStats:
         self.wide_top = np.zeros(count)
         self._started = False
 
-    def observe(self, lo: np.ndarray, hi: np.ndarray, samples: np.ndarray | None = None,
-                sizes: np.ndarray | None = None) -> np.ndarray:
-        """Add one image: ``lo`` / ``hi`` [N] and (histogram) ``samples`` cut by ``sizes`` [N] into the tensors.
+    def observe(self, lo: np.ndarray, hi: np.ndarray, samples: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Add one image: ``lo`` / ``hi`` [N] (each tensor's min and max on it) and, for the histogram, ``samples``
+        (N float32 arrays, each tensor's sample of its values).
 
-        Returns the [N] mask of tensors with a NaN or an infinity in their ``lo``, ``hi`` or sample (an engine's
-        min / max may skip a NaN the sample still holds); when any is set, nothing of the image is recorded.
+        Returns the [N] bool mask of tensors with a NaN or an infinity in their ``lo``, ``hi`` or sample, or with
+        ``lo > hi`` (what an engine's min / max returned for a tensor of NaNs: +/-FLT_MAX, inverted); when any is
+        set, nothing of the image is recorded.
         """
         lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-        bad = ~(np.isfinite(lo) & np.isfinite(hi))
-        binned = None
+        bad = ~(np.isfinite(lo) & np.isfinite(hi)) | (lo > hi)
         if self.wide is not None:
-            if samples is None or sizes is None:
-                raise ValueError("histogram statistics need each image's samples and their sizes")
-            offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-            non_finite = np.flatnonzero(~np.isfinite(samples))
-            if non_finite.size:
-                bad[np.unique(np.searchsorted(offsets, non_finite, side="right") - 1)] = True
-            binned = (self.wide, samples, offsets)
+            if samples is None or len(samples) != len(lo):
+                raise ValueError("histogram statistics need one sample per tensor")
+            bad |= [not np.isfinite(sample).all() for sample in samples]
         if bad.any():
             return bad
         self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
-        if binned is not None:
-            self._bin(*binned)
+        if self.wide is not None and samples is not None:
+            self._bin(self.wide, samples)
         return bad
 
-    def _bin(self, wide: np.ndarray, samples: np.ndarray, offsets: np.ndarray) -> None:
+    def _bin(self, wide: np.ndarray, samples: Sequence[np.ndarray]) -> None:
         top = np.maximum(np.abs(self.lo), np.abs(self.hi))
         if not self._started:
             self.wide_top, self._started = top.copy(), True
@@ -152,8 +146,8 @@ class OnePassStats:
         # a tensor that has been all zeros so far (wide_top 0) puts everything in bin 0
         scale = np.divide(WIDE_BINS, self.wide_top, out=np.zeros_like(self.wide_top), where=self.wide_top > 0)
         scale = scale.astype(np.float32)
-        for row, (start, end) in enumerate(zip(offsets[:-1], offsets[1:])):
-            index = np.minimum((np.abs(samples[start:end]) * scale[row]).astype(np.int64), WIDE_BINS - 1)
+        for row, sample in enumerate(samples):
+            index = np.minimum((np.abs(sample) * scale[row]).astype(np.int64), WIDE_BINS - 1)
             wide[row] += np.bincount(index, minlength=WIDE_BINS)
 
     def finish(self) -> list[TensorStats]:

@@ -420,7 +420,7 @@ def one_pass_stats(*chunks: np.ndarray) -> OnePassStats:
     stats = OnePassStats(1, histogram=True)
     for chunk in chunks:
         chunk = np.asarray(chunk, np.float32).ravel()
-        assert not stats.observe([chunk.min()], [chunk.max()], chunk, [chunk.size]).any()
+        assert not stats.observe([chunk.min()], [chunk.max()], [chunk]).any()
     return stats
 
 
@@ -457,9 +457,8 @@ def test_one_pass_histogram_that_grows_keeps_every_count_and_every_threshold():
 
 
 def test_one_pass_bins_many_tensors_at_once_exactly_as_one_by_one():
-    """collect.calibrate hands every tensor's sample of an image over as one vector cut by sizes: three tensors of
-    different spreads, sample sizes and growth (one all zeros at first) give exactly the histograms each gets
-    alone."""
+    """collect.calibrate hands every tensor's sample of an image over together: three tensors of different spreads,
+    sample sizes and growth (one all zeros at first) give exactly the histograms each gets alone."""
     rng = np.random.default_rng(11)
     images = [[rng.normal(0, 1, 500), np.zeros(40), rng.laplace(0, 5, 1200)],
               [rng.normal(0, 3, 500), rng.normal(0, 0.1, 40), rng.laplace(0, 5, 1200)],
@@ -467,8 +466,7 @@ def test_one_pass_bins_many_tensors_at_once_exactly_as_one_by_one():
     images = [[np.asarray(chunk, np.float32) for chunk in image] for image in images]
     together = OnePassStats(3, histogram=True)
     for image in images:
-        assert not together.observe([c.min() for c in image], [c.max() for c in image], np.concatenate(image),
-                                    [c.size for c in image]).any()
+        assert not together.observe([c.min() for c in image], [c.max() for c in image], image).any()
     for k, tensor in enumerate(together.finish()):
         alone = one_pass(*(image[k] for image in images))
         assert (tensor.lo, tensor.hi) == (alone.lo, alone.hi)
@@ -478,10 +476,11 @@ def test_one_pass_bins_many_tensors_at_once_exactly_as_one_by_one():
 
 def test_one_pass_reports_non_finite_values_and_zeros_then_values():
     stats = OnePassStats(2, histogram=True)
-    finite = np.float32([1.0, 2.0])
-    assert stats.observe([0.5, 1.0], [1.0, 2.0], np.float32([1.0, 1.0, np.nan]), [1, 2]).tolist() == [False, True]
-    assert stats.observe([-math.inf, 1.0], [1.0, 2.0], finite, [1, 1]).tolist() == [True, False]
-    assert stats.observe([0.0, 1.0], [math.nan, 2.0], finite, [1, 1]).tolist() == [True, False]
+    finite = [np.float32([1.0]), np.float32([2.0])]
+    assert stats.observe([0.5, 1.0], [1.0, 2.0], [np.float32([1.0]), np.float32([1.0, np.nan])]).tolist() == \
+        [False, True]
+    assert stats.observe([-math.inf, 1.0], [1.0, 2.0], finite).tolist() == [True, False]
+    assert stats.observe([0.0, 1.0], [math.nan, 2.0], finite).tolist() == [True, False]
     assert np.isinf(stats.lo).all() and np.isinf(stats.hi).all()  # an image with a non-finite value records nothing
     zeros_first = one_pass(np.zeros(64), np.float32([0.0, 1.0, -3.0]))
     assert zeros_first.histogram[0] == 65 and zeros_first.histogram.sum() == pytest.approx(67)
