@@ -519,8 +519,7 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
     SOURCES: image files, folders and globs; or one video file, camera (index such as 0, or /dev/videoN),
     or rtsp:// / http:// stream.
     """
-    from tqdm import tqdm
-
+    from edgekit.progress import progress_bar
     from edgekit.runtime.outputs import frame_detections
     from edgekit.runtime.sources import ImageSource, open_source
 
@@ -541,8 +540,8 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
     files = source.files
     class_names = detector.spec.class_names
     results = []
-    for frame, detections in tqdm(frame_detections(detector, source, mode), total=len(files), desc="detect",
-                                  unit="img", disable=len(files) < 8, leave=False):
+    for frame, detections in progress_bar(frame_detections(detector, source, mode), total=len(files),
+                                          description="detect", quiet=len(files) < 8):
         path = Path(frame.origin)
         results.append((path, detections))
         summary = ", ".join(f"{class_names[int(label)]} {score:.2f}"
@@ -596,8 +595,7 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
              json_path: str | None, report_dir: str | None, class_map_path: str | None, family: str | None,
              names: str | None) -> None:
     """mAP, drift vs the reference, agreement and latency of every backend in ARTIFACT."""
-    from tqdm import tqdm
-
+    from edgekit.progress import progress_bar
     from edgekit.runtime.artifact import read_manifest, spec_from_onnx
     from edgekit.validate.datasets import load_class_map, load_dataset, map_to_model_classes
     from edgekit.validate.run import format_table, validate_artifact, validate_checkpoint, validate_onnx_file
@@ -610,7 +608,7 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
         click.echo(f"warning: {message}", err=True)
 
     def progress(items: Sequence, name: str):
-        return tqdm(items, desc=f"validate {name}", unit="img", leave=False)
+        return progress_bar(items, description=f"validate {name}")
 
     if _is_checkpoint(path):
         # a checkpoint (edgekit, Ultralytics, YOLOv5, YOLOX): the PyTorch reference alone, as imported by edgekit

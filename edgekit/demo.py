@@ -49,10 +49,10 @@ def _section(title: str) -> None:
 
 def run(family: str, out: Path, val_images: int) -> None:
     import torch
-    from tqdm import tqdm
 
     from edgekit.convert.chain import CALIBRATION_FILE, convert, export_artifact
     from edgekit.models.loading import load_checkpoint
+    from edgekit.progress import progress_bar
     from edgekit.quant.pipeline import Int8Options
     from edgekit.reference.detector import ReferenceDetector
     from edgekit.runtime.backends import get_runner_class
@@ -140,7 +140,7 @@ def run(family: str, out: Path, val_images: int) -> None:
     if not (data / "annotations" / "instances.json").is_file():
         synth.generate(data, "val", 0, num_images=val_images, overwrite=True)
     dataset = load_dataset(data)
-    progress = lambda items, name: tqdm(items, desc=name, unit="img", leave=False, mininterval=2)  # noqa: E731
+    progress = lambda items, name: progress_bar(items, description=name)  # noqa: E731
     report = validate_artifacts([onnx_artifact, *converted], dataset, reference_model=model, progress=progress)
     print(format_table(report))
 

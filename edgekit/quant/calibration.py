@@ -301,13 +301,13 @@ def calibration_tensors(images: CalibrationImages, spec: ModelSpec, progress: bo
     orientation applied, alpha dropped) then ``preprocess([image], spec)`` (letterbox or stretch,
     colour order, normalisation). Images are decoded from the bytes that are hashed, so a file that
     changed after ``find_calibration_images`` raises CalibrationError instead of silently
-    calibrating on different content. ``progress`` shows a tqdm bar.
+    calibrating on different content. ``progress`` shows a bar on a terminal (``edgekit.progress``).
     """
     bar = None
     if progress:
-        from tqdm import tqdm
+        from edgekit.progress import progress_bar
 
-        bar = tqdm(total=len(images.paths), desc="calibration images", unit="img")
+        bar = progress_bar(total=len(images.paths), description="calibration images")
     try:
         for path, expected in zip(images.paths, images.sha256):
             try:

@@ -9,7 +9,7 @@ Used by ``convert`` when the precision is int8. The result is saved in the artif
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -88,15 +88,11 @@ class Int8Options:
     eval_paths: tuple[Path, ...] = ()
 
 
-def _progress_bar(iterable, description: str):
-    """A tqdm bar on stderr when it is a terminal; nothing otherwise (``disable=None``): a log or a pipe would get one
-    line per refresh, and the ``int8 ...`` lines already say what runs."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a core dependency; stay silent without it
-        return iterable
-    return tqdm(iterable, desc=description, leave=False, unit="img", dynamic_ncols=True, disable=None,
-                mininterval=0.5)
+def _progress_bar(iterable: Iterable, description: str) -> Iterator:
+    """``edgekit.progress.progress_bar``: on a terminal only (the ``int8 ...`` lines already say what runs)."""
+    from edgekit.progress import progress_bar
+
+    return iter(progress_bar(iterable, description=description))
 
 
 def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, default_method: str,

@@ -401,8 +401,9 @@ def generate(out_dir: str | Path, split: str, seed: int, num_images: int | None 
         annotations: list[dict[str, Any]] = []
         indices = range(num_images)
         if progress:
-            from tqdm import tqdm
-            indices = tqdm(indices, desc=f"synth {split}", unit="img")
+            from edgekit.progress import progress_bar
+
+            indices = progress_bar(indices, description=f"synth {split}")
         for index in indices:
             image, objects = render_image(image_rng(seed, split, index), image_size)
             image_id = index + 1

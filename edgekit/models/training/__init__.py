@@ -31,7 +31,7 @@ What is here, and why it is shaped this way:
 - **Loop** (:func:`train`): AdamW, linear warm-up then cosine decay, gradient clipping, an
   exponential moving average (EMA) of the weights (which is what gets evaluated and saved),
   seeded (``torch.manual_seed`` + a numpy ``Generator``), ``torch.set_num_threads`` configurable,
-  a tqdm bar per epoch showing the loss parts.
+  a tqdm bar per epoch showing the loss parts (on a terminal only: edgekit.progress).
 - **Scoring** (:func:`evaluate`): the torch model through the reference decoder + NMS
   (:class:`~edgekit.reference.detector.ReferenceDetector`), then COCO mAP with pycocotools.
 

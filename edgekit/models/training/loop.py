@@ -20,6 +20,7 @@ from edgekit.models.base import DetectorModel
 from edgekit.models.training.data import AugmentConfig, TrainingSet
 from edgekit.models.training.losses import make_loss
 from edgekit.models.training.losses.base import DetectionLoss, loss_value
+from edgekit.progress import progress_bar
 from edgekit.spec import ModelSpec
 
 # ==============================================================================================
@@ -124,8 +125,6 @@ def train(model: DetectorModel, data: TrainingSet, config: TrainConfig = TrainCo
     training continues from it, exactly where it stopped — the result is the same as an
     uninterrupted run. It must come from the same family, data size and ``config``.
     """
-    from tqdm import tqdm
-
     if config.epochs < 1 or config.batch_size < 1:
         raise InputError(f"training needs epochs >= 1 and batch_size >= 1, got {config.epochs} and {config.batch_size}")
     torch.set_num_threads(max(1, int(config.num_threads)))
@@ -177,9 +176,9 @@ def train(model: DetectorModel, data: TrainingSet, config: TrainConfig = TrainCo
     for epoch in range(first_epoch, config.epochs):
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(data.batches(config.batch_size, rng, config.augment), total=steps_per_epoch,
-                   desc=f"{spec.family} {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                   disable=not config.progress, dynamic_ncols=True)
+        bar = progress_bar(data.batches(config.batch_size, rng, config.augment), total=steps_per_epoch,
+                           description=f"{spec.family} {epoch + 1}/{config.epochs}", unit="batch",
+                           quiet=not config.progress)
         for batch in bar:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step)
