@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 import sys
 from pathlib import Path
@@ -107,3 +108,10 @@ def fastestdet_like_artifact(folder: Path) -> Path:
         save(fastestdet_like_graph(spec), writer.path("model.onnx"))
         writer.commit(spec, [ModelEntry("onnxruntime", "fp32", "model.onnx")], {"producer": "test"})
     return folder
+
+
+class TerminalStream(io.StringIO):
+    """A stderr that says it is a terminal (progress bars show only on one: edgekit.progress)."""
+
+    def isatty(self) -> bool:
+        return True

@@ -9,19 +9,12 @@ import numpy as np
 from PIL import Image
 
 from edgekit.progress import progress_bar
-from tests.helpers import fastestdet_like_artifact
+from tests.helpers import TerminalStream, fastestdet_like_artifact
 from tests.helpers import run_cli as run
 
 
-class Terminal(io.StringIO):
-    """A stderr that says it is a terminal."""
-
-    def isatty(self) -> bool:
-        return True
-
-
 def test_a_bar_shows_on_a_terminal_only_and_never_when_quiet(monkeypatch):
-    for stream, quiet, shown in ((io.StringIO(), False, False), (Terminal(), False, True), (Terminal(), True, False)):
+    for stream, quiet, shown in ((io.StringIO(), False, False), (TerminalStream(), False, True), (TerminalStream(), True, False)):
         monkeypatch.setattr(sys, "stderr", stream)
         assert list(progress_bar(range(40), description="work", quiet=quiet)) == list(range(40))
         assert ("work" in stream.getvalue()) is shown, (type(stream).__name__, quiet, stream.getvalue())

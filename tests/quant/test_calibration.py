@@ -250,11 +250,19 @@ def test_file_changed_after_scan_is_refused(tmp_path):
         next(tensors)
 
 
-def test_progress_bar(tmp_path, capsys):
+def test_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
+    """``progress`` shows the bar where stderr is a terminal and writes nothing into a log (edgekit.progress)."""
+    import io
+    import sys
+
+    from tests.helpers import TerminalStream
+
     _write_n(tmp_path, 3)
     calib = find_calibration_images(tmp_path, min_images=1, warn=lambda m: None)
-    assert len(list(calibration_tensors(calib, LETTERBOX_SPEC, progress=True))) == 3
-    assert "calibration images" in capsys.readouterr().err
+    for stream, shown in ((TerminalStream(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert len(list(calibration_tensors(calib, LETTERBOX_SPEC, progress=True))) == 3
+        assert ("calibration images" in stream.getvalue()) is shown
 
 
 # ----------------------------------------------------------------------------------------------
