@@ -540,8 +540,8 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
     files = source.files
     class_names = detector.spec.class_names
     results = []
-    for frame, detections in progress_bar(frame_detections(detector, source, mode), total=len(files),
-                                          description="detect", quiet=len(files) < 8):
+    for frame, detections in progress_bar(frame_detections(detector, source, mode), "detect", total=len(files),
+                                          quiet=len(files) < 8):
         path = Path(frame.origin)
         results.append((path, detections))
         summary = ", ".join(f"{class_names[int(label)]} {score:.2f}"
@@ -608,7 +608,7 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
         click.echo(f"warning: {message}", err=True)
 
     def progress(items: Sequence, name: str):
-        return progress_bar(items, description=f"validate {name}")
+        return progress_bar(items, f"validate {name}")
 
     if _is_checkpoint(path):
         # a checkpoint (edgekit, Ultralytics, YOLOv5, YOLOX): the PyTorch reference alone, as imported by edgekit

@@ -140,8 +140,7 @@ def run(family: str, out: Path, val_images: int) -> None:
     if not (data / "annotations" / "instances.json").is_file():
         synth.generate(data, "val", 0, num_images=val_images, overwrite=True)
     dataset = load_dataset(data)
-    progress = lambda items, name: progress_bar(items, description=name)  # noqa: E731
-    report = validate_artifacts([onnx_artifact, *converted], dataset, reference_model=model, progress=progress)
+    report = validate_artifacts([onnx_artifact, *converted], dataset, reference_model=model, progress=progress_bar)
     print(format_table(report))
 
     _section("5. drift report")

@@ -13,9 +13,11 @@ from typing import Any
 from tqdm import tqdm
 
 
-def progress_bar(iterable: Iterable[Any] | None = None, *, description: str, total: int | None = None,
-                 unit: str = "img", quiet: bool = False) -> tqdm:
-    """A tqdm bar over ``iterable`` (or a manual one with ``total``, advanced by ``update``) on a terminal; off a
-    terminal, or with ``quiet``, the same object silent. The bar is removed when done (``leave=False``)."""
+def progress_bar(iterable: Iterable[Any] | None, description: str, *, total: int | None = None, unit: str = "img",
+                 quiet: bool = False) -> tqdm:
+    """A tqdm bar over ``iterable`` (or, with None, a manual one of ``total`` steps advanced by ``update``) on a
+    terminal; off a terminal, or with ``quiet``, the same object silent. The bar is removed when done
+    (``leave=False``). ``(iterable, description)`` is the shape of the ``progress`` callables calibration and
+    validation take, so it is passed to them as it is."""
     return tqdm(iterable, desc=description, total=total, unit=unit, leave=False, dynamic_ncols=True,
                 mininterval=0.5, disable=True if quiet else None)

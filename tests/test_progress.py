@@ -16,14 +16,14 @@ from tests.helpers import run_cli as run
 def test_a_bar_shows_on_a_terminal_only_and_never_when_quiet(monkeypatch):
     for stream, quiet, shown in ((io.StringIO(), False, False), (TerminalStream(), False, True), (TerminalStream(), True, False)):
         monkeypatch.setattr(sys, "stderr", stream)
-        assert list(progress_bar(range(40), description="work", quiet=quiet)) == list(range(40))
+        assert list(progress_bar(range(40), "work", quiet=quiet)) == list(range(40))
         assert ("work" in stream.getvalue()) is shown, (type(stream).__name__, quiet, stream.getvalue())
 
 
 def test_a_manual_bar_counts_off_a_terminal_without_writing(monkeypatch):
     log = io.StringIO()
     monkeypatch.setattr(sys, "stderr", log)
-    bar = progress_bar(total=5, description="images")
+    bar = progress_bar(None, "images", total=5)
     for _ in range(5):
         bar.update(1)
     bar.close()

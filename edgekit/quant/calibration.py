@@ -307,7 +307,7 @@ def calibration_tensors(images: CalibrationImages, spec: ModelSpec, progress: bo
     if progress:
         from edgekit.progress import progress_bar
 
-        bar = progress_bar(total=len(images.paths), description="calibration images")
+        bar = progress_bar(None, "calibration images", total=len(images.paths))
     try:
         for path, expected in zip(images.paths, images.sha256):
             try:

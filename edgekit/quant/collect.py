@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -117,7 +117,7 @@ def derived_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]
 
 def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "entropy",
               percentile: float = DEFAULT_PERCENTILE, images_sha256: str = "", num_images: int | None = None,
-              progress: Callable[[Iterable, str], Iterator] | None = None) -> CalibrationResult:
+              progress: Callable[[Iterable, str], Iterable] | None = None) -> CalibrationResult:
     """Calibrate the fp32 ONNX graph at ``onnx_path``.
 
     tensors: returns a fresh iterable of float32 [1,3,H,W] inputs (the preprocessed calibration

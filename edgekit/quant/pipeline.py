@@ -9,7 +9,7 @@ Used by ``convert`` when the precision is int8. The result is saved in the artif
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +17,7 @@ from typing import Any, cast
 import numpy as np
 
 from edgekit.errors import CalibrationError
+from edgekit.progress import progress_bar
 from edgekit.quant.calibration import (
     CalibrationImages,
     calibration_tensors,
@@ -88,13 +89,6 @@ class Int8Options:
     eval_paths: tuple[Path, ...] = ()
 
 
-def _progress_bar(iterable: Iterable, description: str) -> Iterator:
-    """``edgekit.progress.progress_bar``: on a terminal only (the ``int8 ...`` lines already say what runs)."""
-    from edgekit.progress import progress_bar
-
-    return iter(progress_bar(iterable, description=description))
-
-
 def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, default_method: str,
                        default_images: int, default_percentile: float = DEFAULT_PERCENTILE,
                        progress: Progress = lambda line: None, show_bars: bool = True,
@@ -108,7 +102,7 @@ def calibrate_artifact(onnx_path: Path, spec: ModelSpec, options: Int8Options, d
     ``placement``: the Q/DQ placement ``--drift-budget`` ranks and judges layers with (the target backend's)."""
     from edgekit.quant.gate import check_result_against_model, gate_images, probe_tensors
 
-    bars = _progress_bar if show_bars else None
+    bars = progress_bar if show_bars else None  # on a terminal only: the ``int8 ...`` lines already say what runs
     warn = warn or (lambda message: progress(f"warning {message}"))
     if options.cache is not None:
         result = CalibrationResult.load(options.cache)

@@ -403,7 +403,7 @@ def generate(out_dir: str | Path, split: str, seed: int, num_images: int | None 
         if progress:
             from edgekit.progress import progress_bar
 
-            indices = progress_bar(indices, description=f"synth {split}")
+            indices = progress_bar(indices, f"synth {split}")
         for index in indices:
             image, objects = render_image(image_rng(seed, split, index), image_size)
             image_id = index + 1

@@ -385,20 +385,15 @@ def test_calibration_module_never_imports_torch():
 
 
 def test_calibration_progress_shows_on_a_terminal_and_stays_out_of_logs(monkeypatch, capsys):
-    """convert's calibration bar (pipeline._progress_bar): nothing when stderr is a pipe or a log file (it printed
-    one line per image there), a bar when it is a terminal."""
-    import io
+    """convert's calibration bar (the pipeline's ``progress_bar``): nothing when stderr is a pipe or a log file (it
+    printed one line per image there), a bar when it is a terminal."""
+    from edgekit.quant.pipeline import progress_bar
+    from tests.helpers import TerminalStream
 
-    from edgekit.quant.pipeline import _progress_bar
-
-    assert list(_progress_bar(iter(range(40)), "calibrate (mse)")) == list(range(40))
+    assert list(progress_bar(iter(range(40)), "calibrate (mse)")) == list(range(40))
     assert capsys.readouterr().err == ""
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal = Terminal()
+    terminal = TerminalStream()
     monkeypatch.setattr(sys, "stderr", terminal)
-    assert list(_progress_bar(iter(range(40)), "calibrate (mse)")) == list(range(40))
+    assert list(progress_bar(iter(range(40)), "calibrate (mse)")) == list(range(40))
     assert "calibrate (mse)" in terminal.getvalue()

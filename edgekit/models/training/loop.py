@@ -176,8 +176,8 @@ def train(model: DetectorModel, data: TrainingSet, config: TrainConfig = TrainCo
     for epoch in range(first_epoch, config.epochs):
         sums: dict[str, float] = {}
         count = 0
-        bar = progress_bar(data.batches(config.batch_size, rng, config.augment), total=steps_per_epoch,
-                           description=f"{spec.family} {epoch + 1}/{config.epochs}", unit="batch",
+        bar = progress_bar(data.batches(config.batch_size, rng, config.augment),
+                           f"{spec.family} {epoch + 1}/{config.epochs}", total=steps_per_epoch, unit="batch",
                            quiet=not config.progress)
         for batch in bar:
             for group in optimizer.param_groups:
