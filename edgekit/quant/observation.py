@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,7 +69,7 @@ class ObservationGraph:
     check_names: tuple[str, ...]    # the tensors with a finite check (the others), in ``names`` order
     output_names: tuple[str, ...]   # the float model outputs ``output_sums`` sums, in the model's order
     histogram: bool
-    keys: tuple[str, ...] = field(default=())  # the summary vectors that are graph outputs (the rest are empty)
+    keys: tuple[str, ...]  # the summary vectors that are graph outputs (the rest are empty)
 
 
 def observation_graph(model: onnx.ModelProto, names: Iterable[str], mean_names: Iterable[str], histogram: bool,

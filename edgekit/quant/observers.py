@@ -102,8 +102,7 @@ class OnePassStats:
         self.lo = np.full(count, np.inf)
         self.hi = np.full(count, -np.inf)
         self.wide = np.zeros((count, WIDE_BINS), np.int64) if histogram else None
-        self.wide_top = np.zeros(count)
-        self._started = False
+        self.wide_top = np.zeros(count)  # 0 until a tensor shows a non-zero value (then its first absmax)
 
     def observe(self, lo: np.ndarray, hi: np.ndarray, samples: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Add one image: ``lo`` / ``hi`` [N] (each tensor's min and max on it) and, for the histogram, ``samples``
@@ -128,10 +127,8 @@ class OnePassStats:
 
     def _bin(self, wide: np.ndarray, samples: Sequence[np.ndarray]) -> None:
         top = np.maximum(np.abs(self.lo), np.abs(self.hi))
-        if not self._started:
-            self.wide_top, self._started = top.copy(), True
         for k in np.flatnonzero(top > self.wide_top):
-            if self.wide_top[k] == 0:  # so far only zeros, all in bin 0 whatever the width
+            if self.wide_top[k] == 0:  # the first image, or only zeros so far (all in bin 0 whatever the width)
                 self.wide_top[k] = top[k]
                 continue
             factor = 2 ** math.ceil(math.log2(top[k] / self.wide_top[k]))
