@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from edgekit.errors import CalibrationError
+
 #: values per tensor and image the histogram methods bin (x 300 images: ~5M samples per tensor for 2048 bins)
 SAMPLE_TARGET = 1 << 14
 
@@ -78,8 +80,10 @@ def observation_graph(model: onnx.ModelProto, names: Iterable[str], mean_names: 
     calibration tensors' [1, 3, H, W]: static shapes let every tensor's sample strides be chosen here, and
     OpenVINO compiles a static graph). ``mean_names``: the tensors (among ``names``) whose channel means to take."""
     names, means_wanted = tuple(names), set(mean_names)
-    if any(name.startswith(PREFIX) for name in names):
-        raise ValueError(f"observed tensor names must not start with {PREFIX!r}")
+    clashing = next((name for name in names if name.startswith(PREFIX)), None)
+    if clashing is not None:  # a user's graph: one error line, not a traceback
+        raise CalibrationError(f"calibration: tensor {clashing!r} starts with {PREFIX!r}, the prefix calibration "
+                               f"names its own nodes with; rename the tensor in the ONNX file")
     graph_model = onnx.ModelProto()
     graph_model.CopyFrom(model)
     graph = graph_model.graph

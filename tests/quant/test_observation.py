@@ -168,7 +168,9 @@ def test_an_unknown_engine_and_a_name_in_the_observation_namespace_are_refused()
     observation = observation_graph(small_net(), TENSORS, LAYER_INPUTS, False, (1, 3, 16, 16))
     with pytest.raises(ValueError, match="expected one of openvino, onnxruntime"):
         ObservationRun(observation, "tensorrt")
-    with pytest.raises(ValueError, match="must not start with 'edgekit_observe_'"):
+    with pytest.raises(CalibrationError, match="^calibration: tensor 'edgekit_observe_images' starts with "
+                                               "'edgekit_observe_', the prefix calibration names its own nodes with; "
+                                               "rename the tensor in the ONNX file$"):
         observation_graph(small_net(), ("edgekit_observe_images",), (), False, (1, 3, 16, 16))
 
 
