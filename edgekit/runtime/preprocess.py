@@ -149,6 +149,22 @@ def open_image(source: str | os.PathLike | BinaryIO, name: str) -> Image.Image:
                          "(Pillow's decompression-bomb limit); downscale it first") from None
 
 
+#: EXIF orientations (tag 0x0112) that turn the stored pixels by 90 or 270 degrees: the upright image's width is
+#: the stored height (5: transpose, 6: rotate 270, 7: transverse, 8: rotate 90 — ImageOps.exif_transpose's table)
+_QUARTER_TURN_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of ``image`` as ``load_image`` returns it: EXIF orientation applied, read from the header
+    alone (no decode). Labels in image pixels or normalised by the image size refer to this upright image."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112)
+    except (OSError, SyntaxError, ValueError):  # a corrupt EXIF block: exif_transpose ignores it the same way
+        orientation = None
+    return (height, width) if orientation in _QUARTER_TURN_ORIENTATIONS else (width, height)
+
+
 def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
     """Decode (if lazy), check and convert a PIL image to HxWx3 uint8 RGB."""
     width, height = image.size

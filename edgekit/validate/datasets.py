@@ -36,7 +36,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, did_you_mean
 from edgekit.filetypes import read_json
-from edgekit.runtime.preprocess import IMAGE_SUFFIXES, open_image
+from edgekit.runtime.preprocess import IMAGE_SUFFIXES, open_image, upright_size
 from edgekit.spec import check_class_names, load_class_names
 
 # YOLO coordinates are normalised; allow a hair past [0, 1] for writers that round outward.
@@ -269,6 +269,8 @@ def _load_coco(json_path: Path) -> Dataset:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DatasetError(f"{json_path}: image {image_dir / missing[0]} is listed but missing{more}")
+    for i, im in enumerate(images):
+        _check_coco_image_size(json_path, i, image_dir / str(im["file_name"]), image_sizes[int(im["id"])])
 
     items = tuple(
         Annotation(
@@ -282,6 +284,27 @@ def _load_coco(json_path: Path) -> Dataset:
     root = json_path.parent.parent if json_path.parent.name == "annotations" else json_path.parent
     return Dataset(root=root, image_dir=image_dir, class_names=tuple(str(c["name"]) for c in categories),
                    items=items, category_ids=category_ids, layout="coco")
+
+
+def _check_coco_image_size(json_path: Path, index: int, image_path: Path, listed: tuple[float, float]) -> None:
+    """The boxes are pixels of a ``width`` x ``height`` image: the file must be that image, as the detector sees it
+    (EXIF orientation applied), or every box is scored at the wrong scale."""
+    try:
+        with open_image(image_path, str(image_path)) as im:  # the header only
+            stored, upright = im.size, upright_size(im)
+    except EdgekitError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{image_path}: cannot read image header: {exc}") from None
+    if upright == listed:
+        return
+    where = f"{json_path}: images[{index}] ({image_path.name}) says {listed[0]:g}x{listed[1]:g}"
+    if stored == listed:
+        raise DatasetError(f"{where}, the size of its stored pixels, but its EXIF orientation turns it to "
+                           f"{upright[0]}x{upright[1]} as displayed and detected; annotate the upright image (or "
+                           "save it without the EXIF rotation)")
+    raise DatasetError(f"{where} but the file is {upright[0]}x{upright[1]}; its boxes are pixels of the listed size "
+                       "(was the image resized after annotation?)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,12 +324,19 @@ def _parse_yaml_names(yaml_path: Path) -> list[str] | None:
         import yaml  # optional dependency
     except ImportError:
         names = _names_without_yaml(text)
+        pose = re.search(r"^kpt_shape\s*:", text, re.MULTILINE) is not None
     else:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise DatasetError(f"{yaml_path}: malformed YAML: {' '.join(str(exc).split())}") from None
         names = data.get("names") if isinstance(data, dict) else None
+        pose = isinstance(data, dict) and "kpt_shape" in data
+    if pose:
+        # a pose line is 'class cx cy w h' then the keypoints: read as a polygon, its extent is the keypoints' box
+        raise DatasetError(f"{yaml_path}: a pose dataset (kpt_shape); its label lines carry keypoints after the box, "
+                           "which a detection dataset's reader would take for a polygon; expected detection labels "
+                           "('class cx cy w h')")
     if names is None:
         return None
     if isinstance(names, dict):
@@ -356,19 +386,33 @@ def _names_without_yaml(text: str) -> list | dict | None:
 
 
 def _yolo_class_names(root: Path) -> list[str] | None:
-    """Names from classes.txt or data.yaml / dataset.yaml; None when the dataset has none of them."""
+    """Names from classes.txt or data.yaml / dataset.yaml; None when the dataset has none of them.
+
+    Both present must agree: which one a label index means is otherwise a guess (a swapped pair of names moves
+    every box of those classes to the other class, and the mAP with them)."""
+    listed: list[str] | None = None
     for classes_txt in (root / "classes.txt", root / "labels" / "classes.txt"):
         if classes_txt.is_file():
-            return list(load_class_names(classes_txt))  # one reader for names files: UTF-8, unique, no control chars
+            listed = list(load_class_names(classes_txt))  # one reader for names files: UTF-8, unique, no control chars
+            break
     for yaml_name in ("data.yaml", "dataset.yaml"):
         yaml_path = root / yaml_name
         if yaml_path.is_file():
             names = _parse_yaml_names(yaml_path)
             if names:
                 check_class_names(names, f"{yaml_path}: 'names'", error=DatasetError)
+            if listed is not None and names and names != listed:
+                k = next((k for k, (a, b) in enumerate(zip(listed, names)) if a != b), min(len(listed), len(names)))
+                first = (f"class {k} is {listed[k]!r} in one and {names[k]!r} in the other"
+                         if k < min(len(listed), len(names)) else f"{len(listed)} against {len(names)} names")
+                raise DatasetError(f"{classes_txt} and {yaml_path} disagree ({first}); keep one of them, or make "
+                                   "them the same list")
+            if listed is not None:
+                return listed
+            if names:
                 return names
             raise DatasetError(f"{yaml_path}: no 'names'; expected names: [class0, class1, ...]")
-    return None
+    return listed
 
 
 def _read_yolo_labels(label_path: Path, num_classes: int | None, width: int,
@@ -429,7 +473,9 @@ def _load_yolo(root: Path) -> Dataset:
         relative = image_path.relative_to(image_dir)
         try:
             with open_image(image_path, str(image_path)) as im:  # reads the header only, not the pixels
-                width, height = im.size
+                # normalised labels refer to the image as displayed (EXIF orientation applied), as the detector
+                # sees it (load_image) and as Ultralytics reads them
+                width, height = upright_size(im)
         except EdgekitError:
             raise
         except (OSError, ValueError) as exc:
@@ -442,6 +488,16 @@ def _load_yolo(root: Path) -> Dataset:
             boxes, labels = _empty_boxes(), _empty_labels()
         items.append(Annotation(image_id=image_id, file_name=relative.as_posix(), width=width, height=height,
                                 boxes=boxes, labels=labels))
+    # a label file beside no image is a layout mistake (labels/x.txt for images/val/x.jpg): its boxes would silently
+    # drop out of the mAP while its image scores as one without objects
+    used = {label_dir / Path(item.file_name).with_suffix(".txt") for item in items}
+    orphans = sorted(path for path in label_dir.rglob("*.txt")
+                     if path.is_file() and path.name != "classes.txt" and path not in used) if label_dir.is_dir() else []
+    if orphans:
+        relative = orphans[0].relative_to(label_dir).with_suffix("")
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise DatasetError(f"YOLO dataset {root}: label file {orphans[0]} has no image{more}; expected its image at "
+                           f"{image_dir / relative}.jpg (or another image suffix): labels/ must mirror images/")
     named = class_names is not None
     if class_names is None:
         # no names anywhere: the label indices are all there is (mapped onto a model by index, with a warning)

@@ -210,3 +210,95 @@ def test_unreadable_image(synth_dir, tmp_path):
     bad = sorted((root / "images").glob("*.jpg"))[0]
     bad.write_bytes(b"not a jpeg")
     assert f"{bad}: cannot read image header" in _error(root)
+
+
+# ---- silently wrong ground truth (a hostile review, session 12): each was scored with exit 0 ----------------------
+
+def _with_exif_orientation(path: Path, orientation: int) -> None:
+    """Re-save ``path`` turned a quarter (stored pixels rotated) with an EXIF orientation that turns it back."""
+    upright = Image.open(path)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what orientation 6 (rotate 270 to display) undoes
+    exif = stored.getexif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif.tobytes())
+
+
+def test_yolo_labels_are_normalised_by_the_upright_image(tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6: the detector sees the upright image (load_image), so
+    the normalised labels scale by its size. They scaled by the stored header's (swapped), moving every box."""
+    root = tmp_path / "exif"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.new("RGB", (200, 100)).save(root / "images" / "a.jpg")
+    (root / "labels" / "a.txt").write_text("0 0.25 0.5 0.1 0.2\n")
+    (root / "classes.txt").write_text("x\n")
+    upright = load_dataset(root).items[0]
+    _with_exif_orientation(root / "images" / "a.jpg", 6)
+    assert Image.open(root / "images" / "a.jpg").size == (100, 200)  # stored sideways
+    rotated = load_dataset(root).items[0]
+    assert (rotated.width, rotated.height) == (upright.width, upright.height) == (200, 100)
+    np.testing.assert_allclose(rotated.boxes, upright.boxes)
+    np.testing.assert_allclose(upright.boxes, [[40, 40, 60, 60]], atol=1e-4)
+
+
+def test_coco_image_sizes_are_checked_against_the_files(synth_dir, tmp_path):
+    """COCO boxes are pixels of the listed width x height: a file resized after annotation (or turned by EXIF) is
+    refused, naming it and both sizes; before, its boxes were scored at the wrong scale."""
+    root = _copy(synth_dir, tmp_path / "resized")
+    victim = sorted((root / "images").glob("*.jpg"))[1]
+    Image.open(victim).resize((80, 80)).save(victim)
+    message = _error(root)
+    assert f"({victim.name}) says 160x160 but the file is 80x80" in message
+    Image.new("RGB", (160, 160)).save(victim)
+    _with_exif_orientation(victim, 6)  # square: the stored size is the listed one, and so is the upright one
+    assert len(load_dataset(root)) == 8
+    rect = _copy(synth_dir, tmp_path / "sideways")
+    coco_path = rect / "annotations" / "instances.json"
+    coco = json.loads(coco_path.read_text())
+    image = coco["images"][0]
+    Image.new("RGB", (160, 80)).save(rect / "images" / image["file_name"])
+    _with_exif_orientation(rect / "images" / image["file_name"], 6)  # stored 80x160, displayed 160x80
+    image["width"], image["height"] = 80, 160
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != image["id"]]
+    coco_path.write_text(json.dumps(coco))
+    assert "says 80x160, the size of its stored pixels, but its EXIF orientation turns it to 160x80" in _error(rect)
+
+
+def test_label_file_without_an_image(synth_dir, tmp_path):
+    """labels/ that does not mirror images/: the labels matched no image and dropped out of the mAP silently."""
+    root = _copy(synth_dir, tmp_path / "orphans", drop=("annotations",))
+    (root / "images" / "val").mkdir()
+    for image in sorted((root / "images").glob("*.jpg")):
+        image.rename(root / "images" / "val" / image.name)
+    labels = sorted((root / "labels").glob("*.txt"))
+    message = _error(root)
+    assert f"label file {labels[0]} has no image (and {len(labels) - 1} more)" in message
+    assert str(root / "images" / labels[0].stem) in message
+    (root / "labels" / "val").mkdir()
+    for label in labels:
+        label.rename(root / "labels" / "val" / label.name)
+    assert load_dataset(root).num_objects == load_dataset(synth_dir, layout="yolo").num_objects
+
+
+def test_classes_txt_and_data_yaml_must_agree(synth_dir, tmp_path):
+    root = _copy(synth_dir, tmp_path / "conflict", drop=("annotations",))
+    names = list(synth.CLASS_NAMES)
+    (root / "data.yaml").write_text("names: [" + ", ".join(names) + "]\n")
+    assert load_dataset(root).class_names == synth.CLASS_NAMES  # the same list twice is fine
+    swapped = [names[1], names[0], *names[2:]]
+    (root / "data.yaml").write_text("names: [" + ", ".join(swapped) + "]\n")
+    message = _error(root)
+    assert "classes.txt" in message and "data.yaml disagree" in message
+    assert f"class 0 is {names[0]!r} in one and {names[1]!r} in the other" in message
+
+
+def test_pose_dataset_is_refused(synth_dir, tmp_path):
+    """Ultralytics pose lines ('class cx cy w h' + keypoints) have the field count of a polygon and were read as
+    one: its extent is the keypoints' box, not the labelled box."""
+    root = _copy(synth_dir, tmp_path / "pose", drop=("annotations", "classes.txt"))
+    names = "names: [" + ", ".join(synth.CLASS_NAMES) + "]\n"
+    (root / "data.yaml").write_text("kpt_shape: [12, 2]\n" + names)
+    message = _error(root)
+    assert "data.yaml: a pose dataset (kpt_shape)" in message
+    (root / "data.yaml").write_text(names)
+    assert load_dataset(root).class_names == synth.CLASS_NAMES
