@@ -63,6 +63,9 @@ class PartialFile:
 
     def __init__(self, path: str | Path, suffix_last: bool = False) -> None:
         self.path = Path(path)
+        # `--json runs/exp/results.json` makes runs/exp as `-o` makes its folder (the CLI checked, before the work,
+        # that the nearest existing folder is writable)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         prefix, suffix = ((f".{self.path.stem}.", f".partial{self.path.suffix}") if suffix_last
                           else (f".{self.path.name}.", ".partial"))
         handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.path.parent)

@@ -8,7 +8,6 @@ Reported: median and p90 per stage and end-to-end / raw as a ratio measured in t
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ import numpy as np
 
 from edgekit.atomic_io import write_text_atomic
 from edgekit.errors import EdgekitError
+from edgekit.filetypes import strict_json
 from edgekit.runtime.artifact import READY, Manifest, ModelEntry, read_manifest
 from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.detector import Detector
@@ -122,8 +122,7 @@ def write_bench_report(results: Sequence[BenchResult], folder: str | Path) -> tu
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "bench.json"
-    write_text_atomic(json_path, json.dumps([{**asdict(r), "overhead_ratio": r.overhead_ratio} for r in results],
-                                            indent=1) + "\n")
+    write_text_atomic(json_path, strict_json([{**asdict(r), "overhead_ratio": r.overhead_ratio} for r in results]))
     names = [r.name for r in results]
     x = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(1.6 * len(results) + 3, 4))

@@ -18,7 +18,7 @@ import click
 from edgekit import __version__
 from edgekit.atomic_io import Terminated, write_text_atomic
 from edgekit.errors import EdgekitError, InputError, OutputError, first_line
-from edgekit.filetypes import is_zip_file
+from edgekit.filetypes import is_zip_file, strict_json
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
 # Bounds on numbers a user types: beyond them a run hangs or allocates far more than any device has.
@@ -553,7 +553,7 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
         for (_, detections), (image_id, file_name, _) in zip(results, _output_names(files)):
             entries.extend(detections.to_coco(image_id, file_name=file_name))
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(json_path, json.dumps(entries, indent=1) + "\n")
+        write_text_atomic(json_path, strict_json(entries))
         click.echo(f"wrote {len(entries)} detections to {json_path}")
     if save_dir:
         from edgekit.atomic_io import write_bytes_atomic
@@ -641,7 +641,7 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
                                        progress=progress)
     click.echo(format_table(report))
     if json_path:
-        write_text_atomic(json_path, json.dumps(report.to_dict(), indent=1) + "\n")
+        write_text_atomic(json_path, strict_json(report.to_dict()))
         click.echo(f"wrote {json_path}")
     if report_dir and dataset is not None:
         from edgekit.validate.report import write_drift_report
@@ -694,7 +694,7 @@ def bench(artifact: str, image_path: str | None, backends: list[str] | None, run
     click.echo(f"image: {image}   runs: {runs} (+{warmup} warm-up)   threads: {results[0].threads or 'default'}")
     click.echo(format_bench(results))
     if json_path:
-        write_text_atomic(json_path, json.dumps([asdict(r) for r in results], indent=1) + "\n")
+        write_text_atomic(json_path, strict_json([asdict(r) for r in results]))
     if report_dir:
         json_file, png_file = write_bench_report(results, report_dir)
         click.echo(f"wrote {json_file} and {png_file}")
@@ -722,7 +722,7 @@ def _bench_throughput(artifact: str, image_path: str | None, backends: list[str]
     click.echo(f"video: {video_path if Path(video_path).exists() else 'generated'}   rounds: {rounds} (interleaved)")
     click.echo(format_throughput(results))
     if json_path:
-        write_text_atomic(json_path, json.dumps([{**asdict(r), "ratio": r.ratio} for r in results], indent=1) + "\n")
+        write_text_atomic(json_path, strict_json([{**asdict(r), "ratio": r.ratio} for r in results]))
 
 
 def _bundled_images() -> list[Path]:

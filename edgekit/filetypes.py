@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgekit.errors import EdgekitError
 
@@ -49,3 +53,22 @@ def read_json(path: Path, error: type[EdgekitError], what: str) -> Any:
         raise error(f"{path}: {what} is not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+
+
+def json_safe(value: Any) -> Any:
+    """NaN / inf -> None and numpy scalars -> Python numbers, recursively: what strict JSON can hold."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def strict_json(value: Any, indent: int | None = 1) -> str:
+    """``value`` as strict JSON text (RFC 8259: a NaN is null, never the bare ``NaN`` Python's json writes and other
+    readers refuse), ending in a newline: every JSON file a command writes for other tools goes through here."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False) + "\n"

@@ -466,3 +466,23 @@ def test_unscored_report_is_an_edgekit_error_in_the_table_and_the_json() -> None
     with pytest.raises(EdgekitError, match="torch/fp32: the reference run has no mAP yet"):
         no_reference_map.to_dict()
     assert format_table(report).count("\n| ") == len(report.runs) + len(report.skipped) + 1  # header row too
+
+
+def test_cli_validate_json_into_a_new_folder_is_strict_json(cli_artifact, tmp_path, capsys):
+    """`--json runs/x/r.json` where runs/x does not exist yet: the whole validation ran and then failed with
+    'unexpected FileNotFoundError ... this is a bug'; now the folder is made, as `-o` makes its own. And the file is
+    strict JSON: a torch reference's inference_ms (NaN) was written as a bare NaN other readers refuse."""
+    from edgekit.cli import main
+    from edgekit.filetypes import strict_json as dumps
+    from edgekit.validate import synth
+
+    data = synth.generate(tmp_path / "val", "val", seed=3, num_images=2, image_size=64, progress=False)
+    target = tmp_path / "runs" / "exp" / "r.json"
+    code = main(["validate", str(cli_artifact), "--data", str(data), "--json", str(target)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert [r["name"] for r in strict_json(target)["runs"]] == ["onnxruntime/fp32", "onnxruntime/int8"]
+    assert list(target.parent.iterdir()) == [target]  # no temporary file left beside it
+    text = dumps({"inference_ms": float("nan"), "n": np.int64(3), "rows": [np.float32(0.5), float("inf")]})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {"inference_ms": None, "n": 3,
+                                                                          "rows": [0.5, None]}

@@ -32,15 +32,15 @@ Modules: ``folder`` (checks, staging, swap), ``data`` (report.json numbers), ``m
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.filetypes import strict_json
 from edgekit.runtime.artifact import Manifest
 from edgekit.spec import PostprocessSpec
 from edgekit.validate.datasets import Dataset
-from edgekit.validate.report.data import float_layers, json_safe, per_class_deltas, report_data
+from edgekit.validate.report.data import float_layers, per_class_deltas, report_data
 from edgekit.validate.report.folder import (
     REPORT_ENTRIES,
     named_folder,
@@ -127,7 +127,6 @@ def _write_contents(folder: Path, report: ValidationReport, dataset: Dataset, ma
     plot_map_vs_latency(report, folder / "map_vs_latency.png")
     plot_per_class_delta(report, dataset, folder / "per_class_delta.png")
     data = report_data(report, dataset, manifest, conf, samples)
-    (folder / "report.json").write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n",
-                                        encoding="utf-8")
+    (folder / "report.json").write_text(strict_json(data), encoding="utf-8")
     (folder / "report.md").write_text(markdown_report(report, dataset, manifest, conf, samples), encoding="utf-8")
     return ["report.json", "report.md", "map_vs_latency.png", "per_class_delta.png", *(s.file for s in samples)]

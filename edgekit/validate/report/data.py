@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifact import Manifest
@@ -94,19 +91,6 @@ def other_runs(report: ValidationReport) -> list[ModelRun]:
 
 def class_name(dataset: Dataset, label: int) -> str:
     return dataset.class_names[label] if 0 <= label < len(dataset.class_names) else str(label)
-
-
-def json_safe(value: Any) -> Any:
-    """NaN / inf -> None and numpy scalars -> Python numbers, so report.json is strict JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def tensor_errors(manifest: Manifest | None) -> list[dict[str, Any]]:
