@@ -304,6 +304,7 @@ def spec_from_onnx(path: str | Path) -> ModelSpec:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the metadata is all we read
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
     except ImportError:
@@ -320,3 +321,41 @@ def spec_from_onnx(path: str | Path) -> ModelSpec:
         raise ModelFileError(f"{path}: no edgekit spec in the ONNX metadata (key {ONNX_METADATA_KEY!r}); "
                              "export it with edgekit, or pass --family and --names for a third-party model")
     return ModelSpec.from_json(text, source=f"{path} metadata")
+
+
+def check_manifest_spec(artifact_dir: Path, manifest: Manifest) -> None:
+    """Refuse an artifact whose manifest spec is not the one its models were built with.
+
+    The model files are hashed, ``edgekit.json`` is not: an edit of it (two class names swapped, an input size, a
+    threshold) would run the untouched model under another description and score it with exit 0. Every ONNX model
+    edgekit writes embeds the spec it was exported with (``ONNX_METADATA_KEY``), so the smallest ONNX model of the
+    artifact (hash checked) is the witness; an artifact without one (a device-built engine only) has none to compare.
+    """
+    onnx_files = sorted((entry.file for entry in manifest.models if entry.file.endswith(".onnx")
+                         and (artifact_dir / entry.file).is_file()),
+                        key=lambda name: (artifact_dir / name).stat().st_size)
+    if not onnx_files:
+        return
+    witness = verify_file(artifact_dir, manifest, onnx_files[0])
+    try:
+        embedded = spec_from_onnx(witness)
+    except ModelFileError:  # a model without an embedded spec (not written by edgekit's exporter): no witness
+        return
+    if embedded == manifest.spec:
+        return
+    listed, built = manifest.spec.to_dict(), embedded.to_dict()
+    key = next((k for k in listed if listed[k] != built.get(k)), "spec")
+    detail = f"{key}: {_first_difference(listed.get(key), built.get(key))}"
+    raise ModelFileError(f"{artifact_dir / MANIFEST_NAME}: its spec differs from the one {onnx_files[0]} was built with "
+                         f"({detail}); the manifest was edited after conversion: restore it or convert again")
+
+
+def _first_difference(listed: Any, built: Any) -> str:
+    """'manifest X, model Y' at the first differing element of two spec fields (lists and dicts descended)."""
+    if isinstance(listed, list) and isinstance(built, list) and len(listed) == len(built):
+        index = next(i for i, (a, b) in enumerate(zip(listed, built)) if a != b)
+        return f"[{index}] {_first_difference(listed[index], built[index])}"
+    if isinstance(listed, dict) and isinstance(built, dict) and listed.keys() == built.keys():
+        key = next(k for k in listed if listed[k] != built[k])
+        return f".{key} {_first_difference(listed[key], built[key])}"
+    return f"manifest {str(listed)[:60]!r}, model {str(built)[:60]!r}"

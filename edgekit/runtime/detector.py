@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import InputError, OutputError
-from edgekit.runtime.artifact import read_manifest, spec_from_onnx, verify_file
+from edgekit.runtime.artifact import check_manifest_spec, read_manifest, spec_from_onnx, verify_file
 from edgekit.runtime.backends import Runner, get_runner_class
 from edgekit.runtime.decode import decode, get_decoder
 from edgekit.runtime.detections import Detections
@@ -94,6 +94,7 @@ class Detector:
         if path.is_dir():
             manifest = read_manifest(path)
             entry = manifest.find(backend, precision)
+            check_manifest_spec(path, manifest)
             model_file = verify_file(path, manifest, entry.file)
             for extra in entry.options.get("companion_files", []):
                 verify_file(path, manifest, extra)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgekit.convert.artifact import ArtifactWriter
+from edgekit.convert.export import embed_spec
 from edgekit.errors import EdgekitError, ModelFileError, OutputError
 from edgekit.runtime.artifact import (
     AWAITS_DEVICE_BUILD,
@@ -49,6 +50,34 @@ def test_tampered_file_is_refused(tmp_path):
     with open(tmp_path / "art" / "model.onnx", "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(ModelFileError, match="sha256 mismatch"):
+        Detector.load(tmp_path / "art")
+
+
+def test_edited_manifest_spec_is_refused(tmp_path):
+    """edgekit.json is not hashed: two class names swapped in it ran the untouched model under the other names and
+    validate scored it (0.347 mAP for 0.405) with exit 0. The spec embedded in the hashed model.onnx is the witness."""
+    spec = fastestdet_like_spec(num_classes=3)
+    spec = spec.__class__.from_dict({**spec.to_dict(), "class_names": ["cat", "dog", "bird"]})
+    graph = fastestdet_like_graph(spec)
+    embed_spec(graph, spec)  # as every export does
+    with ArtifactWriter(tmp_path / "art") as writer:
+        save(graph, writer.path("model.onnx"))
+        writer.commit(spec, [ModelEntry("onnxruntime", "fp32", "model.onnx")], {"producer": "test"})
+    with Detector.load(tmp_path / "art") as detector:
+        assert detector.spec.class_names == ("cat", "dog", "bird")
+    manifest_path = tmp_path / "art" / MANIFEST_NAME
+    data = json.loads(manifest_path.read_text())
+    data["spec"]["class_names"] = ["dog", "cat", "bird"]
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError) as info:
+        Detector.load(tmp_path / "art")
+    message = str(info.value)
+    assert str(manifest_path) in message and "model.onnx was built with" in message
+    assert "class_names: [0] manifest 'dog', model 'cat'" in message and "edited after conversion" in message
+    data["spec"]["class_names"] = ["cat", "dog", "bird"]
+    data["spec"]["input_size"] = [spec.input_size[0] * 2, spec.input_size[1]]
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match=rf"input_size: \[0\] manifest '{spec.input_size[0] * 2}'"):
         Detector.load(tmp_path / "art")
 
 
