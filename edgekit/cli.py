@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,9 @@ from edgekit import __version__
 from edgekit.atomic_io import Terminated, write_text_atomic
 from edgekit.errors import EdgekitError, InputError, OutputError, first_line
 from edgekit.filetypes import is_zip_file, strict_json
+
+if TYPE_CHECKING:
+    from edgekit.runtime.sources import Source
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
 # Bounds on numbers a user types: beyond them a run hangs or allocates far more than any device has.
@@ -248,6 +252,38 @@ def _onnx_input_size(path: Path) -> tuple[int, int]:
     return int(shape[2]), int(shape[3])
 
 
+def _check_detect_outputs(source: Source, json_path: str | None, save_dir: str | None) -> None:
+    """Refuse, before the work, outputs that would replace an input (`--save-dir` the images' own folder, `--json`
+    the video itself) or each other (`--json` where the annotated video goes, or the --save-dir folder itself)."""
+    from edgekit.runtime.outputs import output_video_name
+    from edgekit.runtime.sources import ImageSource
+
+    def same(a: Path, b: Path) -> bool:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+    inputs = (list(source.files) if isinstance(source, ImageSource)
+              else [Path(source.origin)] if source.kind == "video" else [])
+    drawings: list[Path] = []
+    if save_dir:
+        drawings = ([Path(save_dir) / name for _, _, name in _output_names(inputs)] if isinstance(source, ImageSource)
+                    else [Path(save_dir) / output_video_name(source)])
+    if json_path:
+        if save_dir and same(Path(json_path), Path(save_dir)):
+            raise OutputError(f"--json {json_path} is the --save-dir folder itself; expected a file outside it or "
+                              "a file name inside it")
+        clash = next((p for p in inputs if same(Path(json_path), p)), None)
+        if clash is not None:
+            raise OutputError(f"--json {json_path}: would overwrite the input {clash}; expected another file name")
+        clash = next((p for p in drawings if same(Path(json_path), p)), None)
+        if clash is not None:
+            raise OutputError(f"--json {json_path}: --save-dir writes {clash} there; expected another file name")
+    for drawing in drawings:
+        clash = next((p for p in inputs if same(drawing, p)), None)
+        if clash is not None:
+            raise OutputError(f"--save-dir {save_dir}: the drawing {drawing} would overwrite the input {clash}; "
+                              "expected a folder other than the inputs' own")
+
+
 def _output_names(files: Sequence[Path]) -> list[tuple[int, str, str]]:
     """Per input image: (COCO image id, file name, drawing name), each unique across ``files``.
 
@@ -288,6 +324,8 @@ def _check_output_path(path: str | None, option: str, folder: bool) -> None:
     if path is None:
         return
     target = Path(path)
+    if not folder and str(path).endswith(("/", os.sep)):
+        raise OutputError(f"{option} {path}: ends in a path separator; expected a file name")
     if target.exists() and target.is_dir() != folder:
         raise OutputError(f"{option} {target}: is a {'file' if folder else 'folder'}; "
                           f"expected a {'folder' if folder else 'file'} path")
@@ -526,6 +564,11 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
     _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
     _check_output_path(save_dir, "--save-dir", folder=True)
     source = open_source(sources, timeout=timeout)
+    try:
+        _check_detect_outputs(source, json_path, save_dir)
+    except BaseException:
+        source.close()
+        raise
     mode = mode or ("latency" if source.live else "throughput")
     try:
         detector = _open_detector(model, backend, precision, threads, conf, iou, family, names, mode)

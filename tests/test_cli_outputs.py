@@ -99,3 +99,19 @@ def test_unwritable_validate_and_bench_outputs_fail_before_the_work(artifact, tm
     code, stdout, err = run(["bench", artifact, "--runs", "1", "--report", blocker / "rep"], capsys)
     assert_one_line_error(code, err, "--report", str(blocker))
     assert "image:" not in stdout
+
+
+def test_save_dir_of_the_images_own_folder_is_refused(artifact, tmp_path, capsys):
+    """Drawings are .jpg under the inputs' relative names: `--save-dir` the folder of x.jpg replaced the photo with
+    its drawing (exit 0, "replaced 1 from an earlier run"); `--json` an input image replaced it with JSON."""
+    image = _image(tmp_path / "in" / "x.jpg", 0)
+    before = image.read_bytes()
+    code, stdout, err = run(["detect", artifact, image, "--save-dir", tmp_path / "in"], capsys)
+    assert_one_line_error(code, err, "--save-dir", f"would overwrite the input {image}")
+    code, stdout, err = run(["detect", artifact, image, "--json", image], capsys)
+    assert_one_line_error(code, err, "--json", f"would overwrite the input {image}")
+    assert image.read_bytes() == before and "detections" not in stdout
+    png = _image(tmp_path / "in" / "y.png", 1)  # y.png draws to y.jpg beside it: no input replaced
+    code, stdout, err = run(["detect", artifact, png, "--save-dir", tmp_path / "in"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "in" / "y.jpg").is_file() and image.read_bytes() == before

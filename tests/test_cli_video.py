@@ -167,3 +167,38 @@ def test_bench_throughput_reports_end_to_end_next_to_raw(video, tmp_path, capsys
     one_error_line(code, err, "--report and --image apply to --mode latency")
     code, out, err = run_cli(["bench", artifact, "--video", video], capsys)
     one_error_line(code, err, "--video and --workers apply to --mode throughput")
+
+
+def test_outputs_that_would_replace_an_input_or_each_other_are_refused(video, model_args, tmp_path, capsys):
+    """Each wrote over the input video, or lost the JSON Lines under the annotated video, with exit 0 (or left
+    .partial debris behind an 'unexpected IsADirectoryError'); now one error line before any work."""
+    import shutil
+
+    model, family = model_args
+    source = shutil.copy(video, tmp_path / "clip.mp4")
+    before = source.read_bytes()
+    cases = [
+        (["--json", source], "--json", "would overwrite the input"),
+        (["--save-dir", tmp_path], "--save-dir", "would overwrite the input"),
+        (["--json", tmp_path / "out" / "clip.mp4", "--save-dir", tmp_path / "out"], "--json", "--save-dir writes"),
+        (["--json", tmp_path / "both", "--save-dir", tmp_path / "both"], "--json", "is the --save-dir folder itself"),
+        (["--json", f"{tmp_path / 'newdir'}/"], "--json", "ends in a path separator"),
+    ]
+    for options, option, expected in cases:
+        code, stdout, err = run_cli(["detect", *model, source, *options, *family], capsys)
+        one_error_line(code, err, option, expected)
+        assert "frames" not in stdout
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # nothing created, no .partial debris
+
+
+def test_a_video_read_through_dev_fd_gives_every_frame(video, frames, model_args, tmp_path, capsys):
+    """`detect MODEL /dev/stdin < video.avi` took the file for a camera: newest frames only, arrival timestamps."""
+    model, family = model_args
+    with open(video, "rb") as handle:
+        code, stdout, err = run_cli(["detect", *model, f"/dev/fd/{handle.fileno()}", "--json", tmp_path / "r.jsonl",
+                                     *family], capsys)
+    assert code == 0, err
+    records = read_jsonl(tmp_path / "r.jsonl")
+    assert [r["index"] for r in records] == list(range(COUNT))
+    assert [r["timestamp"] for r in records] == pytest.approx([i / 12.0 for i in range(COUNT)], abs=1e-6)  # rounded

@@ -102,9 +102,9 @@ class Pipeline:
             return _DONE
 
         def feed() -> None:
-            iterator = iter(items)
             seq = 0
             try:
+                iterator = iter(items)  # inside the try: a source that refuses a second reading raises here
                 while not stop.is_set():
                     while not slots.acquire(timeout=_POLL):
                         if stop.is_set():

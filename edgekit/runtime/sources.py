@@ -21,8 +21,10 @@ Two kinds of sources behave differently on purpose:
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -57,6 +59,8 @@ VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv", ".we
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 #: seconds a live source may go without a new frame before it counts as stalled
 DEFAULT_TIMEOUT = 10.0
+#: a day: FFmpeg takes the timeouts in int32 milliseconds, and a stall longer than this is no stall detection at all
+MAX_TIMEOUT = 86400.0
 
 
 class SourceError(InputError):
@@ -133,12 +137,15 @@ def list_image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
         path = Path(source)
         if not path.exists() and glob.has_magic(str(source)):
             matches = sorted(Path(p) for p in glob.glob(str(source), recursive=True))
+            _refuse_videos(source, matches, "the pattern matches")
             found = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
                 raise InputError(f"{source}: the pattern matches no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             files.extend(found)
         elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            entries = sorted(path.iterdir())
+            _refuse_videos(source, entries, "the folder holds")
+            found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
             if not found:
                 raise InputError(f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             files.extend(found)
@@ -149,6 +156,15 @@ def list_image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             raise InputError(f"{path}: no such image file or folder")
     return files
+
+
+def _refuse_videos(source: str | os.PathLike, paths: Sequence[Path], where: str) -> None:
+    """Folders and globs are read as images: a video among them was skipped without a word (its frames unseen)."""
+    videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+    if videos:
+        more = f" and {len(videos) - 1} more" if len(videos) > 1 else ""
+        raise InputError(f"{source}: {where} a video ({videos[0].name}{more}); folders and patterns are read as "
+                         f"images, a video one at a time (edgekit detect MODEL {videos[0]})")
 
 
 class ImageSource(Source):
@@ -181,6 +197,8 @@ class VideoFileSource(Source):
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(str(path))
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise SourceError(f"{self.path}: not a regular file (a folder, a pipe or a device); expected a video file")
         if not self.path.is_file():
             raise SourceError(f"{self.path}: no such video file")
         self._capture = _open_capture(str(self.path), cv2.CAP_FFMPEG, [],
@@ -236,8 +254,7 @@ class LiveSource(Source):
     live = True
 
     def __init__(self, target: int | str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        if timeout <= 0:
-            raise InputError(f"timeout {timeout}: expected a positive number of seconds")
+        check_timeout(timeout)
         self.timeout = float(timeout)
         if isinstance(target, int) or str(target).startswith("/dev/"):
             self.kind = "camera"
@@ -340,6 +357,7 @@ def open_source(sources: str | os.PathLike | Sequence[str | os.PathLike],
     SourceError with one line naming the bad source.
     """
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    check_timeout(timeout)
     if not items:
         raise InputError("no source given; expected image files, folders, a video file, a camera or a stream URL")
     singles = [s for s in items if _single_kind(s) is not None]
@@ -357,12 +375,26 @@ def open_source(sources: str | os.PathLike | Sequence[str | os.PathLike],
     return ImageSource(list_image_files(items))
 
 
+def check_timeout(timeout: float) -> None:
+    """A stall timeout must be a finite number of seconds in (0, MAX_TIMEOUT] (NaN passes every comparison)."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise InputError(f"--timeout {timeout}: expected a number of seconds > 0 and <= {MAX_TIMEOUT:g}")
+
+
 def _single_kind(source: str | os.PathLike) -> str | None:
     text = str(source)
     if text.isdigit() and not Path(text).exists():
         return "camera"
     if text.startswith("/dev/"):
-        return "camera"
+        # a capture device is a character device; /dev/stdin (a redirected file), /dev/fd/N or /dev/shm/x.mp4 are
+        # files, and read as one they give every frame with its own timestamp, not the newest at arrival
+        try:
+            mode = os.stat(text).st_mode
+        except OSError:
+            return "camera"  # missing: the camera's error says which device does not exist
+        return "camera" if stat.S_ISCHR(mode) else "video"
+    if not Path(text).exists() and glob.has_magic(text):
+        return None  # a pattern: list_image_files expands it (and refuses the videos it matches)
     if text.lower().startswith(STREAM_SCHEMES):
         return "stream"
     if Path(text).suffix.lower() in VIDEO_SUFFIXES:
@@ -395,8 +427,10 @@ def _strip_log_prefix(message: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """A stream URL without its password (rtsp://user:secret@host -> rtsp://user:***@host), for messages."""
-    return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1***@", url)
+    """A stream URL without its password (rtsp://user:secret@host -> rtsp://user:***@host), for messages.
+
+    The user information runs to the authority's LAST '@' (FFmpeg's reading): a password may hold '@' itself."""
+    return re.sub(r"(//[^:/@]+:)[^/]*@", r"\1***@", url)
 
 
 def _to_rgb(bgr: np.ndarray) -> np.ndarray:

@@ -175,3 +175,55 @@ def test_stream_password_is_not_printed():
     with pytest.raises(SourceError) as info:
         open_source(["http://user:secret@127.0.0.1:1/x.mjpg"], timeout=2)
     assert "secret" not in str(info.value) and "user:***@" in str(info.value)
+
+
+# --- a hostile review (session 12): each of these ran with exit 0 and a wrong or partial result -----------------
+
+
+def test_a_video_under_dev_is_a_file_not_a_camera(video, frames):
+    """/dev/stdin (a redirected file), /dev/fd/N, /dev/shm/x.mp4: read as a camera they lost frames (newest only)
+    and took arrival times for timestamps. Only a character device is a camera."""
+    with open(video, "rb") as handle:
+        path = f"/dev/fd/{handle.fileno()}"
+        with open_source([path]) as source:
+            assert isinstance(source, VideoFileSource) and not source.live
+            got = list(source)
+    assert [f.index for f in got] == list(range(COUNT))
+    assert [f.timestamp for f in got] == pytest.approx([i / 10.0 for i in range(COUNT)])
+    with pytest.raises(SourceError, match="no such camera"):  # a missing /dev path is still a camera's error
+        open_source(["/dev/video9"])
+
+
+def test_videos_in_a_folder_or_pattern_are_refused_not_skipped(video, tmp_path):
+    import shutil
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    shutil.copy(video, tmp_path / "clip.avi")
+    for given, where in ((tmp_path, "the folder holds"), (str(tmp_path / "*"), "the pattern matches"),
+                         (str(tmp_path / "cl*.avi"), "the pattern matches")):
+        with pytest.raises(InputError) as info:
+            open_source([given])
+        assert f"{given}: {where} a video (clip.avi)" in str(info.value)
+        assert f"edgekit detect MODEL {tmp_path / 'clip.avi'}" in str(info.value)
+
+
+def test_a_video_path_that_is_not_a_file(tmp_path):
+    (tmp_path / "dir.mp4").mkdir()
+    with pytest.raises(SourceError, match=r"dir\.mp4: not a regular file"):
+        open_source([tmp_path / "dir.mp4"])
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 1e7, 0.0, -1.0])
+def test_timeout_must_be_finite_and_bounded(video, timeout):
+    """nan / inf / 1e7 reached FFmpeg as milliseconds: 'unexpected ValueError / OverflowError' tracebacks."""
+    with pytest.raises(InputError, match=r"--timeout .*: expected a number of seconds > 0 and <= 86400"):
+        open_source([video], timeout=timeout)
+
+
+def test_a_password_with_an_at_sign_is_not_printed():
+    """FFmpeg splits user information at the LAST '@': 'Pa@ssw0rd' printed as '***@ssw0rd'."""
+    with pytest.raises(SourceError) as info:
+        open_source(["http://admin:Pa@ssw0rd@127.0.0.1:1/x.mjpg"], timeout=2)
+    assert "ssw0rd" not in str(info.value) and "admin:***@127.0.0.1:1" in str(info.value)

@@ -255,3 +255,26 @@ def test_a_third_party_onnx_takes_threads_as_an_artifact_does(tmp_path, mode, re
     model = fastestdet_like_artifact(tmp_path / "art") / "model.onnx"
     with Detector.from_third_party_onnx(model, spec_from_onnx(model), mode=mode, threads=requested) as detector:
         assert detector.runner.threads == expected
+
+
+@pytest.mark.parametrize("mode", ["latency", "throughput"])
+def test_a_source_read_twice_raises_in_the_consumer(mode, video, fastestdet_dir):
+    """Throughput mode reads the source in a pipeline thread: its 'read once' error was raised before the
+    pipeline's try, so the end marker never came and the consumer waited forever."""
+    from edgekit.runtime.sources import open_source
+
+    with open_detector(fastestdet_dir, "onnxruntime", mode) as detector, open_source(video) as source:
+        assert len(list(detector.stream(source))) == COUNT
+        raised: list[BaseException] = []
+
+        def second_reading() -> None:
+            try:
+                list(detector.stream(source))
+            except BaseException as exc:
+                raised.append(exc)
+
+        reader = threading.Thread(target=second_reading, daemon=True)  # a hang fails the test, not the suite
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive(), "the second reading hung"
+        assert len(raised) == 1 and isinstance(raised[0], SourceError) and "read once" in str(raised[0])
