@@ -46,6 +46,15 @@ AGREEMENT_IOU = 0.5
 SAME_BOX_IOU = 0.9
 SAME_BOX_SCORE = 0.03
 
+#: ``validate --reference``: the checkpoint must be the model the artifact was built from. On the first
+#: REFERENCE_CHECK_IMAGES dataset images its detections and the artifact's fp32 model's (deployment threshold) agree
+#: at least this well in precision and recall, with a mean |Δscore| of matched boxes within SAME_BOX_SCORE. The same
+#: network gives 1.000 and ~1e-5 (fp32 export error; an Ultralytics import reproduces the upstream ONNX within 1e-4);
+#: another one scored Δ +30 mAP points (the same family, weights perturbed 15 %) or +0.98 (yolo11n against a
+#: yolov8n export) with exit 0 before the check.
+REFERENCE_SAME_MODEL_AGREEMENT = 0.9
+REFERENCE_CHECK_IMAGES = 8
+
 # --- 3. dataset / INT8 -----------------------------------------------------------------------------
 
 #: min(precision, recall) at AGREEMENT_IOU of an int8 model's boxes vs its fp32 model's, below which the

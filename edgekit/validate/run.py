@@ -25,6 +25,7 @@ from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.detections import Detections
 from edgekit.runtime.detector import Detector
 from edgekit.runtime.graph_nms import host_postprocess
+from edgekit.tolerances import REFERENCE_CHECK_IMAGES, REFERENCE_SAME_MODEL_AGREEMENT, SAME_BOX_SCORE
 from edgekit.validate.agreement import AgreementResult, agreement
 from edgekit.validate.coco_eval import MapResult, evaluate_detections
 from edgekit.validate.datasets import Dataset, map_to_model_classes
@@ -195,7 +196,8 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
         raise EdgekitError(f"{dataset.root}: the dataset has no images")
     manifests = [(Path(a), read_manifest(a)) for a in artifacts]
     spec = manifests[0][1].spec
-    dataset, report = _start_report(dataset, spec, reference_model, progress, class_map, notice)
+    dataset, report = _start_report(dataset, spec, reference_model, progress, class_map, notice,
+                                    _fp32_opener(manifests, threads))
     seen = {run.name for run in report.runs}
     for artifact, manifest in manifests:
         for entry in manifest.models:
@@ -237,15 +239,73 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
 
 def _start_report(dataset: Dataset, spec: Any, reference_model: Any | None,
                   progress: Callable[[Sequence, str], Any] | None, class_map: dict[str, str] | None,
-                  notice: Callable[[str], None] | None) -> tuple[Dataset, ValidationReport]:
+                  notice: Callable[[str], None] | None,
+                  open_fp32: Callable[[], Any] | None = None) -> tuple[Dataset, ValidationReport]:
     """The dataset renumbered into the model's classes by name (an error names mismatches; labels are scored as
-    model class indices) and a report holding the PyTorch reference's run when ``reference_model`` is given."""
+    model class indices) and a report holding the PyTorch reference's run when ``reference_model`` is given.
+
+    ``open_fp32`` opens the model's own fp32 detector (mAP protocol): the reference is first checked to be that
+    model (``check_reference_is_the_model``), before its run over the whole dataset."""
     dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
     report = ValidationReport(dataset=str(dataset.root), reference="")
     if reference_model is not None:
-        report.runs.append(run_detector(reference_detector(reference_model, spec), dataset, "torch/fp32", progress))
+        reference = reference_detector(reference_model, spec)
+        if open_fp32 is not None:
+            with open_fp32() as model:
+                check_reference_is_the_model(reference, model, dataset, spec)
+        report.runs.append(run_detector(reference, dataset, "torch/fp32", progress))
         report.reference = "torch/fp32"
     return dataset, report
+
+
+def _fp32_opener(manifests: Sequence[tuple[Path, Any]], threads: int | None) -> Callable[[], Any] | None:
+    """Opens an fp32 model of the artifacts that runs here (ONNX Runtime's first), with the mAP protocol; None when
+    none does (then the reference cannot be checked against the model, only its classes and family)."""
+    candidates = sorted(((artifact, manifest, entry) for artifact, manifest in manifests for entry in manifest.models
+                         if entry.precision == "fp32" and entry.graph_nms is None),
+                        key=lambda found: found[2].backend != "onnxruntime")
+    for artifact, manifest, entry in candidates:
+        try:
+            available = get_runner_class(entry.backend).is_available()
+        except EdgekitError:
+            available = False
+        if not available or entry.status(artifact) == AWAITS_DEVICE_BUILD:
+            continue
+
+        def open_fp32(artifact: Path = artifact, manifest: Any = manifest, backend: str = entry.backend) -> Any:
+            detector = Detector.load(artifact, backend=backend, precision="fp32", threads=threads)
+            detector.postprocess_spec = map_postprocess(manifest.spec)
+            return detector
+        return open_fp32
+    return None
+
+
+def check_reference_is_the_model(reference: DetectorLike, model: DetectorLike, dataset: Dataset, spec: Any) -> None:
+    """Refuse a ``--reference`` checkpoint that is not the network ``model`` (the artifact's fp32 build) runs.
+
+    Class names and family are checked before (``reference_detector``); weights are not, and a checkpoint of the
+    same family and classes — another training run, another scale of an import whose graph decodes its own head —
+    made Δ and agreement measure the difference between two networks, with exit 0. The two detect on the first
+    REFERENCE_CHECK_IMAGES images; at the deployment threshold they must agree as one network does with itself
+    (``tolerances.REFERENCE_SAME_MODEL_AGREEMENT``, ``SAME_BOX_SCORE``). Images where neither finds a box prove
+    nothing either way (a dataset of empty images is not refused).
+    """
+    items = list(dataset.items)[:REFERENCE_CHECK_IMAGES]
+    paths = [dataset.image_path(item) for item in items]
+    conf = spec.postprocess.conf_threshold
+    theirs = above({i: reference.detect(path) for i, path in enumerate(paths)}, conf)
+    ours = above({i: model.detect(path) for i, path in enumerate(paths)}, conf)
+    result = agreement(theirs, ours)
+    if result.num_reference + result.num_candidate == 0:
+        return
+    same = (min(result.precision, result.recall) >= REFERENCE_SAME_MODEL_AGREEMENT
+            and result.mean_abs_score_delta <= SAME_BOX_SCORE)
+    if not same:
+        raise EdgekitError(f"--reference: on the first {len(paths)} images the checkpoint's detections are not the "
+                           f"model's fp32 ones (precision {result.precision:.3f}, recall {result.recall:.3f}, mean "
+                           f"|Δscore| {result.mean_abs_score_delta:.3f} over {result.num_reference} boxes; the same "
+                           f"network agrees >= {REFERENCE_SAME_MODEL_AGREEMENT} within {SAME_BOX_SCORE}): not the "
+                           "checkpoint this model was converted from")
 
 
 def _score_runs(report: ValidationReport, dataset: Dataset, spec: Any) -> ValidationReport:
@@ -272,7 +332,13 @@ def validate_onnx_file(path: str | Path, spec: Any, dataset: Dataset, reference_
     if not dataset.items:
         raise EdgekitError(f"{dataset.root}: the dataset has no images")
     path = Path(path)
-    dataset, report = _start_report(dataset, spec, reference_model, progress, class_map, notice)
+
+    def open_fp32() -> Any:
+        detector = Detector.from_third_party_onnx(path, spec, threads=threads)
+        detector.postprocess_spec = map_postprocess(spec)
+        return detector
+
+    dataset, report = _start_report(dataset, spec, reference_model, progress, class_map, notice, open_fp32)
     name = "onnxruntime/fp32"
     with Detector.from_third_party_onnx(path, spec, threads=threads) as detector:
         detector.postprocess_spec = map_postprocess(spec)
