@@ -204,6 +204,33 @@ def _open_detector(model: str, backend: str | None, precision: str | None, threa
                          conf_threshold=conf, iou_threshold=iou, mode=mode)
 
 
+def _refuse_unused_validate_options(path: Path, backends: list[str] | None, reference: str | None,
+                                    family: str | None, names: str | None) -> None:
+    """Options validate would accept and not apply to this MODEL: each was silently ignored (the table then said
+    "reference: torch/fp32" for a checkpoint whose --reference was dropped, "openvino" ran as ONNX Runtime)."""
+    if _is_checkpoint(path):
+        for given, option in ((reference, "--reference"), (backends, "--backends")):
+            if given:
+                raise InputError(f"{path}: {option} applies to an artifact or ONNX file; a checkpoint is validated on "
+                                 "the PyTorch reference alone (convert it, then validate the artifact with --reference "
+                                 f"{path.name})")
+        return
+    if path.is_file() and backends and backends != ["onnxruntime"]:
+        raise InputError(f"{path}: --backends {','.join(backends)}: a bare ONNX file is validated on ONNX Runtime; "
+                         f"convert it for other backends (edgekit convert {path.name} --target …)")
+    if reference:
+        return  # --family / --names / --end2end / --trust-upstream load the reference checkpoint
+    imports = _import_settings()
+    given = [flag for flag, key in (("--trust-upstream", "trust_upstream"), ("--end2end/--no-end2end", "end2end"))
+             if key in imports]
+    if given:
+        raise InputError(f"{path}: {', '.join(given)} apply when loading a PyTorch checkpoint (here: none, no "
+                         "--reference); an ONNX file or artifact has its head fixed at conversion")
+    if path.is_dir() and (family is not None or names is not None):
+        raise InputError(f"{path}: --family/--names describe a checkpoint or a third-party ONNX file; an artifact "
+                         "carries its own spec (see `edgekit inspect`)")
+
+
 def _bare_onnx_spec(path: Path, family: str | None, names: str | None, imgsz: int | None = None):
     """The ModelSpec of a model file that is not an edgekit artifact, or None for an edgekit-exported ONNX
     (its embedded spec is read by Detector.load / spec_from_onnx).
@@ -653,6 +680,7 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
     def progress(items: Sequence, name: str):
         return progress_bar(items, f"validate {name}")
 
+    _refuse_unused_validate_options(path, backends, reference_checkpoint, family, names)
     if _is_checkpoint(path):
         # a checkpoint (edgekit, Ultralytics, YOLOv5, YOLOX): the PyTorch reference alone, as imported by edgekit
         if report_dir:

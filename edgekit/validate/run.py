@@ -64,6 +64,8 @@ class ValidationReport:
     reference: str
     runs: list[ModelRun] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    num_images: int = 0   # what was scored: every image of the dataset (a YOLO layout's train and val alike)
+    num_objects: int = 0  # its ground-truth boxes
 
     def run(self, name: str) -> ModelRun:
         return next(r for r in self.runs if r.name == name)
@@ -90,7 +92,8 @@ class ValidationReport:
                 row["agreement"] = {"precision": a.precision, "recall": a.recall, "mean_iou": a.mean_iou,
                                     "mean_abs_score_delta": a.mean_abs_score_delta, "class_flips": a.class_flips}
             rows.append(row)
-        return {"dataset": self.dataset, "reference": self.reference, "runs": rows,
+        return {"dataset": self.dataset, "num_images": self.num_images, "num_objects": self.num_objects,
+                "reference": self.reference, "runs": rows,
                 "skipped": [{"name": n, "reason": r} for n, r in self.skipped]}
 
 
@@ -196,6 +199,11 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
         raise EdgekitError(f"{dataset.root}: the dataset has no images")
     manifests = [(Path(a), read_manifest(a)) for a in artifacts]
     spec = manifests[0][1].spec
+    present = sorted({entry.backend for _, manifest in manifests for entry in manifest.models})
+    missing = [backend for backend in backends or () if backend not in present]
+    if missing:
+        raise EdgekitError(f"--backends {','.join(missing)}: {', '.join(str(a) for a, _ in manifests)} has no such "
+                           f"model (it has {', '.join(present)}); convert for a target that has it")
     dataset, report = _start_report(dataset, spec, reference_model, progress, class_map, notice,
                                     _fp32_opener(manifests, threads))
     seen = {run.name for run in report.runs}
@@ -237,6 +245,14 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
     return _score_runs(report, dataset, spec)
 
 
+def require_ground_truth(dataset: Dataset) -> None:
+    """Before any model runs: mAP needs at least one labelled box (it was refused only after every model had run
+    over every image, in a message naming no dataset)."""
+    if not dataset.num_objects:
+        raise EdgekitError(f"{dataset.root}: no ground-truth box in any of its {len(dataset)} images (empty or "
+                           "missing label files?); mAP is undefined")
+
+
 def _start_report(dataset: Dataset, spec: Any, reference_model: Any | None,
                   progress: Callable[[Sequence, str], Any] | None, class_map: dict[str, str] | None,
                   notice: Callable[[str], None] | None,
@@ -247,7 +263,9 @@ def _start_report(dataset: Dataset, spec: Any, reference_model: Any | None,
     ``open_fp32`` opens the model's own fp32 detector (mAP protocol): the reference is first checked to be that
     model (``check_reference_is_the_model``), before its run over the whole dataset."""
     dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
-    report = ValidationReport(dataset=str(dataset.root), reference="")
+    require_ground_truth(dataset)
+    report = ValidationReport(dataset=str(dataset.root), reference="", num_images=len(dataset),
+                              num_objects=dataset.num_objects)
     if reference_model is not None:
         reference = reference_detector(reference_model, spec)
         if open_fp32 is not None:
@@ -362,7 +380,9 @@ def validate_checkpoint(model: Any, dataset: Dataset, progress: Callable[[Sequen
         raise EdgekitError(f"{dataset.root}: the dataset has no images")
     spec = model.spec
     dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
-    report = ValidationReport(dataset=str(dataset.root), reference="torch/fp32")
+    require_ground_truth(dataset)
+    report = ValidationReport(dataset=str(dataset.root), reference="torch/fp32", num_images=len(dataset),
+                              num_objects=dataset.num_objects)
     report.runs.append(run_detector(ReferenceDetector(model, spec, map_postprocess(spec)), dataset, "torch/fp32",
                                     progress))
     return _score_runs(report, dataset, spec)
@@ -371,7 +391,8 @@ def validate_checkpoint(model: Any, dataset: Dataset, progress: Callable[[Sequen
 def format_table(report: ValidationReport) -> str:
     """A markdown table: one row per backend/precision."""
     reference = report._reference_metrics()
-    lines = [f"reference: {report.reference}   dataset: {report.dataset}",
+    scored = f" ({report.num_images} images, {report.num_objects} boxes)" if report.num_images else ""
+    lines = [f"reference: {report.reference}   dataset: {report.dataset}{scored}",
              "",
              "| model | mAP@.5:.95 | mAP@.5 | Δ mAP (pts) | precision | recall | mean IoU | class flips | ms/img | infer ms | size MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -486,3 +487,49 @@ def test_cli_validate_json_into_a_new_folder_is_strict_json(cli_artifact, tmp_pa
     text = dumps({"inference_ms": float("nan"), "n": np.int64(3), "rows": [np.float32(0.5), float("inf")]})
     assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {"inference_ms": None, "n": 3,
                                                                           "rows": [0.5, None]}
+
+
+def test_cli_validate_refuses_options_it_would_ignore(cli_artifact, tmp_path, capsys):
+    """Each was accepted and silently dropped (a hostile review): `--backends openvino` on a bare ONNX file ran ONNX
+    Runtime; --reference / --backends beside a checkpoint were ignored under a table saying "reference: torch/fp32";
+    --family / --end2end beside an artifact; `--backends ncnn` for an artifact without ncnn said "no model could run
+    here ()"; a dataset without boxes was refused after every model had run, naming no dataset."""
+    from edgekit.validate import synth
+    from tests.helpers import one_error_line, run_cli
+
+    data = synth.generate(tmp_path / "val", "val", seed=3, num_images=2, image_size=64, progress=False)
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"PK\x03\x04")  # refused by its options before it is read
+    cases = [
+        ([checkpoint, "--reference", checkpoint], "--reference applies to an artifact or ONNX file"),
+        ([checkpoint, "--backends", "openvino"], "--backends applies to an artifact or ONNX file"),
+        ([cli_artifact / "model.onnx", "--backends", "openvino"], "a bare ONNX file is validated on ONNX Runtime"),
+        ([cli_artifact, "--family", "yolox"], "--family/--names describe a checkpoint"),
+        ([cli_artifact, "--end2end"], "--end2end/--no-end2end apply when loading a PyTorch checkpoint"),
+        ([cli_artifact, "--backends", "ncnn"], "--backends ncnn:", "has no such model (it has onnxruntime)"),
+    ]
+    for args, *fragments in cases:
+        code, stdout, err = run_cli(["validate", *args, "--data", data], capsys)
+        one_error_line(code, err, *fragments)
+        assert "| model |" not in stdout
+    empty = tmp_path / "empty"
+    shutil.copytree(data, empty, ignore=shutil.ignore_patterns("annotations"))
+    for label in (empty / "labels").rglob("*.txt"):
+        label.write_text("")
+    code, stdout, err = run_cli(["validate", cli_artifact, "--data", empty], capsys)
+    one_error_line(code, err, f"{empty}: no ground-truth box in any of its 2 images")
+    assert "img/s" not in err  # before any model ran
+
+
+def test_cli_validate_says_how_many_images_and_boxes_it_scored(cli_artifact, tmp_path, capsys):
+    from edgekit.validate import synth
+    from edgekit.validate.datasets import load_dataset
+    from tests.helpers import run_cli
+
+    data = synth.generate(tmp_path / "val", "val", seed=3, num_images=3, image_size=64, progress=False)
+    boxes = load_dataset(data).num_objects
+    code, stdout, err = run_cli(["validate", cli_artifact, "--data", data, "--json", tmp_path / "v.json"], capsys)
+    assert code == 0, err
+    assert f"dataset: {data} (3 images, {boxes} boxes)" in stdout
+    saved = strict_json(tmp_path / "v.json")
+    assert (saved["num_images"], saved["num_objects"]) == (3, boxes)
