@@ -535,6 +535,12 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
         if not Path(checkpoint).is_file():
             raise InputError(f"{checkpoint}: no such ONNX file")
         spec = _bare_onnx_spec(Path(checkpoint), family, names, imgsz) or spec_from_onnx(checkpoint)
+        wanted = _parse_imgsz(imgsz)
+        if wanted is not None and tuple(spec.input_size) != wanted:
+            # an ONNX graph's input size is its own (an edgekit export, a --family file): --imgsz was ignored
+            raise InputError(f"{checkpoint}: its input is {spec.input_size[0]}x{spec.input_size[1]}; --imgsz {imgsz} "
+                             "does not match it: export the model at that size first (edgekit export CHECKPOINT "
+                             f"--imgsz {imgsz}), or drop --imgsz")
         click.echo(f"converting {checkpoint} ({spec.family}, {spec.head.kind}, {spec.input_size[0]}x{spec.input_size[1]}) "
                    f"for {target.name}: {target.backend} {precision or target.precision} — {target.description}")
         manifest = convert_onnx(checkpoint, spec, target, out, precision=precision, source=str(checkpoint),

@@ -224,3 +224,22 @@ def test_inspect_reads_checkpoints_and_third_party_onnx(tmp_path, yolov8_onnx, c
     assert code == 0 and "head: ultralytics_decoded" in out, err
     code, _, err = run_cli(["inspect", tmp_path / "missing.pt"], capsys)
     one_error_line(code, err, "missing.pt", "no such checkpoint")
+
+
+def test_convert_refuses_an_imgsz_the_onnx_file_does_not_have(fastestdet_dir, tmp_path, capsys):
+    """`convert FastestDet.onnx --family fastestdet --imgsz 640` wrote a 352 px artifact with exit 0 (an ONNX graph's
+    input size is its own; the Ultralytics path already refused); an edgekit-exported ONNX did the same."""
+    out = tmp_path / "art"
+    code, _, err = run_cli(["convert", fastestdet_dir / "FastestDet.onnx", "--family", "fastestdet", "--names",
+                            fastestdet_dir / "coco.names", "--target", "onnxruntime-cpu", "--imgsz", "640", "-o", out],
+                           capsys)
+    one_error_line(code, err, "FastestDet.onnx: its input is 352x352; --imgsz 640 does not match it")
+    assert not out.exists()
+    code, _, err = run_cli(["convert", fastestdet_dir / "FastestDet.onnx", "--family", "fastestdet", "--names",
+                            fastestdet_dir / "coco.names", "--target", "onnxruntime-cpu", "--imgsz", "352", "-o", out],
+                           capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["convert", out / "model.onnx", "--target", "onnxruntime-cpu", "--imgsz", "640", "-o",
+                            tmp_path / "again"], capsys)
+    one_error_line(code, err, "model.onnx: its input is 352x352; --imgsz 640 does not match it")
+    assert not (tmp_path / "again").exists()
