@@ -61,6 +61,8 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 DEFAULT_TIMEOUT = 10.0
 #: a day: FFmpeg takes the timeouts in int32 milliseconds, and a stall longer than this is no stall detection at all
 MAX_TIMEOUT = 86400.0
+#: failed reads in a row a video file may have inside its announced frame count before it counts as cut short
+MAX_UNDECODABLE_RUN = 8
 
 
 class SourceError(InputError):
@@ -215,7 +217,10 @@ class VideoFileSource(Source):
         self._capture_lock = threading.Lock()
 
     def _frames(self) -> Iterator[Frame]:
-        index = 0
+        index = 0  # the frame's number in the file: an undecodable frame keeps its number, skipped
+        delivered = 0
+        skipped: list[int] = []
+        failures = 0  # consecutive failed reads
         while True:
             with self._capture_lock:
                 if not self._capture.isOpened():
@@ -224,12 +229,29 @@ class VideoFileSource(Source):
                 # the presentation time of the frame just read (variable frame rates included)
                 msec = self._capture.get(cv2.CAP_PROP_POS_MSEC) if ok and bgr is not None else -1.0
             if not ok or bgr is None:
-                break
+                # A frame FFmpeg cannot decode (a damaged packet) fails one read and the next reads go on: within
+                # the header's frame count, read on, up to MAX_UNDECODABLE_RUN failures in a row (a file cut short
+                # fails every read; there the run ends).
+                failures += 1
+                if self.frame_count is None or index + failures >= self.frame_count or \
+                        failures > MAX_UNDECODABLE_RUN:
+                    break
+                continue
+            if failures:
+                skipped.extend(range(index, index + failures))
+                index, failures = index + failures, 0
             timestamp = msec / 1000.0 if msec >= 0 else (index / self.fps if self.fps else 0.0)
             yield Frame(_to_rgb(bgr), index, timestamp, str(self.path))
             index += 1
-        if index == 0:
+            delivered += 1
+        if delivered == 0:
             raise SourceError(f"{self.path}: no frame could be decoded; expected a video file (truncated or corrupt?)")
+        if skipped:
+            shown = ", ".join(map(str, skipped[:5])) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            several = len(skipped) > 1
+            self.notes.append(f"{self.path}: frame{'s' if several else ''} {shown} could not be decoded (damaged data) "
+                              f"and {'were' if several else 'was'} skipped; the frames after "
+                              f"{'them' if several else 'it'} keep their numbers")
         if self.frame_count is not None and index < self.frame_count:
             self.notes.append(f"{self.path}: ended after {index} of the {self.frame_count} frames its header "
                               "announces (truncated file?)")

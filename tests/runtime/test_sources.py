@@ -227,3 +227,25 @@ def test_a_password_with_an_at_sign_is_not_printed():
     with pytest.raises(SourceError) as info:
         open_source(["http://admin:Pa@ssw0rd@127.0.0.1:1/x.mjpg"], timeout=2)
     assert "ssw0rd" not in str(info.value) and "admin:***@127.0.0.1:1" in str(info.value)
+
+
+def test_an_undecodable_frame_inside_a_file_is_skipped_and_said(frames, tmp_path):
+    """One damaged frame (its JPEG header zeroed) ended the run at frame 5 with 'truncated file?', losing the six
+    good frames after it; FFmpeg decodes on after the failure. Now: every decodable frame, with its own number and
+    time, and a note naming the skipped one."""
+    clip = write_video(tmp_path / "clip.avi", frames, fps=10.0, fourcc="MJPG")
+    data = bytearray(clip.read_bytes())
+    starts = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]  # each frame's JPEG start
+    assert len(starts) == COUNT
+    half = (starts[6] - starts[5]) // 2
+    data[starts[5]:starts[5] + half] = bytes(half)
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(bytes(data))
+    with open_source([damaged]) as source:
+        got = list(source)
+    expected = [i for i in range(COUNT) if i != 5]
+    assert [f.index for f in got] == expected
+    assert [f.timestamp for f in got] == pytest.approx([i / 10.0 for i in expected])
+    assert [identify(f.image, frames)[0] for f in got] == expected  # the frames are the ones their numbers say
+    assert source.notes == [f"{damaged}: frame 5 could not be decoded (damaged data) and was skipped; the frames "
+                            "after it keep their numbers"]
