@@ -202,3 +202,34 @@ def test_a_video_read_through_dev_fd_gives_every_frame(video, frames, model_args
     records = read_jsonl(tmp_path / "r.jsonl")
     assert [r["index"] for r in records] == list(range(COUNT))
     assert [r["timestamp"] for r in records] == pytest.approx([i / 12.0 for i in range(COUNT)], abs=1e-6)  # rounded
+
+
+def test_sigterm_during_a_video_run_leaves_no_partial_output(fastestdet_dir, tmp_path):
+    """SIGTERM (a service stopped) killed the process at Python's default handler: no error line, and the JSON
+    Lines and annotated video were left as hidden .partial files. Now it ends as Ctrl-C does: one line, exit 130,
+    nothing written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO_ROOT
+
+    clip = write_video(tmp_path / "long.avi", video_frames(40, (176, 128)) * 10, fps=25.0)  # 400 frames
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-c", "import sys; from edgekit.cli import main; sys.exit(main())", "detect",
+               str(fastestdet_dir / "FastestDet.onnx"), str(clip), "--family", "fastestdet", "--names",
+               str(fastestdet_dir / "coco.names"), "--mode", "latency", "--json", str(out / "r.jsonl"),
+               "--save-dir", str(out / "video")]
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.rglob("*.partial*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.strip()][-1] == "error: interrupted"
+    assert [p.name for p in out.rglob("*") if p.is_file()] == []

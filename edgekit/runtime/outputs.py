@@ -17,7 +17,7 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
-from edgekit.atomic_io import PartialFile
+from edgekit.atomic_io import PartialFile, interruptible
 from edgekit.errors import OutputError
 from edgekit.runtime.detections import Detections
 from edgekit.runtime.detector import Detector, FrameStream
@@ -210,13 +210,16 @@ def detect_video(detector: Any, source: Source, mode: str, json_path: str | None
         return f"{frames} frames  {frames / elapsed if elapsed else 0:.1f} fps  dropped {source.dropped}"
 
     try:
-        for frame, detections in stream:
-            frames += 1
-            if jsonl is not None:
-                jsonl.write(frame_record(frame, detections, class_names))
-            if video is not None:
-                video.write(frame, detections)
-            line.update(f"{source.origin}: {summary()}")
+        # SIGTERM (a service stopped, a container killed) raises Terminated here like Ctrl-C's KeyboardInterrupt, so
+        # the outputs are discarded below; at the default handler it killed the process and left .partial files
+        with interruptible():
+            for frame, detections in stream:
+                frames += 1
+                if jsonl is not None:
+                    jsonl.write(frame_record(frame, detections, class_names))
+                if video is not None:
+                    video.write(frame, detections)
+                line.update(f"{source.origin}: {summary()}")
     except (KeyboardInterrupt, SourceError) as exc:
         if not (source.live and frames):
             for writer in writers:
