@@ -233,3 +233,17 @@ def test_sigterm_during_a_video_run_leaves_no_partial_output(fastestdet_dir, tmp
     assert proc.returncode == 130, err
     assert [line for line in err.splitlines() if line.strip()][-1] == "error: interrupted"
     assert [p.name for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_an_odd_frame_size_is_said_not_silently_cropped(model_args, tmp_path, capsys):
+    """A 333x251 source gave a 332x250 annotated video with exit 0 and no word (4:2:0 codecs store even sides)."""
+    model, family = model_args
+    clip = tmp_path / "odd.mjpeg"  # concatenated JPEGs: FFmpeg reads them at their own (odd) size
+    clip.write_bytes(b"".join(cv2.imencode(".jpg", frame)[1].tobytes() for frame in video_frames(3, (333, 251))))
+    code, stdout, err = run_cli(["detect", *model, clip, "--save-dir", tmp_path / "out", *family], capsys)
+    assert code == 0, err
+    written = cv2.VideoCapture(str(tmp_path / "out" / "odd.mp4"))
+    size = (int(written.get(cv2.CAP_PROP_FRAME_WIDTH)), int(written.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    written.release()
+    assert size == (332, 250)
+    assert "the frames are 333x251; the video is 332x250" in err

@@ -244,6 +244,13 @@ def detect_video(detector: Any, source: Source, mode: str, json_path: str | None
     if video is not None:
         echo(f"saved the annotated video ({video.frames} frames, {video.fps:g} fps) to {video.path}"
              + (" (replaced)" if video.path in replaced else ""))
+        if video.size is not None and (video.size[0] % 2 or video.size[1] % 2):
+            # the writers' codecs store 4:2:0 colour (one chroma sample per 2x2 pixels) and FFmpeg drops an odd last
+            # column / row: measured for mp4v, MJPG, XVID and FFV1 through OpenCV (333x251 -> 332x250)
+            width, height = video.size
+            echo(f"warning: {video.path}: the frames are {width}x{height}; the video is {width - width % 2}x"
+                 f"{height - height % 2} (its codec stores even sides: the last odd column / row is dropped, the "
+                 "boxes are unchanged)", err=True)
     if isinstance(ending, SourceError):
         raise ending
     if ending is not None:
