@@ -664,12 +664,14 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
 @click.option("--class-map", "class_map_path", type=click.Path(dir_okay=False), default=None,
               help="Dataset class name -> model class name, for names that differ: a JSON object or "
                    "'dataset name<TAB>model name' lines. Classes are otherwise matched by name.")
+@click.option("--split", default=None, help="A YOLO dataset's data.yaml split (train, val, test): only its images "
+                                            "(default: every image under images/).")
 @_model_options
 @_import_options
 def validate(artifact: str, data_path: str, backends: list[str] | None, reference_checkpoint: str | None,
              threads: int | None,
-             json_path: str | None, report_dir: str | None, class_map_path: str | None, family: str | None,
-             names: str | None) -> None:
+             json_path: str | None, report_dir: str | None, class_map_path: str | None, split: str | None,
+             family: str | None, names: str | None) -> None:
     """mAP, drift vs the reference, agreement and latency of every backend in ARTIFACT."""
     from edgekit.progress import progress_bar
     from edgekit.runtime.artifact import read_manifest, spec_from_onnx
@@ -687,12 +689,16 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
         return progress_bar(items, f"validate {name}")
 
     _refuse_unused_validate_options(path, backends, reference_checkpoint, family, names)
+    scored = load_dataset(data_path, split=split)
+    if scored.splits and scored.split is None:
+        notice(f"{data_path}: data.yaml names splits ({', '.join(scored.splits)}); all {len(scored)} images under "
+               f"images/ are scored (--split {scored.splits[-1]} scores that split alone)")
     if _is_checkpoint(path):
         # a checkpoint (edgekit, Ultralytics, YOLOv5, YOLOX): the PyTorch reference alone, as imported by edgekit
         if report_dir:
             raise InputError("--report needs an artifact or ONNX file to compare with the reference; for a "
                              "checkpoint, convert it first and pass --reference CHECKPOINT")
-        report = validate_checkpoint(_load_model(artifact, family, names, None), load_dataset(data_path),
+        report = validate_checkpoint(_load_model(artifact, family, names, None), scored,
                                      class_map=class_map, notice=notice, progress=progress)
         dataset = None
     else:
@@ -704,7 +710,7 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
         else:
             manifest, spec = None, onnx_spec
         # dataset classes -> model classes by name, before any work (the report then names model classes)
-        dataset = map_to_model_classes(load_dataset(data_path), spec.class_names, class_map, notice=notice)
+        dataset = map_to_model_classes(scored, spec.class_names, class_map, notice=notice)
         if report_dir:
             from edgekit.validate.report import check_report_dir
 

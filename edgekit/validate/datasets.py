@@ -92,6 +92,8 @@ class Dataset:
     category_ids: tuple[int, ...]
     layout: str = "coco"
     named: bool = True
+    splits: tuple[str, ...] = ()  # a YOLO layout's data.yaml splits (train, val, test) that name a folder of images/
+    split: str | None = None      # the one loaded (``load_dataset(split=...)``); None: every image under images/
 
     def image_path(self, item: Annotation) -> Path:
         return self.image_dir / item.file_name
@@ -107,11 +109,14 @@ class Dataset:
         return sum(len(item.boxes) for item in self.items)
 
 
-def load_dataset(path: str | Path, layout: Literal["auto", "coco", "yolo"] = "auto") -> Dataset:
+def load_dataset(path: str | Path, layout: Literal["auto", "coco", "yolo"] = "auto",
+                 split: str | None = None) -> Dataset:
     """Read a COCO or YOLO layout dataset.
 
     ``path``: a folder with ``annotations/*.json`` (COCO), the COCO JSON itself, or a folder with
     ``images/`` and ``labels/`` (YOLO). ``layout="auto"`` prefers COCO when a folder has both.
+    ``split``: a YOLO layout's data.yaml split (``val: images/val``): only its images; None: every image under
+    images/ (``Dataset.splits`` says which splits the yaml names).
     Raises ``DatasetError`` with one line naming the file and what was expected.
     """
     path = Path(path)
@@ -120,6 +125,13 @@ def load_dataset(path: str | Path, layout: Literal["auto", "coco", "yolo"] = "au
                            "a COCO instances .json, or a YOLO layout (images/ + labels/)")
     if layout not in ("auto", "coco", "yolo"):
         raise DatasetError(f"dataset layout {layout!r}: expected 'auto', 'coco' or 'yolo'")
+    if split is not None:
+        if path.is_file() or (_find_coco_json(path) is not None and layout != "yolo"):
+            raise DatasetError(f"--split {split}: applies to a YOLO layout whose data.yaml names its splits; {path} "
+                               "is a COCO dataset (its JSON is the split)")
+        if not ((path / "images").is_dir() and (path / "labels").is_dir()):
+            raise DatasetError(f"dataset {path}: expected a YOLO layout with images/ and labels/ folders (--split)")
+        return _load_yolo(path, split)
     if path.is_file():
         if path.suffix.lower() != ".json" or layout == "yolo":
             raise DatasetError(f"dataset {path} is a file; expected a COCO instances .json or a dataset folder")
@@ -461,12 +473,49 @@ def _read_yolo_labels(label_path: Path, num_classes: int | None, width: int,
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64).reshape(-1)
 
 
-def _load_yolo(root: Path) -> Dataset:
+def _yolo_splits(root: Path) -> dict[str, Path]:
+    """data.yaml's ``train`` / ``val`` / ``test`` entries that name a folder inside ``images/`` (Ultralytics: relative
+    to the yaml's ``path``, itself relative to the dataset folder). A list of folders or a .txt list is not read."""
+    for yaml_name in ("data.yaml", "dataset.yaml"):
+        yaml_path = root / yaml_name
+        if not yaml_path.is_file():
+            continue
+        try:
+            text = yaml_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return {}  # _yolo_class_names reports an unreadable yaml
+        entries = {key: value.strip().strip("'\"") for key, value in
+                   re.findall(r"^(path|train|val|test)\s*:\s*([^#\n]*?)\s*(?:#.*)?$", text, re.MULTILINE)}
+        base = Path(entries.get("path") or ".")
+        base = base if base.is_absolute() else root / base
+        images = (root / "images").resolve()
+        found = {}
+        for name in ("train", "val", "test"):
+            value = entries.get(name)
+            if not value or value.startswith("["):
+                continue
+            folder = (base / value).resolve()
+            if folder.is_dir() and (folder == images or images in folder.parents):
+                found[name] = folder
+        return found
+    return {}
+
+
+def _load_yolo(root: Path, split: str | None = None) -> Dataset:
     image_dir, label_dir = root / "images", root / "labels"
     class_names = _yolo_class_names(root)
-    image_paths = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    splits = _yolo_splits(root)
+    scan, labels_scan = image_dir, label_dir
+    if split is not None:
+        if split not in splits:
+            available = ", ".join(f"{name}: {folder.relative_to(image_dir.resolve().parent)}"
+                                  for name, folder in splits.items()) or "none that is a folder of images/"
+            raise DatasetError(f"YOLO dataset {root}: --split {split}: its data.yaml names {available}")
+        relative = splits[split].relative_to(image_dir.resolve())
+        scan, labels_scan = image_dir / relative, label_dir / relative
+    image_paths = sorted(p for p in scan.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not image_paths:
-        raise DatasetError(f"YOLO dataset {root}: no images in {image_dir}; expected "
+        raise DatasetError(f"YOLO dataset {root}: no images in {scan}; expected "
                            f"{', '.join(sorted(IMAGE_SUFFIXES))} files")
     items = []
     for image_id, image_path in enumerate(image_paths, start=1):
@@ -491,8 +540,8 @@ def _load_yolo(root: Path) -> Dataset:
     # a label file beside no image is a layout mistake (labels/x.txt for images/val/x.jpg): its boxes would silently
     # drop out of the mAP while its image scores as one without objects
     used = {label_dir / Path(item.file_name).with_suffix(".txt") for item in items}
-    orphans = sorted(path for path in label_dir.rglob("*.txt")
-                     if path.is_file() and path.name != "classes.txt" and path not in used) if label_dir.is_dir() else []
+    orphans = sorted(path for path in labels_scan.rglob("*.txt")
+                     if path.is_file() and path.name != "classes.txt" and path not in used) if labels_scan.is_dir() else []
     if orphans:
         relative = orphans[0].relative_to(label_dir).with_suffix("")
         more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
@@ -504,7 +553,8 @@ def _load_yolo(root: Path) -> Dataset:
         seen = max((int(item.labels.max()) for item in items if len(item.labels)), default=-1)
         class_names = [str(k) for k in range(seen + 1)]
     return Dataset(root=root, image_dir=image_dir, class_names=tuple(class_names), items=tuple(items),
-                   category_ids=tuple(range(1, len(class_names) + 1)), layout="yolo", named=named)
+                   category_ids=tuple(range(1, len(class_names) + 1)), layout="yolo", named=named,
+                   splits=tuple(splits), split=split)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class ValidationReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     num_images: int = 0   # what was scored: every image of the dataset (a YOLO layout's train and val alike)
     num_objects: int = 0  # its ground-truth boxes
+    split: str | None = None  # the YOLO data.yaml split scored (None: every image)
 
     def run(self, name: str) -> ModelRun:
         return next(r for r in self.runs if r.name == name)
@@ -92,7 +93,8 @@ class ValidationReport:
                 row["agreement"] = {"precision": a.precision, "recall": a.recall, "mean_iou": a.mean_iou,
                                     "mean_abs_score_delta": a.mean_abs_score_delta, "class_flips": a.class_flips}
             rows.append(row)
-        return {"dataset": self.dataset, "num_images": self.num_images, "num_objects": self.num_objects,
+        return {"dataset": self.dataset, "split": self.split, "num_images": self.num_images,
+                "num_objects": self.num_objects,
                 "reference": self.reference, "runs": rows,
                 "skipped": [{"name": n, "reason": r} for n, r in self.skipped]}
 
@@ -265,7 +267,7 @@ def _start_report(dataset: Dataset, spec: Any, reference_model: Any | None,
     dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
     require_ground_truth(dataset)
     report = ValidationReport(dataset=str(dataset.root), reference="", num_images=len(dataset),
-                              num_objects=dataset.num_objects)
+                              num_objects=dataset.num_objects, split=dataset.split)
     if reference_model is not None:
         reference = reference_detector(reference_model, spec)
         if open_fp32 is not None:
@@ -382,7 +384,7 @@ def validate_checkpoint(model: Any, dataset: Dataset, progress: Callable[[Sequen
     dataset = map_to_model_classes(dataset, spec.class_names, class_map, notice)
     require_ground_truth(dataset)
     report = ValidationReport(dataset=str(dataset.root), reference="torch/fp32", num_images=len(dataset),
-                              num_objects=dataset.num_objects)
+                              num_objects=dataset.num_objects, split=dataset.split)
     report.runs.append(run_detector(ReferenceDetector(model, spec, map_postprocess(spec)), dataset, "torch/fp32",
                                     progress))
     return _score_runs(report, dataset, spec)
@@ -391,7 +393,8 @@ def validate_checkpoint(model: Any, dataset: Dataset, progress: Callable[[Sequen
 def format_table(report: ValidationReport) -> str:
     """A markdown table: one row per backend/precision."""
     reference = report._reference_metrics()
-    scored = f" ({report.num_images} images, {report.num_objects} boxes)" if report.num_images else ""
+    split = f", split {report.split}" if report.split else ""
+    scored = f" ({report.num_images} images, {report.num_objects} boxes{split})" if report.num_images else ""
     lines = [f"reference: {report.reference}   dataset: {report.dataset}{scored}",
              "",
              "| model | mAP@.5:.95 | mAP@.5 | Δ mAP (pts) | precision | recall | mean IoU | class flips | ms/img | infer ms | size MB |",

@@ -302,3 +302,26 @@ def test_pose_dataset_is_refused(synth_dir, tmp_path):
     assert "data.yaml: a pose dataset (kpt_shape)" in message
     (root / "data.yaml").write_text(names)
     assert load_dataset(root).class_names == synth.CLASS_NAMES
+
+
+def test_data_yaml_splits(synth_dir, tmp_path):
+    """A YOLO layout scores every image under images/ (train and val alike); `split` reads data.yaml's folder for
+    one split alone, as a YOLO user's val run does. Splits that name no folder of images/ are not offered."""
+    root = _copy(synth_dir, tmp_path / "splits", drop=("annotations",))
+    images, labels = sorted((root / "images").glob("*.jpg")), sorted((root / "labels").glob("*.txt"))
+    for folder in ("train", "val"):
+        (root / "images" / folder).mkdir()
+        (root / "labels" / folder).mkdir()
+    for k, (image, label) in enumerate(zip(images, labels)):
+        folder = "val" if k < 3 else "train"
+        image.rename(root / "images" / folder / image.name)
+        label.rename(root / "labels" / folder / label.name)
+    (root / "data.yaml").write_text("path: .  # the dataset root\ntrain: images/train\nval: 'images/val'\n"
+                                    "test: [a, b]\n")
+    every = load_dataset(root)
+    assert len(every) == 8 and every.splits == ("train", "val") and every.split is None
+    val = load_dataset(root, split="val")
+    assert val.split == "val" and [item.file_name for item in val.items] == [f"val/{p.name}" for p in images[:3]]
+    assert val.num_objects == sum(len(item.boxes) for item in every.items if item.file_name.startswith("val/"))
+    assert "--split test: its data.yaml names train: images/train, val: images/val" in _error(root, split="test")
+    assert "is a COCO dataset" in _error(synth_dir, split="val")

@@ -533,3 +533,24 @@ def test_cli_validate_says_how_many_images_and_boxes_it_scored(cli_artifact, tmp
     assert f"dataset: {data} (3 images, {boxes} boxes)" in stdout
     saved = strict_json(tmp_path / "v.json")
     assert (saved["num_images"], saved["num_objects"]) == (3, boxes)
+
+
+def test_cli_validate_split(cli_artifact, tmp_path, capsys):
+    """Without --split a dataset whose data.yaml names splits is scored whole, and a warning says so."""
+    from edgekit.validate import synth
+    from tests.helpers import run_cli
+
+    data = synth.generate(tmp_path / "val", "val", seed=3, num_images=3, image_size=64, progress=False)
+    shutil.rmtree(data / "annotations")
+    for kind in ("images", "labels"):
+        (data / kind / "val").mkdir()
+        for file in sorted(p for p in (data / kind).iterdir() if p.is_file() and p.name != "classes.txt")[:2]:
+            file.rename(data / kind / "val" / file.name)
+    (data / "data.yaml").write_text("val: images/val\n")
+    code, stdout, err = run_cli(["validate", cli_artifact, "--data", data], capsys)
+    assert code == 0, err
+    assert "data.yaml names splits (val); all 3 images under images/ are scored (--split val" in err
+    assert "(3 images," in stdout
+    code, stdout, err = run_cli(["validate", cli_artifact, "--data", data, "--split", "val"], capsys)
+    assert code == 0, err
+    assert "(2 images," in stdout and "split val)" in stdout and "warning" not in err
