@@ -689,16 +689,20 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
         return progress_bar(items, f"validate {name}")
 
     _refuse_unused_validate_options(path, backends, reference_checkpoint, family, names)
-    scored = load_dataset(data_path, split=split)
-    if scored.splits and scored.split is None:
-        notice(f"{data_path}: data.yaml names splits ({', '.join(scored.splits)}); all {len(scored)} images under "
-               f"images/ are scored (--split {scored.splits[-1]} scores that split alone)")
+
+    def scored_dataset():  # read after the model, whose errors come first
+        scored = load_dataset(data_path, split=split)
+        if scored.splits and scored.split is None:
+            notice(f"{data_path}: data.yaml names splits ({', '.join(scored.splits)}); all {len(scored)} images "
+                   f"under images/ are scored (--split {scored.splits[-1]} scores that split alone)")
+        return scored
+
     if _is_checkpoint(path):
         # a checkpoint (edgekit, Ultralytics, YOLOv5, YOLOX): the PyTorch reference alone, as imported by edgekit
         if report_dir:
             raise InputError("--report needs an artifact or ONNX file to compare with the reference; for a "
                              "checkpoint, convert it first and pass --reference CHECKPOINT")
-        report = validate_checkpoint(_load_model(artifact, family, names, None), scored,
+        report = validate_checkpoint(_load_model(artifact, family, names, None), scored_dataset(),
                                      class_map=class_map, notice=notice, progress=progress)
         dataset = None
     else:
@@ -710,7 +714,7 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
         else:
             manifest, spec = None, onnx_spec
         # dataset classes -> model classes by name, before any work (the report then names model classes)
-        dataset = map_to_model_classes(scored, spec.class_names, class_map, notice=notice)
+        dataset = map_to_model_classes(scored_dataset(), spec.class_names, class_map, notice=notice)
         if report_dir:
             from edgekit.validate.report import check_report_dir
 
