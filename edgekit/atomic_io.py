@@ -64,7 +64,12 @@ class PartialFile:
     def __init__(self, path: str | Path, suffix_last: bool = False) -> None:
         self.path = Path(path)
         # `--json runs/exp/results.json` makes runs/exp as `-o` makes its folder (the CLI checked, before the work,
-        # that the nearest existing folder is writable)
+        # that the nearest existing folder is writable); a discarded file takes the folders it made with it
+        self._made: list[Path] = []  # deepest first
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            self._made.append(folder)
+            folder = folder.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
         prefix, suffix = ((f".{self.path.stem}.", f".partial{self.path.suffix}") if suffix_last
                           else (f".{self.path.name}.", ".partial"))
@@ -83,6 +88,11 @@ class PartialFile:
 
     def discard(self) -> None:
         self.partial.unlink(missing_ok=True)
+        for folder in self._made:
+            try:
+                folder.rmdir()  # only while empty: another output may have been written there since
+            except OSError:
+                break
 
 
 @contextlib.contextmanager

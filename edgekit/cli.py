@@ -628,7 +628,6 @@ def detect(model: str, sources: tuple[str, ...], backend: str | None, precision:
         entries = []
         for (_, detections), (image_id, file_name, _) in zip(results, _output_names(files)):
             entries.extend(detections.to_coco(image_id, file_name=file_name))
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(json_path, strict_json(entries))
         click.echo(f"wrote {len(entries)} detections to {json_path}")
     if save_dir:

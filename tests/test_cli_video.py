@@ -247,3 +247,17 @@ def test_an_odd_frame_size_is_said_not_silently_cropped(model_args, tmp_path, ca
     written.release()
     assert size == (332, 250)
     assert "the frames are 333x251; the video is 332x250" in err
+
+
+def test_a_failed_run_leaves_no_output_folders(model_args, tmp_path, capsys):
+    """A video with no decodable frame: one error, and the folders --json / --save-dir would have made were left
+    behind empty; now the outputs take the folders they made with them."""
+    model, family = model_args
+    empty = tmp_path / "empty.avi"
+    writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (176, 128))
+    writer.release()  # a header, no frame
+    out = tmp_path / "out"
+    code, _, err = run_cli(["detect", *model, empty, "--json", out / "a" / "r.jsonl", "--save-dir", out / "b" / "c",
+                            *family], capsys)
+    one_error_line(code, err, "empty.avi")
+    assert not out.exists()

@@ -72,8 +72,7 @@ class JsonLinesWriter(_PartialOutput):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = PartialFile(self.path)
+        self._partial = PartialFile(self.path)  # makes the folders (and removes them if discarded)
         self._file: IO[str] | None = open(self._partial.partial, "w", encoding="utf-8")  # noqa: SIM115 (closed in commit/discard)
         self.lines = 0
 
@@ -104,7 +103,6 @@ class AnnotatedVideoWriter(_PartialOutput):
         self.fourcc = fourcc
         self.fps = float(fps) if fps else 25.0
         self.class_names = list(class_names)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = PartialFile(self.path, suffix_last=True)  # OpenCV picks the container from the suffix
         self._writer: Any = None
         self.size: tuple[int, int] | None = None
@@ -116,7 +114,8 @@ class AnnotatedVideoWriter(_PartialOutput):
             self._writer = cv2.VideoWriter(str(self._partial.partial), cv2.VideoWriter_fourcc(*self.fourcc),  # type: ignore[attr-defined]
                                            self.fps, (width, height))
             if not self._writer.isOpened():
-                raise OutputError(f"{self.path}: OpenCV cannot write a {self.fourcc} video here")
+                raise OutputError(f"{self.path}: OpenCV cannot write a {self.fourcc} video of {width}x{height} here"
+                                  + (" (its codec needs at least 2x2 pixels)" if min(width, height) < 2 else ""))
             self.size = (width, height)
         elif (width, height) != self.size:
             # a stream that changes resolution: keep the video's size (a writer cannot change it)
@@ -222,12 +221,12 @@ def detect_video(detector: Any, source: Source, mode: str, json_path: str | None
                 line.update(f"{source.origin}: {summary()}")
     except (KeyboardInterrupt, SourceError) as exc:
         if not (source.live and frames):
-            for writer in writers:
+            for writer in reversed(writers):  # the last made first: each removes the folders it made
                 writer.discard()
             raise
         ending = exc  # a live run ends this way: keep what it produced
     except BaseException:
-        for writer in writers:
+        for writer in reversed(writers):
             writer.discard()
         raise
     finally:
