@@ -147,11 +147,11 @@ def calibrate(onnx_path: str | Path, tensors: TensorSource, *, method: str = "en
     channel_sums, channel_counts = np.zeros(0, np.float64), np.zeros(0, np.int64)
     count = 0
     images: Iterable[np.ndarray] = itertools.chain([first], iterator)
-    if progress:
-        images = progress(images, f"calibrate ({method})")
     inputs = (np.ascontiguousarray(tensor, np.float32) for tensor in images)
     with closing(run.summaries(inputs)) as summaries:  # an error below stops the engine's requests at once
-        for summary in summaries:
+        # the bar counts the images observed, not the ones handed to the engine's ring of requests (up to its
+        # length ahead of them)
+        for summary in (progress(summaries, f"calibrate ({method})") if progress else summaries):
             samples = (split(summary.samples, summary.sample_sizes)
                        if summary.samples is not None and summary.sample_sizes is not None else None)
             bad = one_pass.observe(summary.minimum, summary.maximum, samples)

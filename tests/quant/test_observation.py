@@ -340,3 +340,21 @@ def test_a_tensor_of_unknown_rank_gets_its_channel_means_and_a_flat_sample():
     np.testing.assert_allclose(summary.channel_means, inverse.mean(axis=(0, 2, 3)), rtol=1e-3, atol=1e-4)
     _, inv_sample = split(summary.samples, summary.sample_sizes)
     np.testing.assert_allclose(inv_sample, inverse.ravel(), rtol=1e-3, atol=1e-4)
+
+
+def test_the_progress_bar_counts_observed_images(tmp_path):
+    """The bar wrapped the images handed to the engine: with a ring of requests it ran up to the ring's length ahead
+    of what was observed (and reached the end while the last images were still in flight). It counts the
+    observed images' summaries now."""
+    from edgekit.quant.observation import ImageSummary
+
+    path = save(small_net(size=32), tmp_path / "net.onnx")
+    seen: list[str] = []
+
+    def progress(items, description):
+        for item in items:
+            seen.append(type(item).__name__)
+            yield item
+
+    calibrate(path, lambda: iter(images(5, 32)), method="minmax", progress=progress)
+    assert seen == [ImageSummary.__name__] * 5
