@@ -131,6 +131,13 @@ def _remember_import_setting(ctx: click.Context, param: click.Parameter, value: 
     return value
 
 
+def _given(parameter: str) -> bool:
+    """Whether the user typed the option (not its default): an option with a default cannot say it by its value."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(parameter) == ParameterSource.COMMANDLINE
+
+
 def _import_settings() -> dict:
     ctx = click.get_current_context(silent=True)
     return dict(ctx.meta.get(_IMPORT_META_KEY, {})) if ctx is not None else {}
@@ -511,6 +518,19 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
         target = replace_field(target, nms=nms)
     if int8_flags and (precision or target.precision) != "int8":
         raise click.UsageError(f"{', '.join(int8_flags)} only apply with --precision int8")
+    # options that only act beside another one were accepted and ignored alone
+    method = calib_method or target.calibration.method
+    if percentile is not None and calib_cache is None and method != "percentile":
+        raise click.UsageError(f"--percentile applies to --calib-method percentile (the method here is {method})")
+    if drift_data is not None and drift_budget is None:
+        raise click.UsageError("--drift-data is the dataset --drift-budget judges on; give --drift-budget too")
+    if drift_data is not None:
+        from edgekit.validate.datasets import load_dataset
+
+        load_dataset(drift_data)  # a typo must not cost the export and calibration first
+    if Path(checkpoint).suffix.lower() == ".onnx" and _given("opset"):
+        raise click.UsageError(f"--opset applies when exporting a checkpoint; {checkpoint} is an ONNX graph with its "
+                               "own opset")
     if calib is not None:
         # the folder is read after the export: check it now as calibration will read it (exists, holds readable
         # images, enough of them unless forced; a cache needs only one, for its checks), decoding a few images
@@ -768,6 +788,9 @@ def bench(artifact: str, image_path: str | None, backends: list[str] | None, run
     _check_output_path(json_path, "--json", folder=False)  # before the work, not after it
     _check_output_path(report_dir, "--report", folder=True)
     if mode == "throughput":
+        if _given("warmup"):
+            raise InputError("--warmup applies to --mode latency; --mode throughput warms each model up on the "
+                             "video's first frames itself")
         _bench_throughput(artifact, image_path, backends, runs or 3, threads, json_path, report_dir, video_path,
                           workers)
         return

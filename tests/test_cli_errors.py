@@ -34,3 +34,30 @@ def test_huge_imgsz_is_refused_before_loading_anything(tmp_path, capsys):
 def test_unknown_backend_name_is_an_error_not_skipped(tmp_path, capsys):
     code, _, err = run(["bench", tmp_path, "--backends", "onnxruntime,openvnio"], capsys)
     assert_one_error_line(code, err, "unknown backend 'openvnio'")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["convert", "{zoo}", "--target", "onnxruntime-cpu", "--precision", "int8", "--calib-method", "mse",
+      "--percentile", "50"], ["--percentile applies to --calib-method percentile (the method here is mse)"]),
+    (["convert", "{zoo}", "--target", "onnxruntime-cpu", "--precision", "int8", "--drift-data", "{tmp}"],
+     ["--drift-data is the dataset --drift-budget judges on"]),
+    (["convert", "{zoo}", "--target", "onnxruntime-cpu", "--precision", "int8", "--drift-budget", "1",
+      "--drift-data", "{tmp}/nowhere"], ["nowhere does not exist"]),
+    (["convert", "{onnx}", "--target", "onnxruntime-cpu", "--opset", "19"], ["--opset applies when exporting"]),
+    (["export", "{zoo}", "--end2end"], ["--end2end/--no-end2end applies to an Ultralytics / YOLOv5 checkpoint"]),
+    (["export", "{zoo}", "--trust-upstream", "numpy"], ["--trust-upstream applies to an Ultralytics"]),
+    (["bench", "{tmp}", "--mode", "throughput", "--warmup", "50"], ["--warmup applies to --mode latency"]),
+])
+def test_options_that_would_be_ignored_are_refused_before_any_work(args, fragments, tmp_path, capsys):
+    """Each ran with exit 0 and the option silently ignored (a hostile review, session 12): --percentile with
+    another method, --drift-data without a budget (a missing dataset found only after export and calibration),
+    --opset on an ONNX input, --end2end / --trust-upstream on an edgekit checkpoint, --warmup with throughput."""
+    from tests.conftest import ZOO_DIR
+
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"")
+    filled = [str(a).format(zoo=ZOO_DIR / "yolov8.pt", tmp=tmp_path, onnx=onnx_file) for a in args]
+    out = tmp_path / "out"
+    code, stdout, err = run_cli([*filled, *(["-o", out] if filled[0] in ("convert", "export") else [])], capsys)
+    one_error_line(code, err, *fragments)
+    assert not out.exists()

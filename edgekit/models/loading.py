@@ -70,6 +70,10 @@ def load_checkpoint(path: str | Path, family: str | None = None, class_names: Se
     if module_pickle:
         model = _from_module_pickle(path, trust_upstream, end2end)
     else:
+        for given, option in ((trust_upstream, "--trust-upstream"), (end2end, "--end2end/--no-end2end")):
+            if given is not None:  # read only from a pickled model object: accepted and ignored before
+                raise ModelFileError(f"{path}: {option} applies to an Ultralytics / YOLOv5 checkpoint (a pickled model "
+                                     "object); this one is a state_dict checkpoint whose head is fixed: drop it")
         payload = safe_torch_load(path)
         if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
             model = _from_edgekit_payload(payload, str(path))

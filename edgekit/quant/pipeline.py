@@ -197,7 +197,8 @@ def _partial(onnx_path: Path, spec: ModelSpec, result: CalibrationResult, calib_
         from edgekit.validate.datasets import load_dataset, map_to_model_classes
 
         # by name, as validate does: a dataset whose ids are permuted must not steer the search silently wrong
-        dataset = map_to_model_classes(load_dataset(options.drift_data), spec.class_names)
+        dataset = map_to_model_classes(load_dataset(options.drift_data), spec.class_names,
+                                       remedy="(convert matches --drift-data classes by name and has no class map)")
         judge: MapJudge | AgreementJudge = MapJudge(onnx_path, spec, dataset)
     else:
         judge = AgreementJudge(onnx_path, spec, holdout)

@@ -158,6 +158,10 @@ class CalibrationResult:
         activation ranges finite with lo <= hi, weight scales finite and > 0, every layer's quantised input
         and output has a range, float layers are layers of the result. Checks the content only; whether the
         ranges fit the model is ``quant.gate.check_result_against_model``."""
+        from edgekit.quant.observers import METHODS
+
+        if self.method not in METHODS:  # it is reported and recorded as the method the ranges came from
+            raise CalibrationError(f"{source}: method {self.method!r}; expected one of {', '.join(METHODS)}")
         for name, (lo, hi) in self.activation_ranges.items():
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise CalibrationError(f"{source}: activation range of tensor {name!r} is [{lo}, {hi}]; "

@@ -607,9 +607,14 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f"{name!r} ({hint.removeprefix('; ')})" if hint else repr(name)
 
 
+#: what a class-name mismatch tells the user to do, where the command has --class-map (validate)
+CLASS_MAP_REMEDY = "or map them with --class-map FILE (JSON object or 'dataset name<TAB>model name' lines)"
+
+
 def map_to_model_classes(dataset: Dataset, model_names: tuple[str, ...] | list[str],
                          class_map: dict[str, str] | None = None,
-                         notice: Callable[[str], None] | None = None) -> Dataset:
+                         notice: Callable[[str], None] | None = None,
+                         remedy: str = CLASS_MAP_REMEDY) -> Dataset:
     """The dataset with its labels renumbered into the model's class indices, matched BY NAME.
 
     Each dataset class name ``n`` becomes model class ``class_map.get(n, n)``. Model classes the
@@ -671,7 +676,7 @@ def map_to_model_classes(dataset: Dataset, model_names: tuple[str, ...] | list[s
         listed = ", ".join(_suggest(name, free) for name in unmatched)
         raise DatasetError(f"{where}: {len(unmatched)} of the dataset's {len(dataset.class_names)} class names match "
                            f"no class of the model ({len(model_names)} classes): {listed}; rename them in the dataset "
-                           "or map them with --class-map FILE (JSON object or 'dataset name<TAB>model name' lines)")
+                           f"{remedy}")
     labels = np.array([model_index[t] for t in targets], np.int64)
     # COCO ids follow their class; model classes the dataset lacks get fresh ids above the dataset's.
     category_ids: list[int | None] = [None] * len(model_names)

@@ -136,6 +136,8 @@ def test_a_good_int8_build_passes_the_gate_and_records_its_agreement(good):
     ("foreign_hashes.json", lambda d: d["image_sha256s"].__setitem__(0, "0" * 64),
      r"image_sha256s does not match images_sha256"),
     ("negative_count.json", lambda d: d.update(num_images=-3), r"num_images is -3; expected the number"),
+    # reported and recorded as the method the ranges came from (a hostile pass, session 12)
+    ("bogus_method.json", lambda d: d.update(method="bogus"), r"method 'bogus'; expected one of entropy, minmax"),
 ])
 def test_a_cache_with_unusable_numbers_or_schema_is_refused_before_the_export(model, good, tmp_path, no_export, name,
                                                                                edit, message):
