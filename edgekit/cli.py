@@ -739,6 +739,14 @@ def validate(artifact: str, data_path: str, backends: list[str] | None, referenc
 
             check_report_dir(report_dir)  # an unwritable folder fails now, not after the whole validation
         reference = _load_model(reference_checkpoint, family, names, None) if reference_checkpoint else None
+        if onnx_spec is None:
+            from edgekit.validate.run import calibration_images_among
+
+            calibrated = calibration_images_among(path, dataset)
+            if calibrated:
+                notice(f"{calibrated} of the {len(dataset)} images of {data_path} calibrated this artifact's int8 "
+                       "models (calibration.json): their int8 scores there are inflated; validate on images it was "
+                       "not calibrated on")
         if onnx_spec is not None:
             report = validate_onnx_file(path, onnx_spec, dataset, reference_model=reference, threads=threads or 0,
                                         progress=progress)

@@ -50,11 +50,12 @@ def _section(title: str) -> None:
 def run(family: str, out: Path, val_images: int) -> None:
     import torch
 
-    from edgekit.convert.chain import CALIBRATION_FILE, convert, export_artifact
+    from edgekit.convert.chain import convert, export_artifact
     from edgekit.models.loading import load_checkpoint
     from edgekit.progress import progress_bar
     from edgekit.quant.pipeline import Int8Options
     from edgekit.reference.detector import ReferenceDetector
+    from edgekit.runtime.artifact import CALIBRATION_FILE
     from edgekit.runtime.backends import get_runner_class
     from edgekit.runtime.detector import Detector
     from edgekit.runtime.draw import draw_detections

@@ -29,7 +29,7 @@ from edgekit.convert.export import DEFAULT_OPSET, embed_spec, export_onnx
 from edgekit.errors import ConversionError, EdgekitError
 from edgekit.models.base import DetectorModel
 from edgekit.quant.pipeline import Int8Options
-from edgekit.runtime.artifact import AWAITS_DEVICE_BUILD, Manifest, ModelEntry
+from edgekit.runtime.artifact import AWAITS_DEVICE_BUILD, CALIBRATION_FILE, Manifest, ModelEntry
 from edgekit.runtime.backends import get_runner_class
 from edgekit.runtime.preprocess import probe_input
 from edgekit.spec import ModelSpec
@@ -220,9 +220,6 @@ def convert(model: DetectorModel, target: Target | str, out_dir: str | Path, pre
                 "opset": opset, "tools": _target_tools(target), "passes": stage["passes"], "parity": parity,
                 "seconds": round(time.perf_counter() - started, 2)}
         return writer.commit(spec, entries, info, runtime=target.runtime_options())
-
-
-CALIBRATION_FILE = "calibration.json"
 
 
 def _calibrate(onnx_path: Path, spec: ModelSpec, target: Target, int8: Int8Options | None, writer: ArtifactWriter,

@@ -30,6 +30,8 @@ from edgekit.runtime.graph_nms import GraphNms
 from edgekit.spec import ONNX_METADATA_KEY, ModelSpec
 
 MANIFEST_NAME = "edgekit.json"
+#: an int8 artifact's calibration result (``edgekit.quant.result``), beside the manifest
+CALIBRATION_FILE = "calibration.json"
 MANIFEST_FORMAT = "edgekit-artifact"
 MANIFEST_VERSION = 2
 #: manifest versions this edgekit reads (1: runtime options and provenance mixed in ``options``)

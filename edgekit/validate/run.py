@@ -247,6 +247,20 @@ def validate_artifacts(artifacts: Sequence[str | Path], dataset: Dataset, backen
     return _score_runs(report, dataset, spec)
 
 
+def calibration_images_among(artifact: str | Path, dataset: Dataset) -> int:
+    """How many of ``dataset``'s images (by the sha256 of their bytes) calibrated ``artifact``'s int8 models
+    (``calibration.json``'s ``image_sha256s``): scored on its own calibration images an int8 model looks better than
+    it is (a hostile review: int8 0.673 mAP@.5 over fp32's 0.662 on coco8, 7 of its 8 images calibrating)."""
+    from edgekit.quant.result import CalibrationResult
+    from edgekit.runtime.artifact import CALIBRATION_FILE, sha256_file
+
+    path = Path(artifact) / CALIBRATION_FILE
+    if not path.is_file():
+        return 0
+    calibrated = set(CalibrationResult.load(path).image_sha256s)
+    return sum(sha256_file(dataset.image_path(item)) in calibrated for item in dataset.items) if calibrated else 0
+
+
 def require_ground_truth(dataset: Dataset) -> None:
     """Before any model runs: mAP needs at least one labelled box (it was refused only after every model had run
     over every image, in a message naming no dataset)."""

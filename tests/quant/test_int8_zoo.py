@@ -48,9 +48,10 @@ def splits(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=CHECKPOINTS, ids=lambda p: p.stem)
 def int8_artifacts(request, splits, tmp_path_factory):
-    from edgekit.convert.chain import CALIBRATION_FILE, convert
+    from edgekit.convert.chain import convert
     from edgekit.models.loading import load_checkpoint
     from edgekit.quant.pipeline import Int8Options
+    from edgekit.runtime.artifact import CALIBRATION_FILE
 
     skip_unless_backends("openvino", "ncnn")
     model = load_checkpoint(request.param)
