@@ -97,15 +97,18 @@ def _export_stage(model: nn.Module, spec: ModelSpec, onnx_path: Path, opset: int
     (it runs with ``no_passes`` too: the exported graph stays untouched, the backend still needs it; ``--skip``
     names its passes). Returns the manifest's record of them and that model."""
     from edgekit.convert.passes import MODULE_STAGE, check_skip_names, legalization_stage, run_onnx_passes, run_stages
+    from edgekit.convert.passes.pipeline import ONNX_STAGE, check_skips_apply
 
     check_skip_names(skip_passes)
+    legal = legalization_stage(backend)
+    check_skips_apply(skip_passes, ([] if no_passes else [MODULE_STAGE, ONNX_STAGE]) + ([legal] if legal else []),
+                      f"this export{' with --no-passes' if no_passes else ''}{f' for {backend}' if backend else ''}")
     reference = model.eval()
     records: list[dict[str, Any]] = []
     # Pass checks run at a reduced size: the rewrites are resolution-independent, and module passes are
     # checked in float64, where PyTorch's depthwise convolutions are ~50x slower than in float32.
     check_h, check_w = (min(side, PASS_CHECK_SIZE) // 32 * 32 or 32 for side in spec.input_size)
     example = torch.from_numpy(probe_input(spec.with_input_size((check_h, check_w)), seed=1))
-    legal = legalization_stage(backend)
     stages = [] if no_passes else [MODULE_STAGE]
     stages += [legal] if legal is not None and legal.kind is MODULE_STAGE.kind else []
     builder_model, legal_records = model, []
@@ -386,10 +389,13 @@ def convert_onnx(onnx_file: str | Path, spec: ModelSpec, target: Target | str, o
     PyTorch model); errors beyond the fp32 tolerance abort, and the artifact is written atomically.
     """
     from edgekit.convert.passes import check_skip_names, run_onnx_passes
+    from edgekit.convert.passes.pipeline import ONNX_STAGE, check_skips_apply
 
     target, precision = _target_precision(target, precision, int8)
     onnx_file = Path(onnx_file)
     check_skip_names(skip_passes)
+    check_skips_apply(skip_passes, [] if no_passes else [ONNX_STAGE],
+                      f"converting an ONNX file{' with --no-passes' if no_passes else ''}")
     if target.input_size and tuple(target.input_size) != tuple(spec.input_size):
         h, w = spec.input_size
         progress(f"input   {h}x{w} from {onnx_file.name} (the target's {target.input_size[0]}x{target.input_size[1]} "

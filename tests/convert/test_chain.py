@@ -129,3 +129,26 @@ def test_missing_backend_library_names_the_pip_extra():
 def test_target_error_for_unknown_name():
     with pytest.raises(TargetError):
         load_target("no-such-board")
+
+
+def test_skip_of_a_pass_that_does_not_run_is_refused(tmp_path, capsys):
+    """--skip ncnn_focus for an ONNX Runtime target, a module pass on an ONNX input, anything with --no-passes:
+    accepted with exit 0, nothing skipped and nothing recorded (a hostile review). One error line, nothing written."""
+    from edgekit.models.loading import save_checkpoint
+    from tests.helpers import one_error_line, run_cli
+
+    checkpoint = save_checkpoint(small_model(), tmp_path / "m.pt")
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "exported")]) == 0
+    onnx_file = tmp_path / "exported" / "model.onnx"
+    cases = [
+        (["convert", checkpoint, "--target", "onnxruntime-cpu", "--skip", "ncnn_focus"],
+         "--skip ncnn_focus: the pass runs in the ncnn stage, which this export for onnxruntime does not run"),
+        (["export", checkpoint, "--no-passes", "--skip", "fold_bn"],
+         "--skip fold_bn: the pass runs in the module stage, which this export with --no-passes does not run"),
+        (["convert", onnx_file, "--target", "onnxruntime-cpu", "--skip", "fold_bn"],
+         "--skip fold_bn: the pass runs in the module stage, which converting an ONNX file does not run"),
+    ]
+    for args, fragment in cases:
+        code, _, err = run_cli([*args, "-o", tmp_path / "out"], capsys)
+        one_error_line(code, err, fragment)
+        assert not (tmp_path / "out").exists()

@@ -454,6 +454,18 @@ def all_pass_names() -> list[str]:
     return names
 
 
+def check_skips_apply(skip: Sequence[str] | str | None, stages: Sequence[Stage], what: str) -> None:
+    """Raise ConversionError for a ``--skip`` name (a known pass: ``check_skip_names``) of a pass none of ``stages``
+    runs — ncnn's legalisation for an ONNX Runtime target, a module pass on an ONNX input, anything under
+    --no-passes: such a skip was accepted, did nothing and was not recorded. ``what`` says which run this is."""
+    running = {p.name for stage in stages for p in stage.passes}
+    for name in sorted(_skip_set(skip) - running):
+        where = next((stage.name for stage in (MODULE_STAGE, ONNX_STAGE, *LEGALIZATION.values())
+                      if any(p.name == name for p in stage.passes)), "")
+        raise ConversionError(f"--skip {name}: the pass runs in the {where} stage, which {what} does not run "
+                              f"(its passes: {', '.join(sorted(running)) or 'none'})")
+
+
 def _skip_set(skip: Sequence[str] | str | None) -> set[str]:
     if skip is None:
         return set()
