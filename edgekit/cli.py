@@ -868,6 +868,14 @@ def targets() -> None:
             runs_here = "yes" if get_runner_class(target.backend).is_available() else "no"
         except EdgekitError:
             runs_here = "no"
+        device = target.backend_options.get("device")
+        if runs_here == "yes" and target.backend == "openvino" and device:
+            import openvino as ov
+
+            from edgekit.runtime.backends.openvino import device_present
+
+            # the library imports, but an iGPU target's models need the GPU (convert still builds them)
+            runs_here = "yes" if device_present(str(device), ov.Core().available_devices) else "no"
         click.echo(f"{name:<18} {target.backend:<12} {target.precision:<9} {size:<8} {runs_here:<5} {target.description}")
 
 

@@ -26,7 +26,7 @@ from edgekit import __version__, tolerances
 from edgekit.convert.artifact import ArtifactWriter
 from edgekit.convert.builders import BackendBuilder, BuildSource, get_builder, installed_versions
 from edgekit.convert.export import DEFAULT_OPSET, embed_spec, export_onnx
-from edgekit.errors import ConversionError, EdgekitError
+from edgekit.errors import BackendUnavailableError, ConversionError, EdgekitError
 from edgekit.models.base import DetectorModel
 from edgekit.quant.pipeline import Int8Options
 from edgekit.runtime.artifact import AWAITS_DEVICE_BUILD, CALIBRATION_FILE, Manifest, ModelEntry
@@ -254,8 +254,11 @@ def _gate_int8(entry: ModelEntry, writer: ArtifactWriter, gate, extra: dict[str,
     if not runner_class.is_available():
         return
     name = f"{entry.backend}/{entry.precision}"
-    runner = runner_class.from_artifact(writer.path(entry.file), entry.options)
-    extra["int8"]["agreement"][name] = gate.check(name, runner, progress)
+    try:
+        runner = runner_class.from_artifact(writer.path(entry.file), entry.options)
+        extra["int8"]["agreement"][name] = gate.check(name, runner, progress)
+    except BackendUnavailableError as exc:  # built for a device this machine lacks (intel-igpu on a CPU host)
+        progress(f"gate    {name}: not run here ({exc})")
 
 
 def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, reference: Reference,
@@ -273,9 +276,14 @@ def _check_backend(entry: ModelEntry, writer: ArtifactWriter, spec: ModelSpec, r
         progress(f"build   {entry.backend}/{entry.precision}: built; not run here (backend library not installed)")
         return {"checked": False}
     tensor = probe_input(spec, seed=2)
-    error = tensor_error(reference(tensor),
-                         runner_outputs(entry.backend, writer.path(entry.file), entry.options, spec, tensor),
-                         spec.head.output_names).to_dict()
+    try:
+        outputs = runner_outputs(entry.backend, writer.path(entry.file), entry.options, spec, tensor)
+    except BackendUnavailableError as exc:
+        # the files do not depend on the device (an OpenVINO IR for an iGPU, built on a CPU-only host): written,
+        # not run, as a TensorRT build is; the manifest says so ("checked": false)
+        progress(f"build   {entry.backend}/{entry.precision}: built; not run here ({exc})")
+        return {"checked": False, "reason": str(exc)}
+    error = tensor_error(reference(tensor), outputs, spec.head.output_names).to_dict()
     tolerance = TENSOR_TOLERANCE.get(entry.precision)
     if not math.isfinite(error["max_rel"]):  # NaN/Inf: wrong at any precision (fp16 overflow too)
         raise ConversionError(f"build {entry.backend}/{entry.precision}: outputs hold NaN or Inf where "

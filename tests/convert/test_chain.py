@@ -152,3 +152,27 @@ def test_skip_of_a_pass_that_does_not_run_is_refused(tmp_path, capsys):
         code, _, err = run_cli([*args, "-o", tmp_path / "out"], capsys)
         one_error_line(code, err, fragment)
         assert not (tmp_path / "out").exists()
+
+
+def test_a_target_whose_device_is_absent_is_built_and_says_it_was_not_run(tmp_path, capsys):
+    """intel-igpu on a CPU-only host: the OpenVINO IR does not depend on the device, but convert failed at its
+    check ("device 'GPU' is not available") and `targets` said the target runs here (a hostile review). The build
+    is written, not run, as a TensorRT engine's ONNX is; the manifest says so."""
+    from edgekit.models.loading import save_checkpoint
+    from edgekit.runtime.artifact import read_manifest
+    from tests.helpers import run_cli, skip_unless_backends
+
+    skip_unless_backends("openvino")
+    import openvino as ov
+
+    if any(device.startswith("GPU") for device in ov.Core().available_devices):
+        pytest.skip("this machine has an OpenVINO GPU device")
+    checkpoint = save_checkpoint(small_model(), tmp_path / "m.pt")
+    code, stdout, err = run_cli(["convert", checkpoint, "--target", "intel-igpu", "-o", tmp_path / "igpu"], capsys)
+    assert code == 0, err
+    assert "build   openvino/fp16: built; not run here (openvino: device 'GPU' is not available" in stdout
+    manifest = read_manifest(tmp_path / "igpu")
+    assert manifest.info["parity"]["openvino/fp16"]["checked"] is False
+    assert (tmp_path / "igpu" / "openvino" / "model_f16.xml").is_file()
+    code, stdout, _ = run_cli(["targets"], capsys)
+    assert next(line for line in stdout.splitlines() if line.startswith("intel-igpu")).split()[4] == "no"

@@ -30,6 +30,17 @@ _PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 _VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 
 
+def device_present(device: str, available: Sequence[str]) -> bool:
+    """Whether OpenVINO ``device`` ("CPU", "GPU", "GPU.1" …) is among ``available`` (``Core().available_devices``);
+    a dispatching device (AUTO, HETERO …) counts as present: OpenVINO resolves it at compile time."""
+    requested = device.upper()
+    base = re.split(r"[.:]", requested, maxsplit=1)[0]
+    if base in _VIRTUAL_DEVICES:
+        return True
+    listed = [d.upper() for d in available]
+    return requested in listed or base in {re.split(r"[.]", d)[0] for d in listed}
+
+
 def openvino_error_text(exc: BaseException) -> str:
     """The informative part of an OpenVINO exception, on one line.
 
@@ -181,12 +192,7 @@ class OpenVinoRunner(Runner):
             raise ModelFileError(f"{path}: OpenVINO cannot read this model ({openvino_error_text(exc)})") from None
 
     def _check_device(self) -> None:
-        requested = self.device.upper()
-        base = re.split(r"[.:]", requested, maxsplit=1)[0]
-        if base in _VIRTUAL_DEVICES:
-            return  # resolved by OpenVINO at compile time; failures there are reported then
-        available = [d.upper() for d in self._core.available_devices]
-        if requested not in available and base not in {re.split(r"[.]", d)[0] for d in available}:
+        if not device_present(self.device, self._core.available_devices):
             raise BackendUnavailableError(self._device_message("is not available on this machine"))
 
     def _device_message(self, problem: str) -> str:
