@@ -78,12 +78,23 @@ def test_tensorrt_target_writes_the_onnx_and_the_on_device_build_command(tmp_pat
     assert "suggests 640x640; keeping the checkpoint's own" in out
 
 
-def test_failed_backend_build_leaves_no_artifact(tmp_path):
-    target = local_target("openvino", backend_options={"device": "NPU"})
+def test_failed_backend_build_leaves_no_artifact(tmp_path, monkeypatch):
+    """A backend build that fails its check (here: the real OpenVINO model against a tolerance no output meets;
+    an absent device no longer fails, it is built and not run) leaves nothing behind."""
+    import edgekit.convert.chain as chain
+
     if not get_runner_class("openvino").is_available():
         pytest.skip("openvino not installed")
-    with pytest.raises((ConversionError, BackendUnavailableError)):
-        convert(small_model(), target, tmp_path / "art")
+    check = chain._check_backend
+
+    def impossible_tolerance(*args, **kwargs):  # for the backend build's check only, not the export's
+        with monkeypatch.context() as patch:
+            patch.setattr(chain, "TENSOR_TOLERANCE", {**chain.TENSOR_TOLERANCE, "fp32": -1.0})
+            return check(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "_check_backend", impossible_tolerance)
+    with pytest.raises(ConversionError, match="build openvino/fp32: output differs"):
+        convert(small_model(), local_target("openvino"), tmp_path / "art")
     assert os.listdir(tmp_path) == []
 
 
