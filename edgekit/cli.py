@@ -456,6 +456,7 @@ def export(checkpoint: str, out_dir: str | None, imgsz: int | None, opset: int, 
 
     out = Path(out_dir) if out_dir else Path(checkpoint).with_name(Path(checkpoint).stem + "_edgekit")
     # lock the folder and refuse an existing artifact without --force, before any work; held until the command ends
+    _check_output_path(str(out), "-o", folder=True)  # a file on the way: one clear line, not "File exists"
     click.get_current_context().with_resource(claim_destination(out, overwrite=force))
     model = _load_model(checkpoint, family, names, imgsz)
     click.echo(f"exporting {checkpoint} ({model.spec.family}, {model.spec.input_size[0]}x{model.spec.input_size[1]}, "
@@ -546,6 +547,7 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
     # lock the folder and refuse an existing artifact without --force, before any work; held until the command ends
     from edgekit.convert.artifact import claim_destination
 
+    _check_output_path(str(out), "-o", folder=True)  # a file on the way: one clear line, not "File exists"
     click.get_current_context().with_resource(claim_destination(out, overwrite=force))
     if Path(checkpoint).suffix.lower() == ".onnx":
         # an ONNX file made elsewhere (or by edgekit): passes + backend builds, checked against ONNX Runtime on it
@@ -829,6 +831,11 @@ def _bench_throughput(artifact: str, image_path: str | None, backends: list[str]
         raise InputError("--report and --image apply to --mode latency; --mode throughput runs a --video")
     if video_path is not None and not Path(video_path).is_file():
         raise InputError(f"--video {video_path}: no such video file")
+    from edgekit.runtime.sources import VIDEO_SUFFIXES
+
+    if video_path is not None and Path(video_path).suffix.lower() not in VIDEO_SUFFIXES:
+        # FFmpeg reads a still image as a one-frame video: frames/s from one frame, with exit 0
+        raise InputError(f"--video {video_path}: expected a video file ({', '.join(sorted(VIDEO_SUFFIXES))})")
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as folder:
         if video_path is None:
             images = _bundled_images()

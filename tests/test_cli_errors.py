@@ -47,6 +47,7 @@ def test_unknown_backend_name_is_an_error_not_skipped(tmp_path, capsys):
     (["export", "{zoo}", "--end2end"], ["--end2end/--no-end2end applies to an Ultralytics / YOLOv5 checkpoint"]),
     (["export", "{zoo}", "--trust-upstream", "numpy"], ["--trust-upstream applies to an Ultralytics"]),
     (["bench", "{tmp}", "--mode", "throughput", "--warmup", "50"], ["--warmup applies to --mode latency"]),
+    (["bench", "{tmp}", "--mode", "throughput", "--video", "{onnx}"], ["model.onnx: expected a video file"]),
 ])
 def test_options_that_would_be_ignored_are_refused_before_any_work(args, fragments, tmp_path, capsys):
     """Each ran with exit 0 and the option silently ignored (a hostile review, session 12): --percentile with
@@ -61,3 +62,14 @@ def test_options_that_would_be_ignored_are_refused_before_any_work(args, fragmen
     code, stdout, err = run_cli([*filled, *(["-o", out] if filled[0] in ("convert", "export") else [])], capsys)
     one_error_line(code, err, *fragments)
     assert not out.exists()
+
+
+def test_output_folder_below_a_file_is_one_clear_line(tmp_path, capsys):
+    """`convert … -o afile/sub` said "…/afile: cannot write the artifact there (File exists)" (a hostile review)."""
+    from tests.conftest import ZOO_DIR
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, _, err = run_cli(["convert", ZOO_DIR / "yolov8.pt", "--target", "onnxruntime-cpu", "-o", blocker / "sub"],
+                           capsys)
+    one_error_line(code, err, f"-o {blocker / 'sub'}: {blocker} is a file, so nothing can be written below it")
