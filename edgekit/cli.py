@@ -532,12 +532,14 @@ def convert(checkpoint: str, target_name: str, precision: str | None, out_dir: s
     if Path(checkpoint).suffix.lower() == ".onnx" and _given("opset"):
         raise click.UsageError(f"--opset applies when exporting a checkpoint; {checkpoint} is an ONNX graph with its "
                                "own opset")
-    if calib is not None:
-        # the folder is read after the export: check it now as calibration will read it (exists, holds readable
-        # images, enough of them unless forced; a cache needs only one, for its checks), decoding a few images
-        from edgekit.quant.calibration import find_calibration_images
+    if calib is not None or (calib_images is not None and calib_cache is None):
+        # the folder (--calib, else the bundled set when --calib-images asks for a count) is read after the export:
+        # check it now as calibration will read it (exists, holds readable images, enough of them unless forced; a
+        # cache needs only one, for its checks), decoding a few images
+        from edgekit.quant.calibration import default_calibration_dir, find_calibration_images
 
-        find_calibration_images(calib, limit=min(calib_images or target.calibration.images, CALIB_CHECK_IMAGES),
+        find_calibration_images(calib or default_calibration_dir(),
+                                limit=min(calib_images or target.calibration.images, CALIB_CHECK_IMAGES),
                                 force=force_calib or calib_cache is not None, warn=lambda message: None)
     if calib_cache is not None:
         from edgekit.quant.result import CalibrationResult

@@ -47,6 +47,8 @@ def test_unknown_backend_name_is_an_error_not_skipped(tmp_path, capsys):
     (["export", "{zoo}", "--end2end"], ["--end2end/--no-end2end applies to an Ultralytics / YOLOv5 checkpoint"]),
     (["export", "{zoo}", "--trust-upstream", "numpy"], ["--trust-upstream applies to an Ultralytics"]),
     (["bench", "{tmp}", "--mode", "throughput", "--warmup", "50"], ["--warmup applies to --mode latency"]),
+    (["convert", "{zoo}", "--target", "onnxruntime-cpu", "--precision", "int8", "--calib-images", "5"],
+     ["found 5 readable images", "need at least 16 (or --force-calib)"]),
     (["bench", "{tmp}", "--mode", "throughput", "--video", "{onnx}"], ["model.onnx: expected a video file"]),
 ])
 def test_options_that_would_be_ignored_are_refused_before_any_work(args, fragments, tmp_path, capsys):
