@@ -85,3 +85,17 @@ def test_every_available_backend_runs_without_torch(artifacts):
     # every available backend that has a target profile here ran at least one model, torch never imported
     assert {backend for backend, _ in ran} == set(artifacts), (ran, proc.stderr)
     assert {backend for backend, _ in ran} >= {b for b in AVAILABLE if _target_for(b) is not None}
+
+
+@pytest.mark.skipif("openvino" not in AVAILABLE, reason="needs an OpenVINO model")
+def test_a_device_with_neither_onnxruntime_nor_onnx_loads_its_model(artifacts):
+    """Detector.load checks the manifest's spec against the one embedded in the artifact's ONNX model; a board with
+    only its own backend (TensorRT, OpenVINO) cannot read that ONNX, and the check must step aside, not fail."""
+    script = SCRIPT.replace('if name == "torch" or name.startswith("torch."):',
+                            'if name.split(".")[0] in ("torch", "onnxruntime", "onnx"):')
+    script = script.replace("for entry in read_manifest(folder).models:",
+                            "for entry in [e for e in read_manifest(folder).models if e.backend == 'openvino']:")
+    proc = subprocess.run([sys.executable, "-c", script, str(artifacts["openvino"])],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert {json.loads(line)[0] for line in proc.stdout.splitlines()} == {"openvino"}
