@@ -171,17 +171,8 @@ def _open_detector(model: str, backend: str | None, precision: str | None, threa
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint, ONNX file or artifact folder")
     is_checkpoint = _is_checkpoint(path)
-    imports = _import_settings()
     if not is_checkpoint:
-        # options that only describe a checkpoint must not be accepted and silently ignored
-        given = [flag for flag, key in (("--trust-upstream", "trust_upstream"), ("--end2end/--no-end2end", "end2end"))
-                 if key in imports]
-        if given:
-            raise InputError(f"{path}: {', '.join(given)} apply when loading a PyTorch checkpoint; an ONNX file or "
-                             "artifact has its head fixed at conversion (convert the checkpoint with the option)")
-        if path.is_dir() and (family is not None or names is not None):
-            raise InputError(f"{path}: --family/--names describe a checkpoint or a third-party ONNX file; an "
-                             "artifact carries its own spec (see `edgekit inspect`)")
+        _refuse_checkpoint_options(path, family, names, "convert the checkpoint with the option")
     if backend == "torch" or is_checkpoint:
         if not is_checkpoint:
             raise InputError(f"{path}: --backend torch needs a PyTorch checkpoint ({', '.join(sorted(CHECKPOINT_SUFFIXES))})")
@@ -225,17 +216,22 @@ def _refuse_unused_validate_options(path: Path, backends: list[str] | None, refe
     if path.is_file() and backends and backends != ["onnxruntime"]:
         raise InputError(f"{path}: --backends {','.join(backends)}: a bare ONNX file is validated on ONNX Runtime; "
                          f"convert it for other backends (edgekit convert {path.name} --target …)")
-    if reference:
-        return  # --family / --names / --end2end / --trust-upstream load the reference checkpoint
+    if not reference:  # with one, --family / --names / --end2end / --trust-upstream load the reference checkpoint
+        _refuse_checkpoint_options(path, family, names, "here no --reference loads one")
+
+
+def _refuse_checkpoint_options(path: Path, family: str | None, names: str | None, remedy: str) -> None:
+    """``path`` is an ONNX file or an artifact: options that only describe a checkpoint must not be accepted and
+    silently ignored (--trust-upstream, --end2end; --family / --names beside an artifact, which carries its spec)."""
     imports = _import_settings()
     given = [flag for flag, key in (("--trust-upstream", "trust_upstream"), ("--end2end/--no-end2end", "end2end"))
              if key in imports]
     if given:
-        raise InputError(f"{path}: {', '.join(given)} apply when loading a PyTorch checkpoint (here: none, no "
-                         "--reference); an ONNX file or artifact has its head fixed at conversion")
+        raise InputError(f"{path}: {', '.join(given)} apply when loading a PyTorch checkpoint; an ONNX file or "
+                         f"artifact has its head fixed at conversion ({remedy})")
     if path.is_dir() and (family is not None or names is not None):
-        raise InputError(f"{path}: --family/--names describe a checkpoint or a third-party ONNX file; an artifact "
-                         "carries its own spec (see `edgekit inspect`)")
+        raise InputError(f"{path}: --family/--names describe a checkpoint or a third-party ONNX file; an "
+                         "artifact carries its own spec (see `edgekit inspect`)")
 
 
 def _bare_onnx_spec(path: Path, family: str | None, names: str | None, imgsz: int | None = None):
