@@ -407,24 +407,28 @@ def _yolo_class_names(root: Path) -> list[str] | None:
         if classes_txt.is_file():
             listed = list(load_class_names(classes_txt))  # one reader for names files: UTF-8, unique, no control chars
             break
-    for yaml_name in ("data.yaml", "dataset.yaml"):
-        yaml_path = root / yaml_name
-        if yaml_path.is_file():
-            names = _parse_yaml_names(yaml_path)
-            if names:
-                check_class_names(names, f"{yaml_path}: 'names'", error=DatasetError)
-            if listed is not None and names and names != listed:
-                k = next((k for k, (a, b) in enumerate(zip(listed, names)) if a != b), min(len(listed), len(names)))
-                first = (f"class {k} is {listed[k]!r} in one and {names[k]!r} in the other"
-                         if k < min(len(listed), len(names)) else f"{len(listed)} against {len(names)} names")
-                raise DatasetError(f"{classes_txt} and {yaml_path} disagree ({first}); keep one of them, or make "
-                                   "them the same list")
-            if listed is not None:
-                return listed
-            if names:
-                return names
-            raise DatasetError(f"{yaml_path}: no 'names'; expected names: [class0, class1, ...]")
-    return listed
+    yaml_path = _data_yaml(root)
+    if yaml_path is None:
+        return listed
+    names = _parse_yaml_names(yaml_path)
+    if names:
+        check_class_names(names, f"{yaml_path}: 'names'", error=DatasetError)
+    if listed is not None and names and names != listed:
+        k = next((k for k, (a, b) in enumerate(zip(listed, names)) if a != b), min(len(listed), len(names)))
+        first = (f"class {k} is {listed[k]!r} in one and {names[k]!r} in the other"
+                 if k < min(len(listed), len(names)) else f"{len(listed)} against {len(names)} names")
+        raise DatasetError(f"{classes_txt} and {yaml_path} disagree ({first}); keep one of them, or make them the "
+                           "same list")
+    if listed is not None:
+        return listed
+    if names:
+        return names
+    raise DatasetError(f"{yaml_path}: no 'names'; expected names: [class0, class1, ...]")
+
+
+def _data_yaml(root: Path) -> Path | None:
+    """A YOLO layout's dataset description: ``data.yaml``, else ``dataset.yaml``; None when it has neither."""
+    return next((root / name for name in ("data.yaml", "dataset.yaml") if (root / name).is_file()), None)
 
 
 def _read_yolo_labels(label_path: Path, num_classes: int | None, width: int,
@@ -476,29 +480,27 @@ def _read_yolo_labels(label_path: Path, num_classes: int | None, width: int,
 def _yolo_splits(root: Path) -> dict[str, Path]:
     """data.yaml's ``train`` / ``val`` / ``test`` entries that name a folder inside ``images/`` (Ultralytics: relative
     to the yaml's ``path``, itself relative to the dataset folder). A list of folders or a .txt list is not read."""
-    for yaml_name in ("data.yaml", "dataset.yaml"):
-        yaml_path = root / yaml_name
-        if not yaml_path.is_file():
+    yaml_path = _data_yaml(root)
+    if yaml_path is None:
+        return {}
+    try:
+        text = yaml_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}  # _yolo_class_names reports an unreadable yaml
+    entries = {key: value.strip().strip("'\"") for key, value in
+               re.findall(r"^(path|train|val|test)\s*:\s*([^#\n]*?)\s*(?:#.*)?$", text, re.MULTILINE)}
+    base = Path(entries.get("path") or ".")
+    base = base if base.is_absolute() else root / base
+    images = (root / "images").resolve()
+    found = {}
+    for name in ("train", "val", "test"):
+        value = entries.get(name)
+        if not value or value.startswith("["):
             continue
-        try:
-            text = yaml_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return {}  # _yolo_class_names reports an unreadable yaml
-        entries = {key: value.strip().strip("'\"") for key, value in
-                   re.findall(r"^(path|train|val|test)\s*:\s*([^#\n]*?)\s*(?:#.*)?$", text, re.MULTILINE)}
-        base = Path(entries.get("path") or ".")
-        base = base if base.is_absolute() else root / base
-        images = (root / "images").resolve()
-        found = {}
-        for name in ("train", "val", "test"):
-            value = entries.get(name)
-            if not value or value.startswith("["):
-                continue
-            folder = (base / value).resolve()
-            if folder.is_dir() and (folder == images or images in folder.parents):
-                found[name] = folder
-        return found
-    return {}
+        folder = (base / value).resolve()
+        if folder.is_dir() and (folder == images or images in folder.parents):
+            found[name] = folder
+    return found
 
 
 def _load_yolo(root: Path, split: str | None = None) -> Dataset:
